@@ -1,0 +1,73 @@
+"""Keras callbacks of the pipeline: one epoch history across all phases.
+
+Why: every phase is its own `fit` call, and Keras' `History` (like MLflow's Keras callback) restarts
+with each one. The recorder keeps one continuous epoch axis, stamps each epoch with its phase and the
+learning rate the optimiser really used, and puts both into `logs` so that callbacks after it (the
+tracking logger) see them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PhaseRecord:
+    """One phase of training and the global epochs it covered (first inclusive, end exclusive)."""
+
+    index: int
+    name: str
+    trainable_blocks: int
+    learning_rate: float
+    first_epoch: int
+    end_epoch: int
+    cached_features: bool
+
+
+@dataclass
+class TrainingHistory:
+    """Per-epoch metrics on one axis, and the phase boundaries."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    phases: list[PhaseRecord] = field(default_factory=list)
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.rows)
+
+
+def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
+    """The learning rate the optimiser applies now, whether a constant or a schedule."""
+    return float(np.asarray(keras.ops.convert_to_numpy(optimizer.learning_rate)))
+
+
+class HistoryRecorder(keras.callbacks.Callback):
+    """Records every epoch of every phase into one `TrainingHistory`.
+
+    It must come first in the callback list: it adds `lr` and `phase` to `logs` for the callbacks
+    that follow.
+    """
+
+    def __init__(self, history: TrainingHistory) -> None:
+        super().__init__()
+        self.history = history
+        self._phase: PhaseRecord | None = None
+
+    def begin_phase(self, phase: PhaseRecord) -> None:
+        """Announces the phase the next epochs belong to."""
+        self._phase = phase
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._phase is None:
+            raise RuntimeError("HistoryRecorder.begin_phase must be called before fit")
+        if logs is None:
+            logs = {}
+        logs["lr"] = current_learning_rate(self.model.optimizer)
+        logs["phase"] = float(self._phase.index)
+        row: dict[str, Any] = {"epoch": epoch, "phase_name": self._phase.name}
+        row.update({key: float(value) for key, value in logs.items()})
+        self.history.rows.append(row)

@@ -1,0 +1,143 @@
+"""Stratified subsample and train/val/test split, written as a manifest DVC can track.
+
+Why: every later stage must see exactly the same images in the same split; a manifest of
+(part, index, label, split) rows pins that down without copying pixels, and its hash tells DVC when
+the split changed.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from pipeline.data.sources import ImageSource
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+MANIFEST_COLUMNS: tuple[str, ...] = ("part", "index", "label", "split")
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One image of the split: where it lives in the source, its label, its split."""
+
+    part: str
+    index: int
+    label: int
+    split: str
+
+
+def stratified_split(
+    labels: np.ndarray,
+    *,
+    subset_size: int | None,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Splits positions 0..len(labels)-1 into train, val and test, keeping class proportions.
+
+    Args:
+        labels: One label per image.
+        subset_size: Total images to keep (stratified); None keeps all.
+        val_fraction: Share of the kept images for validation.
+        test_fraction: Share of the kept images for testing.
+        seed: Seed of the shuffles.
+
+    Returns:
+        Split name -> sorted positions into `labels`.
+
+    Raises:
+        ValueError: The subset is larger than the dataset, or too small to hold every class in
+            every split.
+    """
+    positions = np.arange(len(labels))
+    if subset_size is not None and subset_size > len(labels):
+        raise ValueError(f"data.subset_size is {subset_size}, the dataset has only {len(labels)} images")
+    if subset_size is not None and subset_size < len(labels):
+        positions, _ = train_test_split(
+            positions, train_size=subset_size, stratify=labels, random_state=seed
+        )
+    rest, test = train_test_split(
+        positions, test_size=test_fraction, stratify=labels[positions], random_state=seed
+    )
+    train, val = train_test_split(
+        rest,
+        test_size=val_fraction / (1.0 - test_fraction),
+        stratify=labels[rest],
+        random_state=seed,
+    )
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def manifest_rows(source: ImageSource, split: dict[str, np.ndarray]) -> list[ManifestRow]:
+    """Turns a split of positions into manifest rows, train first, each split in source order."""
+    return [
+        ManifestRow(
+            part=str(source.parts[position]),
+            index=int(source.indices[position]),
+            label=int(source.labels[position]),
+            split=name,
+        )
+        for name in SPLITS
+        for position in split[name]
+    ]
+
+
+def write_manifest(rows: list[ManifestRow], path: Path) -> None:
+    """Writes the manifest as CSV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(MANIFEST_COLUMNS)
+        writer.writerows((row.part, row.index, row.label, row.split) for row in rows)
+
+
+def read_manifest(path: Path) -> list[ManifestRow]:
+    """Reads a manifest written by `write_manifest`.
+
+    Raises:
+        ValueError: The header is not the manifest's.
+    """
+    with Path(path).open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = tuple(next(reader, ()))
+        if header != MANIFEST_COLUMNS:
+            raise ValueError(f"{path} is not a manifest: header {header}, expected {MANIFEST_COLUMNS}")
+        return [
+            ManifestRow(part=part, index=int(index), label=int(label), split=split)
+            for part, index, label, split in reader
+        ]
+
+
+def select(source: ImageSource, rows: list[ManifestRow], split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Gathers the images and labels of one split from the source.
+
+    Raises:
+        ValueError: A row points outside the source, or its label differs from the source's (the
+            manifest was written for other files).
+    """
+    lookup = {(str(part), int(index)): position for position, (part, index) in enumerate(zip(source.parts, source.indices, strict=True))}
+    positions = []
+    for row in rows:
+        if row.split != split:
+            continue
+        position = lookup.get((row.part, row.index))
+        if position is None or int(source.labels[position]) != row.label:
+            raise ValueError(
+                f"manifest row {row} does not match the source images: rerun the prepare stage"
+            )
+        positions.append(position)
+    chosen = np.asarray(positions, dtype=np.int64)
+    return source.images[chosen], source.labels[chosen]
+
+
+def class_counts(rows: list[ManifestRow], class_names: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """Counts images per class in each split, for the data report."""
+    counts = {split: dict.fromkeys(class_names, 0) for split in SPLITS}
+    for row in rows:
+        counts[row.split][class_names[row.label]] += 1
+    return counts

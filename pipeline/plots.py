@@ -1,0 +1,80 @@
+"""PNG figures with matplotlib: the training history and the confusion matrix.
+
+Why: `dvc plots show` renders HTML that fetches vega from a CDN and is blank offline; PNGs work in
+the MLflow UI, in a file browser and in a report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pipeline.callbacks import TrainingHistory  # noqa: E402
+
+
+def plot_history(history: TrainingHistory, path: Path) -> None:
+    """Loss and accuracy, train vs validation, with the phase boundaries marked.
+
+    Why: this is the curve a course teaches to read: a validation loss that turns up while the
+    training loss keeps falling is overfitting; both flat and high is underfitting. Epochs are
+    numbered from 1 on one axis across phases, and each phase is shaded and labelled.
+
+    Args:
+        history: The recorded epochs and phases.
+        path: Where to write the PNG.
+    """
+    epochs = np.array([row["epoch"] + 1 for row in history.rows])
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    for axis, metric, title in ((axes[0], "loss", "Loss"), (axes[1], "accuracy", "Accuracy")):
+        for key, label, style in ((metric, "train", "-o"), (f"val_{metric}", "validation", "-s")):
+            values = [row.get(key, np.nan) for row in history.rows]
+            axis.plot(epochs, values, style, markersize=3, label=label)
+        for phase in history.phases:
+            if phase.index % 2:
+                axis.axvspan(phase.first_epoch + 0.5, phase.end_epoch + 0.5, color="0.92", zorder=0)
+            if phase.index:
+                axis.axvline(phase.first_epoch + 0.5, color="0.4", linestyle="--", linewidth=1)
+            axis.annotate(
+                phase.name, xy=(phase.first_epoch + 0.6, 1.0), xycoords=("data", "axes fraction"),
+                va="top", fontsize=8, color="0.3",
+            )
+        axis.set_title(title)
+        axis.set_xlabel("epoch (all phases)")
+        axis.grid(alpha=0.3)
+        axis.legend(loc="center right")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_confusion_matrix(confusion: np.ndarray, class_names: tuple[str, ...], path: Path) -> None:
+    """The confusion matrix, rows true and columns predicted, with counts in the cells.
+
+    Args:
+        confusion: Square matrix of counts.
+        class_names: Label index -> name.
+        path: Where to write the PNG.
+    """
+    figure, axis = plt.subplots(figsize=(8, 7), constrained_layout=True)
+    image = axis.imshow(confusion, cmap="Blues")
+    ticks = np.arange(len(class_names))
+    axis.set_xticks(ticks, class_names, rotation=45, ha="right")
+    axis.set_yticks(ticks, class_names)
+    threshold = confusion.max() / 2 if confusion.size else 0
+    for row in range(confusion.shape[0]):
+        for column in range(confusion.shape[1]):
+            axis.text(
+                column, row, str(confusion[row, column]), ha="center", va="center", fontsize=8,
+                color="white" if confusion[row, column] > threshold else "black",
+            )
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    figure.colorbar(image, ax=axis, shrink=0.8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

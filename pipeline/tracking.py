@@ -1,0 +1,283 @@
+"""MLflow: the run of a pipeline execution, its params, metrics, artifacts, model and registry entry.
+
+Why: this is the only module that imports mlflow, so the rest of the pipeline can be tested without a
+tracking store, and MLflow's quirks on this stack are handled in one place:
+- `mlflow.tensorflow.autolog` crashes `fit` here, and MLflow's Keras callback restarts its step at 0
+  on every `fit`, so phases would overwrite each other: `EpochLogger` logs the global epoch instead.
+- `log_model(..., input_example=...)` fails on Keras 3 (upstream #16183): the signature is built
+  from shapes instead, and pip requirements are given, since inferring them costs seconds.
+- A run must never stay RUNNING: `tracked_run` ends it FAILED on any exception and on SIGTERM
+  (which `dvc` sends when interrupted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import Schema, TensorSpec
+
+CHAMPION_ALIAS = "champion"
+# MLflow's log_batch limits: at most 1000 metrics or 100 params or 100 tags per call.
+_PARAMS_PER_BATCH = 100
+_METRICS_PER_BATCH = 1000
+
+
+def resolve_tracking_uri(configured: str) -> str:
+    """MLFLOW_TRACKING_URI from the environment wins over the params file, as MLflow users expect."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or configured
+
+
+@dataclass(frozen=True)
+class RunReference:
+    """What later stages need to reopen the run: written by train, read by evaluate and register."""
+
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.__dict__, indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def read(cls, path: Path) -> RunReference:
+        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+class TrackedRun:
+    """One open MLflow run; use `tracked_run` to get one."""
+
+    def __init__(self, run_id: str, client: MlflowClient) -> None:
+        self.run_id = run_id
+        self.client = client
+
+    def log_params(self, params: dict[str, str]) -> None:
+        """Logs parameters in batches (one call per 100 instead of one per parameter)."""
+        items = [Param(key, str(value)) for key, value in params.items()]
+        for start in range(0, len(items), _PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=items[start : start + _PARAMS_PER_BATCH])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Sets run tags."""
+        items = [RunTag(key, str(value)) for key, value in tags.items()]
+        for start in range(0, len(items), _PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, tags=items[start : start + _PARAMS_PER_BATCH])
+
+    def log_metrics(self, metrics: dict[str, float], *, step: int = 0) -> None:
+        """Logs numeric metrics at one step in a single call."""
+        timestamp = _now_ms()
+        items = [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
+        for start in range(0, len(items), _METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=items[start : start + _METRICS_PER_BATCH])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Copies a file into the run's artifacts."""
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dataset(self, *, rows: list[dict[str, Any]], name: str, source: str, context: str) -> None:
+        """Records the data a run used (shown in the UI's Datasets column), digest included."""
+        import pandas
+
+        dataset = mlflow.data.from_pandas(pandas.DataFrame(rows), source=source, name=name)
+        with _active(self.run_id):
+            mlflow.log_input(dataset, context=context)
+
+    def epoch_logger(self) -> keras.callbacks.Callback:
+        """A Keras callback logging each epoch's logs at the global epoch (see `EpochLogger`)."""
+        return EpochLogger(self)
+
+    def log_keras_model(
+        self, model: keras.Model, *, name: str, pip_requirements: list[str]
+    ) -> str:
+        """Logs a Keras model with a tensor signature built from its shapes.
+
+        Args:
+            model: Model with one image input and one probability output.
+            name: Artifact name of the model in the run.
+            pip_requirements: What the model needs to load.
+
+        Returns:
+            The model URI (`runs:/<id>/<name>`).
+        """
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.input_shape[1:]), "pixels")]),
+            outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.output_shape[1:]), "probabilities")]),
+        )
+        with _active(self.run_id):
+            info = mlflow.tensorflow.log_model(
+                model, name=name, signature=signature, pip_requirements=pip_requirements
+            )
+        return info.model_uri
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Logs every epoch's metrics at the global epoch number, one batch call per epoch.
+
+    Why not `mlflow.keras.MlflowCallback`: its step restarts at 0 with every `fit`, so the phases
+    of fine-tuning would overwrite each other. `pipeline.training` passes `initial_epoch`, so the
+    epoch Keras reports here is already global.
+    """
+
+    def __init__(self, run: TrackedRun) -> None:
+        super().__init__()
+        self._run = run
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs:
+            self._run.log_metrics({key: float(value) for key, value in logs.items()}, step=epoch)
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+@contextlib.contextmanager
+def _active(run_id: str) -> Iterator[None]:
+    """Makes `run_id` the active run for fluent-API calls without ending it afterwards."""
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        yield
+        return
+    mlflow.start_run(run_id=run_id)
+    try:
+        yield
+    finally:
+        mlflow.end_run()
+
+
+def _experiment_id(client: MlflowClient, name: str, artifact_dir: Path) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_dir.resolve().as_uri())
+
+
+class _Terminated(Exception):
+    """Raised from the SIGTERM handler so that the run ends FAILED and outputs stay untouched."""
+
+
+@contextlib.contextmanager
+def tracked_run(
+    *,
+    tracking_uri: str,
+    experiment: str | None = None,
+    artifact_dir: Path | None = None,
+    run_name: str | None = None,
+    resume: RunReference | None = None,
+) -> Iterator[TrackedRun]:
+    """Opens a new run, or reopens one, and ends it FINISHED, or FAILED on any error.
+
+    Args:
+        tracking_uri: Where MLflow stores runs (already resolved with `resolve_tracking_uri`).
+        experiment: Experiment of a new run; created with its artifacts under `artifact_dir`.
+        artifact_dir: Artifact root of a newly created experiment.
+        run_name: Name of a new run.
+        resume: Reopen this run instead of creating one.
+
+    Yields:
+        The open run.
+
+    Raises:
+        ValueError: Neither `experiment` nor `resume` is given.
+    """
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    if resume is not None:
+        run_id = resume.run_id
+        client.update_run(run_id, status="RUNNING")
+    elif experiment is not None:
+        experiment_id = _experiment_id(client, experiment, artifact_dir or Path("mlartifacts"))
+        run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
+    else:
+        raise ValueError("tracked_run needs an experiment for a new run or a run to resume")
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise _Terminated(f"terminated by signal {signum}")
+
+    previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield TrackedRun(run_id, client)
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    else:
+        client.set_terminated(run_id, status="FINISHED")
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def run_reference(run: TrackedRun, tracking_uri: str) -> RunReference:
+    """The reference a later stage needs to reopen `run`."""
+    info = run.client.get_run(run.run_id).info
+    return RunReference(run_id=run.run_id, experiment_id=info.experiment_id, tracking_uri=tracking_uri)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Outcome of registering a model version."""
+
+    name: str
+    version: str
+    champion_version: str
+    is_champion: bool
+    metric: str
+    value: float
+    previous_champion_value: float | None
+
+
+def register_model(
+    run: TrackedRun, *, model_uri: str, name: str, metric: str, value: float
+) -> Registration:
+    """Adds a version to the registered model and moves `@champion` to it when it is at least as good.
+
+    Why a gate: `models:/NAME@champion` is what users deploy; a worse retrain must not replace it.
+    The score travels as a version tag, so the gate needs no access to the old run.
+
+    Args:
+        run: The run that logged the model.
+        model_uri: The logged model's URI.
+        name: Registered model name.
+        metric: Name of the test metric compared (higher is better).
+        value: This version's value of it.
+
+    Returns:
+        The new version and whether it is the champion now.
+    """
+    version = mlflow.register_model(model_uri, name)
+    tag = f"test_{metric}"
+    run.client.set_model_version_tag(name, version.version, tag, str(value))
+    run.client.set_model_version_tag(name, version.version, "run_id", run.run_id)
+    previous_value: float | None = None
+    try:
+        champion = run.client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+        previous_value = float(champion.tags.get(tag, "nan"))
+    except mlflow.exceptions.MlflowException:
+        champion = None
+    is_champion = champion is None or not value < previous_value  # nan (untagged) loses
+    if is_champion:
+        run.client.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
+    champion_version = version.version if is_champion else champion.version
+    return Registration(
+        name=name,
+        version=str(version.version),
+        champion_version=str(champion_version),
+        is_champion=is_champion,
+        metric=metric,
+        value=value,
+        previous_champion_value=previous_value,
+    )
