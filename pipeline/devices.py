@@ -91,8 +91,7 @@ def select_devices(
 
     if precision == "auto":
         capable = bool(chosen) and all(
-            gpu.compute_capability is not None
-            and gpu.compute_capability >= MIXED_PRECISION_MIN_CAPABILITY
+            gpu.compute_capability is not None and gpu.compute_capability >= MIXED_PRECISION_MIN_CAPABILITY
             for gpu in chosen
         )
         policy = "mixed_float16" if capable else "float32"

@@ -54,8 +54,12 @@ def score_predictions(
     class_indices = list(range(len(class_names)))
     predictions = probabilities.argmax(axis=1)
     report: dict[str, Any] = classification_report(
-        labels, predictions, labels=class_indices, target_names=list(class_names),
-        output_dict=True, zero_division=0,
+        labels,
+        predictions,
+        labels=class_indices,
+        target_names=list(class_names),
+        output_dict=True,
+        zero_division=0,
     )
     per_class = {
         name: {metric: float(report[name][metric]) for metric in ("precision", "recall", "f1-score", "support")}
@@ -65,7 +69,7 @@ def score_predictions(
         accuracy=float(accuracy_score(labels, predictions)),
         macro_f1=float(f1_score(labels, predictions, labels=class_indices, average="macro", zero_division=0)),
         loss=float(log_loss(labels, probabilities.astype(np.float64), labels=class_indices)),
-        examples=int(len(labels)),
+        examples=len(labels),
         per_class=per_class,
         confusion=confusion_matrix(labels, predictions, labels=class_indices),
     )

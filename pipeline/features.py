@@ -105,10 +105,7 @@ class PhaseDataFactory:
         self._base_cut = cut_tensor(classifier, deepest_trainable_blocks)
         examples = len(train.labels) + len(val.labels)
         self.estimated_cache_bytes = _bytes_per_example(self._base_cut) * examples
-        self.caching = (
-            self._base_cut is not classifier.model.input
-            and self.estimated_cache_bytes <= cache_limit_bytes
-        )
+        self.caching = self._base_cut is not classifier.model.input and self.estimated_cache_bytes <= cache_limit_bytes
         self._base_activations: dict[str, np.ndarray] | None = None
 
     def _images(self, split: str, *, shuffle: bool) -> tf.data.Dataset:
@@ -127,8 +124,7 @@ class PhaseDataFactory:
         if self._base_activations is None:
             prefix = keras.Model(self._classifier.model.input, self._base_cut)
             self._base_activations = {
-                split: prefix.predict(self._images(split, shuffle=False), verbose=0)
-                for split in self._splits
+                split: prefix.predict(self._images(split, shuffle=False), verbose=0) for split in self._splits
             }
         return self._base_activations
 
@@ -157,18 +153,23 @@ class PhaseDataFactory:
             # and are frozen now: recompute from the base with today's weights.
             segment = keras.Model(self._base_cut, cut)
             activations = {
-                split: segment.predict(values, batch_size=self._batch_size, verbose=0)
-                for split, values in base.items()
+                split: segment.predict(values, batch_size=self._batch_size, verbose=0) for split, values in base.items()
             }
         return PhaseData(
             model=keras.Model(cut, self._classifier.model.output),
             train=array_dataset(
-                activations["train"], self._splits["train"].labels,
-                batch_size=self._batch_size, shuffle=True, seed=self._seed,
+                activations["train"],
+                self._splits["train"].labels,
+                batch_size=self._batch_size,
+                shuffle=True,
+                seed=self._seed,
             ),
             val=array_dataset(
-                activations["val"], self._splits["val"].labels,
-                batch_size=self._batch_size, shuffle=False, seed=self._seed,
+                activations["val"],
+                self._splits["val"].labels,
+                batch_size=self._batch_size,
+                shuffle=False,
+                seed=self._seed,
             ),
             cached=True,
         )

@@ -49,9 +49,7 @@ def set_trainable_blocks(
         state[group.name] = trains
         for name in group.layer_names:
             layer = model.get_layer(name)
-            layer.trainable = trains and not (
-                freeze_batch_norm and isinstance(layer, keras.layers.BatchNormalization)
-            )
+            layer.trainable = trains and not (freeze_batch_norm and isinstance(layer, keras.layers.BatchNormalization))
     return state
 
 

@@ -34,9 +34,7 @@ class Classifier:
     pooled: keras.KerasTensor
 
 
-def attach_head(
-    backbone: Backbone, *, num_classes: int, pooling: str, dropout: float, seed: int
-) -> Classifier:
+def attach_head(backbone: Backbone, *, num_classes: int, pooling: str, dropout: float, seed: int) -> Classifier:
     """Puts pooling, dropout and a softmax over the dataset's classes on top of the backbone.
 
     Args:

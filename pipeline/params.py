@@ -42,7 +42,8 @@ class DataParams(_Section):
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DataParams:
-        if self.val_fraction + self.test_fraction >= 0.9:
+        # Rounded, so that 0.7 + 0.2 (0.8999999999999999 in floats) is refused like 0.9.
+        if round(self.val_fraction + self.test_fraction, 9) >= 0.9:
             raise ValueError(
                 f"val_fraction + test_fraction is {self.val_fraction + self.test_fraction}; "
                 "it must stay below 0.9 so that training data remains"
@@ -176,6 +177,9 @@ def _describe(error: Any) -> str:
         allowed = ", ".join(_allowed_keys(tuple(error["loc"][:-1])))
         return f"{key}: unknown key (received {error['input']!r}); allowed keys here: {allowed}"
     message = error["msg"].removeprefix("Value error, ")
+    if not key:
+        # A check across sections (its message names the keys itself): the input is the whole file.
+        return message
     return f"{key}: received {error['input']!r}; {message}"
 
 

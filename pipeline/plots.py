@@ -11,10 +11,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from pipeline.callbacks import TrainingHistory  # noqa: E402
+from pipeline.callbacks import TrainingHistory
 
 
 def plot_history(history: TrainingHistory, path: Path) -> None:
@@ -40,8 +40,12 @@ def plot_history(history: TrainingHistory, path: Path) -> None:
             if phase.index:
                 axis.axvline(phase.first_epoch + 0.5, color="0.4", linestyle="--", linewidth=1)
             axis.annotate(
-                phase.name, xy=(phase.first_epoch + 0.6, 1.0), xycoords=("data", "axes fraction"),
-                va="top", fontsize=8, color="0.3",
+                phase.name,
+                xy=(phase.first_epoch + 0.6, 1.0),
+                xycoords=("data", "axes fraction"),
+                va="top",
+                fontsize=8,
+                color="0.3",
             )
         axis.set_title(title)
         axis.set_xlabel("epoch (all phases)")
@@ -69,7 +73,12 @@ def plot_confusion_matrix(confusion: np.ndarray, class_names: tuple[str, ...], p
     for row in range(confusion.shape[0]):
         for column in range(confusion.shape[1]):
             axis.text(
-                column, row, str(confusion[row, column]), ha="center", va="center", fontsize=8,
+                column,
+                row,
+                str(confusion[row, column]),
+                ha="center",
+                va="center",
+                fontsize=8,
                 color="white" if confusion[row, column] > threshold else "black",
             )
     axis.set_xlabel("predicted")

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import signal
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,11 @@ class TrackedRun:
         """Records the data a run used (shown in the UI's Datasets column), digest included."""
         import pandas
 
-        dataset = mlflow.data.from_pandas(pandas.DataFrame(rows), source=source, name=name)
+        # MLflow warns that a local path matches its local-artifact source twice (the same class
+        # registered twice) and that integer columns cannot hold NaN; neither applies to a manifest.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(pandas.DataFrame(rows), source=source, name=name)
         with _active(self.run_id):
             mlflow.log_input(dataset, context=context)
 
@@ -99,9 +104,7 @@ class TrackedRun:
         """A Keras callback logging each epoch's logs at the global epoch (see `EpochLogger`)."""
         return EpochLogger(self)
 
-    def log_keras_model(
-        self, model: keras.Model, *, name: str, pip_requirements: list[str]
-    ) -> str:
+    def log_keras_model(self, model: keras.Model, *, name: str, pip_requirements: list[str]) -> str:
         """Logs a Keras model with a tensor signature built from its shapes.
 
         Args:
@@ -117,9 +120,7 @@ class TrackedRun:
             outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.output_shape[1:]), "probabilities")]),
         )
         with _active(self.run_id):
-            info = mlflow.tensorflow.log_model(
-                model, name=name, signature=signature, pip_requirements=pip_requirements
-            )
+            info = mlflow.tensorflow.log_model(model, name=name, signature=signature, pip_requirements=pip_requirements)
         return info.model_uri
 
 
@@ -167,7 +168,7 @@ def _experiment_id(client: MlflowClient, name: str, artifact_dir: Path) -> str:
     return client.create_experiment(name, artifact_location=artifact_dir.resolve().as_uri())
 
 
-class _Terminated(Exception):
+class _TerminatedError(Exception):
     """Raised from the SIGTERM handler so that the run ends FAILED and outputs stay untouched."""
 
 
@@ -207,7 +208,7 @@ def tracked_run(
         raise ValueError("tracked_run needs an experiment for a new run or a run to resume")
 
     def on_sigterm(signum: int, frame: object) -> None:
-        raise _Terminated(f"terminated by signal {signum}")
+        raise _TerminatedError(f"terminated by signal {signum}")
 
     previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
     try:
@@ -240,9 +241,7 @@ class Registration:
     previous_champion_value: float | None
 
 
-def register_model(
-    run: TrackedRun, *, model_uri: str, name: str, metric: str, value: float
-) -> Registration:
+def register_model(run: TrackedRun, *, model_uri: str, name: str, metric: str, value: float) -> Registration:
     """Adds a version to the registered model and moves `@champion` to it when it is at least as good.
 
     Why a gate: `models:/NAME@champion` is what users deploy; a worse retrain must not replace it.

@@ -41,9 +41,7 @@ class UnfreezeStage:
     lr_factor: float
 
 
-def plan_phases(
-    *, frozen_epochs: int, unfreeze: Sequence[UnfreezeStage], base_learning_rate: float
-) -> list[Phase]:
+def plan_phases(*, frozen_epochs: int, unfreeze: Sequence[UnfreezeStage], base_learning_rate: float) -> list[Phase]:
     """The frozen phase at the base LR, then each unfreeze stage at its fraction of it."""
     phases = [Phase("frozen", 0, frozen_epochs, base_learning_rate)]
     phases += [
@@ -125,6 +123,7 @@ def fine_tune(
             initial_epoch=first_epoch,
             epochs=record.end_epoch,
             callbacks=[recorder, *callbacks],
+            shuffle=False,  # the datasets reshuffle themselves, with the run's seed
             verbose=verbose,
         )
         # A callback may stop a phase early: record where it really ended.

@@ -6,7 +6,14 @@ import json
 
 from pipeline import params
 from stages._entry import (
-    CLASSIFICATION_REPORT, CONFUSION_PNG, MANIFEST, METRICS, PARAMS, RUN_REFERENCE, TRAINED_MODEL, run_stage,
+    CLASSIFICATION_REPORT,
+    CONFUSION_PNG,
+    MANIFEST,
+    METRICS,
+    PARAMS,
+    RUN_REFERENCE,
+    TRAINED_MODEL,
+    run_stage,
 )
 
 
@@ -30,14 +37,25 @@ def main() -> None:
     reference = tracking.RunReference.read(RUN_REFERENCE)
     with tracking.tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:
         result = evaluate_classifier(
-            model, test_images, test_labels, class_names=source.class_names,
-            image_size=model.input_shape[1], batch_size=config.evaluate.batch_size,
+            model,
+            test_images,
+            test_labels,
+            class_names=source.class_names,
+            image_size=model.input_shape[1],
+            batch_size=config.evaluate.batch_size,
         )
         METRICS.parent.mkdir(parents=True, exist_ok=True)
         METRICS.write_text(json.dumps({"test": result.summary()}, indent=2) + "\n", encoding="utf-8")
         CLASSIFICATION_REPORT.write_text(
-            json.dumps({"per_class": result.per_class, "confusion": result.confusion.tolist(),
-                        "class_names": list(source.class_names)}, indent=2) + "\n",
+            json.dumps(
+                {
+                    "per_class": result.per_class,
+                    "confusion": result.confusion.tolist(),
+                    "class_names": list(source.class_names),
+                },
+                indent=2,
+            )
+            + "\n",
             encoding="utf-8",
         )
         plots.plot_confusion_matrix(result.confusion, source.class_names, CONFUSION_PNG)

@@ -27,7 +27,7 @@ def main() -> None:
     counts = class_counts(rows, source.class_names)
     report = {
         "source_dir": data.source_dir,
-        "source_images": int(len(source.labels)),
+        "source_images": len(source.labels),
         "image_shape": list(source.images.shape[1:]),
         "class_names": list(source.class_names),
         "split_sizes": {name: sum(per_class.values()) for name, per_class in counts.items()},

@@ -22,17 +22,23 @@ def main() -> None:
     reference = tracking.RunReference.read(RUN_REFERENCE)
     with tracking.tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:
         model_uri = run.log_keras_model(
-            model, name="model",
+            model,
+            name="model",
             pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
         )
         registration = tracking.register_model(
-            run, model_uri=model_uri, name=tracking_params.registered_model,
-            metric=tracking_params.champion_metric, value=float(test_metrics[tracking_params.champion_metric]),
+            run,
+            model_uri=model_uri,
+            name=tracking_params.registered_model,
+            metric=tracking_params.champion_metric,
+            value=float(test_metrics[tracking_params.champion_metric]),
         )
         export.save_model(model, EXPORTED_MODEL)
         REGISTRY_REPORT.write_text(json.dumps(asdict(registration), indent=2) + "\n", encoding="utf-8")
-    verdict = "is the new @champion" if registration.is_champion else (
-        f"stays behind @champion v{registration.champion_version}"
+    verdict = (
+        "is the new @champion"
+        if registration.is_champion
+        else (f"stays behind @champion v{registration.champion_version}")
     )
     print(f"registered {registration.name} v{registration.version} ({model_uri}); it {verdict}")
 

@@ -9,7 +9,14 @@ from pathlib import Path
 
 from pipeline import params
 from stages._entry import (
-    HISTORY_CSV, HISTORY_JSON, HISTORY_PNG, MANIFEST, PARAMS, RUN_REFERENCE, TRAINED_MODEL, run_stage,
+    HISTORY_CSV,
+    HISTORY_JSON,
+    HISTORY_PNG,
+    MANIFEST,
+    PARAMS,
+    RUN_REFERENCE,
+    TRAINED_MODEL,
+    run_stage,
 )
 
 HISTORY_COLUMNS = ("epoch", "phase", "phase_name", "loss", "accuracy", "val_loss", "val_accuracy", "lr")
@@ -58,8 +65,10 @@ def main() -> None:
         run.log_params(params.flatten(config))
         run.set_tags({**selection.as_tags(), "phases": " -> ".join(phase.name for phase in phases)})
         run.log_dataset(
-            rows=[asdict(row) for row in rows], name="fashion-mnist-split",
-            source=str(Path(config.data.source_dir).resolve()), context="training",
+            rows=[asdict(row) for row in rows],
+            name="fashion-mnist-split",
+            source=str(Path(config.data.source_dir).resolve()),
+            context="training",
         )
         run.log_artifact(MANIFEST, "data")
 
@@ -67,8 +76,11 @@ def main() -> None:
             config.backbone.name, image_size=config.backbone.image_size, cache_dir=config.backbone.cache_dir
         )
         classifier = attach_head(
-            backbone, num_classes=len(source.class_names), pooling=config.head.pooling,
-            dropout=config.head.dropout, seed=config.train.seed,
+            backbone,
+            num_classes=len(source.class_names),
+            pooling=config.head.pooling,
+            dropout=config.head.dropout,
+            seed=config.train.seed,
         )
         history = fine_tune(
             classifier,
@@ -83,12 +95,14 @@ def main() -> None:
             callbacks=[run.epoch_logger()],
         )
         for phase in history.phases:
-            run.set_tags({
-                f"phase.{phase.index}": (
-                    f"{phase.name}: epochs {phase.first_epoch + 1}-{phase.end_epoch}, "
-                    f"lr {phase.learning_rate:g}, cached features {phase.cached_features}"
-                )
-            })
+            run.set_tags(
+                {
+                    f"phase.{phase.index}": (
+                        f"{phase.name}: epochs {phase.first_epoch + 1}-{phase.end_epoch}, "
+                        f"lr {phase.learning_rate:g}, cached features {phase.cached_features}"
+                    )
+                }
+            )
 
         model = export.end_to_end_model(
             classifier.model, backbone.make_preprocessing(), image_size=config.backbone.image_size

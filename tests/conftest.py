@@ -8,10 +8,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
 TINY_GROUPS = [("top", "top_"), ("block2", "block2"), ("block1", "block1"), ("stem", "stem_")]
 
@@ -30,7 +30,9 @@ def build_tiny_backbone(image_size: int = 16, seed: int = 0):
     inputs = keras.Input((image_size, image_size, 3))
     tensor = inputs
     for prefix, filters, strides in (("stem_", 4, 2), ("block1a_", 8, 1), ("block2a_", 8, 2), ("top_", 16, 1)):
-        tensor = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=f"{prefix}conv")(tensor)
+        tensor = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=f"{prefix}conv")(
+            tensor
+        )
         tensor = keras.layers.BatchNormalization(name=f"{prefix}bn")(tensor)
         tensor = keras.layers.ReLU(name=f"{prefix}activation")(tensor)
     model = keras.Model(inputs, tensor, name="tiny")

@@ -106,7 +106,9 @@ def build_efficientnet_lite(
 
     layers = keras.layers
 
-    def conv_bn_relu6(tensor, filters: int, kernel_size: int, strides: int, prefix: str, act: bool):
+    def conv_bn_relu6(
+        tensor: keras.KerasTensor, filters: int, kernel_size: int, strides: int, prefix: str, act: bool
+    ) -> keras.KerasTensor:
         tensor = layers.Conv2D(
             filters, kernel_size, strides=strides, padding="same", use_bias=False, name=f"{prefix}conv"
         )(tensor)
@@ -125,11 +127,12 @@ def build_efficientnet_lite(
             strides = stage.strides if repeat == 0 else 1
             shortcut = tensor
             if stage.expand_ratio != 1:
-                tensor = conv_bn_relu6(
-                    tensor, channels * stage.expand_ratio, 1, 1, f"{block}_expand_", act=True
-                )
+                tensor = conv_bn_relu6(tensor, channels * stage.expand_ratio, 1, 1, f"{block}_expand_", act=True)
             tensor = layers.DepthwiseConv2D(
-                stage.kernel_size, strides=strides, padding="same", use_bias=False,
+                stage.kernel_size,
+                strides=strides,
+                padding="same",
+                use_bias=False,
                 name=f"{block}_dwconv",
             )(tensor)
             tensor = layers.BatchNormalization(
@@ -292,9 +295,7 @@ def load_imagenet_weights(
     torch_file = weights_file(source)
     digest = _file_digest(torch_file)
     if digest != source.sha256:
-        raise ValueError(
-            f"{torch_file} has sha256 {digest}, expected {source.sha256}: reinstall {source.package}"
-        )
+        raise ValueError(f"{torch_file} has sha256 {digest}, expected {source.sha256}: reinstall {source.package}")
     top = "top" if any(layer.name == "predictions" for layer in model.layers) else "notop"
     cache_file = Path(cache_dir) / f"{model.name}_imagenet_{top}_{digest[:16]}.weights.h5"
     if cache_file.is_file():

@@ -18,7 +18,7 @@ import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 
@@ -80,7 +80,7 @@ def _rebuild_parameter(data: _TensorRecord, *_unused: Any) -> _TensorRecord:
 class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that resolves only the names a legacy state dict needs."""
 
-    _ALLOWED_CALLABLES = {
+    _ALLOWED_CALLABLES: ClassVar[dict[tuple[str, str], Any]] = {
         ("collections", "OrderedDict"): collections.OrderedDict,
         ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
         ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
@@ -92,9 +92,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return self._ALLOWED_CALLABLES[(module, name)]
         if module == "torch" and name in STORAGE_DTYPES:
             return _StorageType(name)
-        raise LegacyTorchFormatError(
-            f"refusing to load global {module}.{name}: not a plain tensor state dict"
-        )
+        raise LegacyTorchFormatError(f"refusing to load global {module}.{name}: not a plain tensor state dict")
 
     def persistent_load(self, persistent_id: Any) -> _StorageReference:
         # ('storage', storage_type, key, location, element_count, view_metadata)
@@ -115,9 +113,7 @@ class _PlainUnpickler(pickle.Unpickler):
         raise LegacyTorchFormatError(f"refusing to load global {module}.{name} in a header")
 
 
-def _read_storages(
-    stream: BinaryIO, references: dict[str, _StorageReference]
-) -> dict[str, np.ndarray]:
+def _read_storages(stream: BinaryIO, references: dict[str, _StorageReference]) -> dict[str, np.ndarray]:
     keys = _PlainUnpickler(stream).load()
     storages: dict[str, np.ndarray] = {}
     for key in keys:
@@ -125,17 +121,21 @@ def _read_storages(
         if reference is None:
             raise LegacyTorchFormatError(f"storage {key!r} is not referenced by the state dict")
         count_bytes = stream.read(8)
+        if len(count_bytes) != 8:
+            raise LegacyTorchFormatError(f"file ends before storage {key!r}")
         element_count = int(np.frombuffer(count_bytes, dtype="<i8")[0])
         if element_count != reference.element_count:
             raise LegacyTorchFormatError(
-                f"storage {key!r} holds {element_count} elements, the state dict says "
-                f"{reference.element_count}"
+                f"storage {key!r} holds {element_count} elements, the state dict says {reference.element_count}"
             )
         byte_count = element_count * reference.dtype.itemsize
         raw = stream.read(byte_count)
         if len(raw) != byte_count:
             raise LegacyTorchFormatError(f"file ends inside storage {key!r}")
         storages[key] = np.frombuffer(raw, dtype=reference.dtype)
+    unread = sorted(set(references) - set(storages))
+    if unread:
+        raise LegacyTorchFormatError(f"storages {unread} are referenced but missing from the file")
     return storages
 
 
@@ -143,7 +143,7 @@ def _materialise(record: _TensorRecord, storages: dict[str, np.ndarray]) -> np.n
     flat = storages[record.storage.key]
     itemsize = flat.dtype.itemsize
     if not record.shape:
-        return flat[record.offset].copy()
+        return np.array(flat[record.offset])
     view = np.lib.stride_tricks.as_strided(
         flat[record.offset :],
         shape=record.shape,
@@ -171,29 +171,25 @@ def load_legacy_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     if data[:2] == b"PK":
         raise LegacyTorchFormatError(f"{path} is a zip-format checkpoint, not a legacy one")
     stream = io.BytesIO(data)
-    header = _PlainUnpickler(stream)
     try:
-        magic = header.load()
+        magic = _PlainUnpickler(stream).load()
         protocol = _PlainUnpickler(stream).load()
-        _PlainUnpickler(stream).load()  # sys info: little-endian is the only layout we accept below
-    except (pickle.UnpicklingError, EOFError) as error:
+        system_info = _PlainUnpickler(stream).load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as error:
         raise LegacyTorchFormatError(f"{path} is not a legacy PyTorch file: {error}") from error
     if magic != LEGACY_MAGIC_NUMBER:
         raise LegacyTorchFormatError(f"{path} has magic number {magic!r}, not a legacy PyTorch file")
     if protocol != SUPPORTED_PROTOCOL_VERSION:
         raise LegacyTorchFormatError(f"{path} uses protocol {protocol!r}, expected 1001")
+    if not isinstance(system_info, dict) or system_info.get("little_endian") is not True:
+        raise LegacyTorchFormatError(f"{path} was not written on a little-endian machine: {system_info!r}")
 
-    state = _RestrictedUnpickler(stream).load()
+    try:
+        state = _RestrictedUnpickler(stream).load()
+    except (pickle.UnpicklingError, EOFError) as error:
+        raise LegacyTorchFormatError(f"{path} ends or breaks inside its state dict: {error}") from error
     if not isinstance(state, dict):
         raise LegacyTorchFormatError(f"{path} holds a {type(state).__name__}, not a state dict")
-    references = {
-        record.storage.key: record.storage
-        for record in state.values()
-        if isinstance(record, _TensorRecord)
-    }
+    references = {record.storage.key: record.storage for record in state.values() if isinstance(record, _TensorRecord)}
     storages = _read_storages(stream, references)
-    return {
-        name: _materialise(record, storages)
-        for name, record in state.items()
-        if isinstance(record, _TensorRecord)
-    }
+    return {name: _materialise(record, storages) for name, record in state.items() if isinstance(record, _TensorRecord)}

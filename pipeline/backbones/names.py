@@ -10,7 +10,15 @@ from __future__ import annotations
 # name -> block groups top-down, as the registry builds them.
 BACKBONE_BLOCKS: dict[str, tuple[str, ...]] = {
     "efficientnet_lite0": (
-        "top", "block7", "block6", "block5", "block4", "block3", "block2", "block1", "stem",
+        "top",
+        "block7",
+        "block6",
+        "block5",
+        "block4",
+        "block3",
+        "block2",
+        "block1",
+        "stem",
     ),
 }
 BACKBONE_NAMES: tuple[str, ...] = tuple(BACKBONE_BLOCKS)

@@ -117,7 +117,5 @@ def load_backbone(name: str, *, image_size: int, cache_dir: str | Path) -> Backb
         raise ValueError(f"unknown backbone {name!r}; registered: {', '.join(BACKBONE_NAMES)}")
     backbone = _BUILDERS[name](image_size=image_size, cache_dir=Path(cache_dir))
     if backbone.block_names != BACKBONE_BLOCKS[name]:
-        raise RuntimeError(
-            f"{name} builds blocks {backbone.block_names}, names.py declares {BACKBONE_BLOCKS[name]}"
-        )
+        raise RuntimeError(f"{name} builds blocks {backbone.block_names}, names.py declares {BACKBONE_BLOCKS[name]}")
     return backbone

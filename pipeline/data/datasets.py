@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 
-def to_model_input(images, *, image_size: int):
+def to_model_input(images: tf.Tensor, *, image_size: int) -> tf.Tensor:
     """Turns a batch of uint8 images into float RGB at `image_size`, still on the 0..255 scale.
 
     Args:
@@ -68,7 +68,7 @@ def image_dataset(
         dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
 
-    def prepare(batch_images, batch_labels):
+    def prepare(batch_images: tf.Tensor, batch_labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         batch_images = to_model_input(batch_images, image_size=image_size)
         if preprocessing is not None:
             batch_images = preprocessing(batch_images)

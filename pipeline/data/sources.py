@@ -16,8 +16,16 @@ IDX_IMAGE_MAGIC = 2051
 IDX_LABEL_MAGIC = 2049
 
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 # Source part name -> (images file, labels file), without the optional .gz suffix.
 IDX_PARTS: dict[str, tuple[str, str]] = {
@@ -90,6 +98,8 @@ def read_idx(path: Path) -> np.ndarray:
         raise DatasetFormatError(f"{path} is not an IDX file of unsigned bytes")
     dimension_count = data[3]
     header_size = 4 + 4 * dimension_count
+    if len(data) < header_size:
+        raise DatasetFormatError(f"{path} ends inside its IDX header")
     shape = tuple(int(size) for size in np.frombuffer(data[4:header_size], dtype=">u4"))
     expected = int(np.prod(shape))
     body = np.frombuffer(data, dtype=np.uint8, offset=header_size)

@@ -58,18 +58,12 @@ def stratified_split(
     if subset_size is not None and subset_size > len(labels):
         raise ValueError(f"data.subset_size is {subset_size}, the dataset has only {len(labels)} images")
     if subset_size is not None and subset_size < len(labels):
-        positions, _ = train_test_split(
-            positions, train_size=subset_size, stratify=labels, random_state=seed
-        )
-    rest, test = train_test_split(
-        positions, test_size=test_fraction, stratify=labels[positions], random_state=seed
-    )
-    train, val = train_test_split(
-        rest,
-        test_size=val_fraction / (1.0 - test_fraction),
-        stratify=labels[rest],
-        random_state=seed,
-    )
+        positions, _ = train_test_split(positions, train_size=subset_size, stratify=labels, random_state=seed)
+    # Whole counts, so that 0.1 of 40000 is 4000 whatever the float rounding of derived shares.
+    test_count = round(test_fraction * len(positions))
+    val_count = round(val_fraction * len(positions))
+    rest, test = train_test_split(positions, test_size=test_count, stratify=labels[positions], random_state=seed)
+    train, val = train_test_split(rest, test_size=val_count, stratify=labels[rest], random_state=seed)
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
@@ -120,16 +114,17 @@ def select(source: ImageSource, rows: list[ManifestRow], split: str) -> tuple[np
         ValueError: A row points outside the source, or its label differs from the source's (the
             manifest was written for other files).
     """
-    lookup = {(str(part), int(index)): position for position, (part, index) in enumerate(zip(source.parts, source.indices, strict=True))}
+    lookup = {
+        (str(part), int(index)): position
+        for position, (part, index) in enumerate(zip(source.parts, source.indices, strict=True))
+    }
     positions = []
     for row in rows:
         if row.split != split:
             continue
         position = lookup.get((row.part, row.index))
         if position is None or int(source.labels[position]) != row.label:
-            raise ValueError(
-                f"manifest row {row} does not match the source images: rerun the prepare stage"
-            )
+            raise ValueError(f"manifest row {row} does not match the source images: rerun the prepare stage")
         positions.append(position)
     chosen = np.asarray(positions, dtype=np.int64)
     return source.images[chosen], source.labels[chosen]

@@ -1,0 +1,161 @@
+"""Tests of pipeline/devices.py: the pure device choice with faked GPUs, and one real `configure`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.devices import (
+    DeviceSelection,
+    DeviceSelectionError,
+    GpuInfo,
+    select_devices,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+A100_PAIR = [GpuInfo(0, "NVIDIA A100", (8, 0)), GpuInfo(1, "NVIDIA A100", (8, 0))]
+PASCAL = [GpuInfo(0, "Tesla P100", (6, 1))]
+
+
+def _select(
+    *,
+    available: list[GpuInfo],
+    requested: str = "auto",
+    gpu_indices: list[int] | None = None,
+    precision: str = "auto",
+) -> DeviceSelection:
+    """Calls `select_devices` with the defaults of params.yaml."""
+    return select_devices(requested=requested, gpu_indices=gpu_indices, precision=precision, available=available)
+
+
+def test_auto_without_gpu_is_cpu_float32() -> None:
+    selection = _select(available=[])
+
+    assert selection.kind == "cpu"
+    assert selection.gpus == ()
+    assert selection.precision == "float32"
+
+
+def test_auto_with_two_ampere_gpus_uses_both_in_mixed_precision() -> None:
+    selection = _select(available=A100_PAIR)
+
+    assert selection.kind == "gpu"
+    assert selection.gpus == tuple(A100_PAIR)
+    assert selection.precision == "mixed_float16"
+    assert selection.descriptions == ("GPU:0 NVIDIA A100", "GPU:1 NVIDIA A100")
+
+
+def test_auto_with_pre_volta_gpu_stays_float32() -> None:
+    selection = _select(available=PASCAL)
+
+    assert selection.gpus == tuple(PASCAL)
+    assert selection.precision == "float32"
+
+
+def test_auto_precision_needs_every_chosen_gpu_capable() -> None:
+    mixed = [GpuInfo(0, "NVIDIA A100", (8, 0)), GpuInfo(1, "Tesla P100", (6, 1))]
+
+    assert _select(available=mixed).precision == "float32"
+    assert _select(available=mixed, gpu_indices=[0]).precision == "mixed_float16"
+
+
+def test_unknown_compute_capability_stays_float32() -> None:
+    assert _select(available=[GpuInfo(0, "unknown", None)]).precision == "float32"
+
+
+def test_volta_is_the_first_capable_generation() -> None:
+    assert _select(available=[GpuInfo(0, "Tesla V100", (7, 0))]).precision == "mixed_float16"
+
+
+def test_gpu_requested_without_gpu() -> None:
+    with pytest.raises(DeviceSelectionError, match="device.type is 'gpu' but TensorFlow sees no GPU on this machine"):
+        _select(available=[], requested="gpu")
+
+
+def test_gpu_indices_picks_only_that_gpu() -> None:
+    selection = _select(available=A100_PAIR, gpu_indices=[1])
+
+    assert selection.gpus == (A100_PAIR[1],)
+    assert selection.descriptions == ("GPU:1 NVIDIA A100",)
+
+
+def test_gpu_index_out_of_range_is_named() -> None:
+    with pytest.raises(DeviceSelectionError, match=r"device.gpu_indices asks for GPU \[3\], this machine has \[0, 1\]"):
+        _select(available=A100_PAIR, gpu_indices=[3])
+
+
+def test_gpu_index_with_gpu_required_and_none_present() -> None:
+    with pytest.raises(DeviceSelectionError, match=r"asks for GPU \[0\], this machine has no GPU"):
+        _select(available=[], requested="gpu", gpu_indices=[0])
+
+
+def test_cpu_requested_ignores_present_gpus() -> None:
+    selection = _select(available=A100_PAIR, requested="cpu")
+
+    assert selection.kind == "cpu"
+    assert selection.gpus == ()
+    assert selection.precision == "float32"
+
+
+@pytest.mark.parametrize("available", [[], A100_PAIR])
+def test_mixed_precision_forced_on_cpu(available: list[GpuInfo]) -> None:
+    requested = "cpu" if available else "auto"
+
+    with pytest.raises(DeviceSelectionError, match="device.precision 'mixed_float16' needs a GPU"):
+        _select(available=available, requested=requested, precision="mixed_float16")
+
+
+def test_mixed_precision_forced_on_old_gpu_is_honoured() -> None:
+    assert _select(available=PASCAL, precision="mixed_float16").precision == "mixed_float16"
+
+
+def test_float32_forced_on_capable_gpu() -> None:
+    selection = _select(available=A100_PAIR, precision="float32")
+
+    assert selection.gpus == tuple(A100_PAIR)
+    assert selection.precision == "float32"
+
+
+def test_tags_of_gpu_selection() -> None:
+    assert _select(available=A100_PAIR, gpu_indices=[1]).as_tags() == {
+        "device.kind": "gpu",
+        "device.selected": "GPU:1 NVIDIA A100",
+        "device.gpu_indices": "1",
+        "device.precision": "mixed_float16",
+    }
+
+
+def test_tags_of_cpu_selection() -> None:
+    assert _select(available=[]).as_tags() == {
+        "device.kind": "cpu",
+        "device.selected": "CPU",
+        "device.gpu_indices": "none",
+        "device.precision": "float32",
+    }
+
+
+def test_configure_cpu_with_tensorflow() -> None:
+    script = (
+        "from pipeline.devices import configure; "
+        "selection = configure(requested='cpu', gpu_indices=None, precision='auto'); "
+        "print(selection.kind, selection.precision)"
+    )
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "cpu float32"

@@ -1,0 +1,156 @@
+"""End to end: `dvc repro` on tiny params in a temporary copy of the repository."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import make_images
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("validate", "prepare", "train", "evaluate", "register")
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def _dvc(workdir: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_TRACKING")}
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
+    environment["DVC_NO_ANALYTICS"] = "1"
+    return subprocess.run(
+        ["dvc", *arguments], cwd=workdir, env=environment, capture_output=True, text=True, timeout=900, check=False
+    )
+
+
+def _edit_params(workdir: Path, section: str, key: str, value: object) -> None:
+    path = workdir / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params[section][key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("project")
+    for name in ("pipeline", "stages"):
+        shutil.copytree(REPO / name, workdir / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO / name, workdir / name)
+    (workdir / ".dvc").mkdir()
+    shutil.copy(REPO / ".dvc" / "config", workdir / ".dvc" / "config")
+    subprocess.run(["git", "init", "-q"], cwd=workdir, check=True)
+
+    source = workdir / "idx"
+    source.mkdir()
+    for part, count, seed in (("train", 160, 1), ("t10k", 40, 2)):
+        images, labels = make_images(count, 10, seed=seed, size=28)
+        _write_idx(source / f"{part}-images-idx3-ubyte.gz", images)
+        _write_idx(source / f"{part}-labels-idx1-ubyte.gz", labels)
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"].update(source_dir=str(source), subset_size=None, val_fraction=0.2, test_fraction=0.2)
+    params["backbone"].update(image_size=32)
+    params["train"].update(batch_size=32, frozen_epochs=2, unfreeze=[{"blocks": 2, "epochs": 1, "lr_factor": 0.1}])
+    params["tracking"].update(experiment="e2e", registered_model="e2e-model")
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    result = _dvc(workdir, "repro")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in result.stdout
+    return workdir
+
+
+def test_outputs_with_fixed_names(project: Path) -> None:
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    assert set(metrics["test"]) >= {"accuracy", "macro_f1"}
+    assert metrics["test"]["examples"] == 40
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    assert (project / "models" / "model.keras").stat().st_size > 1_000_000
+    for name in ("history.png", "confusion_matrix.png", "data_report.json", "registry.json"):
+        assert (project / "reports" / name).stat().st_size > 0
+    report = json.loads((project / "reports" / "data_report.json").read_text())
+    assert report["split_sizes"] == {"train": 120, "val": 40, "test": 40}
+
+
+def test_exported_model_takes_raw_pixels(project: Path) -> None:
+    import keras
+
+    model = keras.saving.load_model(project / "models" / "model.keras")
+    assert model.input_shape == (None, 32, 32, 3)
+    probabilities = model.predict(np.full((2, 32, 32, 3), 128.0, np.float32), verbose=0)
+    assert probabilities.shape == (2, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_one_run_holds_everything(project: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.unfreeze.0.blocks"] == "2"
+    assert run.data.params["backbone.name"] == "efficientnet_lite0"
+    assert run.data.tags["device.kind"] == "cpu"
+    assert run.data.tags["device.precision"] == "float32"
+    assert run.data.tags["phase.1"].startswith("unfreeze_top_2: epochs 3-3")
+    for metric in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "phase"):
+        history = client.get_metric_history(run.info.run_id, metric)
+        assert [point.step for point in history] == [0, 1, 2], metric
+    assert [point.value for point in client.get_metric_history(run.info.run_id, "phase")] == [0.0, 0.0, 1.0]
+    lrs = [point.value for point in client.get_metric_history(run.info.run_id, "lr")]
+    assert lrs == pytest.approx([1e-3, 1e-3, 1e-4])
+    assert set(run.data.metrics) >= {"test_accuracy", "test_macro_f1"}
+    artifacts = {item.path for item in client.list_artifacts(run.info.run_id, "training")}
+    assert "training/history.png" in artifacts
+    assert run.inputs.dataset_inputs[0].dataset.name == "fashion-mnist-split"
+    champion = client.get_model_version_by_alias("e2e-model", "champion")
+    assert champion.version == "1"
+    assert champion.run_id == run.info.run_id
+
+
+def test_second_repro_skips_every_stage(project: Path) -> None:
+    result = _dvc(project, "repro")
+    assert result.returncode == 0, result.stderr
+    assert "Running stage" not in result.stdout
+    for stage in STAGES:
+        assert f"Stage '{stage}' didn't change, skipping" in result.stdout
+
+
+def test_changing_one_param_reruns_only_its_stages(project: Path) -> None:
+    _edit_params(project, "tracking", "registered_model", "e2e-renamed")
+    result = _dvc(project, "repro")
+    assert result.returncode == 0, result.stderr
+    ran = [stage for stage in STAGES if f"Running stage '{stage}'" in result.stdout]
+    assert ran == ["validate", "register"]
+    assert json.loads((project / "reports" / "registry.json").read_text())["name"] == "e2e-renamed"
+
+
+def test_invalid_params_stop_before_any_output_is_touched(project: Path) -> None:
+    watched = [project / "build" / "model.keras", project / "models" / "model.keras", project / "data" / "manifest.csv"]
+    before = [path.stat().st_mtime_ns for path in watched]
+    _edit_params(project, "head", "dropout", 1.5)
+    try:
+        result = _dvc(project, "repro")
+    finally:
+        _edit_params(project, "head", "dropout", 0.2)
+    assert result.returncode != 0
+    assert "head.dropout: received 1.5; Input should be less than 1" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    assert [path.stat().st_mtime_ns for path in watched] == before

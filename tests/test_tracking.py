@@ -1,0 +1,131 @@
+"""MLflow tracking: run lifecycle, one epoch axis across fits, params, registry and champion gate."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline import tracking
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def _tiny_model() -> keras.Model:
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,), name="pixels")
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
+
+
+def _open(store: str, tmp_path: Path, **kwargs):
+    return tracking.tracked_run(tracking_uri=store, experiment="tests", artifact_dir=tmp_path / "artifacts", **kwargs)
+
+
+def test_successful_run_ends_finished(store: str, tmp_path: Path) -> None:
+    with _open(store, tmp_path, run_name="ok") as run:
+        run.log_params({f"p{index}": str(index) for index in range(250)})
+        run.set_tags({"device.kind": "cpu"})
+    finished = MlflowClient(store).get_run(run.run_id)
+    assert finished.info.status == "FINISHED"
+    assert len(finished.data.params) == 250
+    assert finished.data.params["p249"] == "249"
+    assert finished.data.tags["device.kind"] == "cpu"
+    assert finished.info.run_name == "ok"
+
+
+def test_failing_run_ends_failed_and_reraises(store: str, tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="boom"), _open(store, tmp_path) as run:
+        raise RuntimeError("boom")
+    assert MlflowClient(store).get_run(run.run_id).info.status == "FAILED"
+
+
+def test_resumed_run_failing_ends_failed(store: str, tmp_path: Path) -> None:
+    with _open(store, tmp_path) as run:
+        reference = tracking.run_reference(run, store)
+    with pytest.raises(KeyError), tracking.tracked_run(tracking_uri=store, resume=reference):
+        raise KeyError("missing")
+    assert MlflowClient(store).get_run(reference.run_id).info.status == "FAILED"
+
+
+def test_sigterm_ends_the_run_failed(store: str, tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        import os, signal, time
+        from pathlib import Path
+        from pipeline import tracking
+        with tracking.tracked_run(tracking_uri={store!r}, experiment="tests",
+                                  artifact_dir=Path({str(tmp_path)!r})) as run:
+            print(run.run_id, flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode != 0
+    run_id = result.stdout.split()[0]
+    assert MlflowClient(store).get_run(run_id).info.status == "FAILED"
+
+
+def test_epochs_of_several_fits_share_one_step_axis(store: str, tmp_path: Path) -> None:
+    model = _tiny_model()
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    features, labels = np.ones((8, 4), np.float32), np.zeros(8, np.int64)
+    with _open(store, tmp_path) as run:
+        model.fit(features, labels, epochs=2, verbose=0, callbacks=[run.epoch_logger()])
+        model.fit(features, labels, initial_epoch=2, epochs=5, verbose=0, callbacks=[run.epoch_logger()])
+    steps = [metric.step for metric in MlflowClient(store).get_metric_history(run.run_id, "loss")]
+    assert steps == [0, 1, 2, 3, 4]
+
+
+def test_tracking_uri_from_environment_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.resolve_tracking_uri("sqlite:///mlflow.db") == "http://127.0.0.1:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking.resolve_tracking_uri("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
+
+
+def test_run_reference_round_trip(tmp_path: Path) -> None:
+    reference = tracking.RunReference(run_id="abc", experiment_id="1", tracking_uri="sqlite:///x.db")
+    reference.write(tmp_path / "build" / "run.json")
+    assert tracking.RunReference.read(tmp_path / "build" / "run.json") == reference
+
+
+def test_champion_gate_and_loading_the_champion(store: str, tmp_path: Path) -> None:
+    model = _tiny_model()
+    registrations = []
+    for accuracy in (0.8, 0.7, 0.9):
+        with _open(store, tmp_path) as run:
+            uri = run.log_keras_model(model, name="model", pip_requirements=["keras"])
+            registrations.append(
+                tracking.register_model(run, model_uri=uri, name="clf", metric="accuracy", value=accuracy)
+            )
+    assert [(item.version, item.is_champion, item.champion_version) for item in registrations] == [
+        ("1", True, "1"),
+        ("2", False, "1"),
+        ("3", True, "3"),
+    ]
+    assert registrations[2].previous_champion_value == 0.8
+    client = MlflowClient(store)
+    assert client.get_model_version_by_alias("clf", "champion").version == "3"
+    assert client.get_model_version("clf", "2").tags["test_accuracy"] == "0.7"
+
+    mlflow.set_tracking_uri(store)
+    loaded = mlflow.tensorflow.load_model("models:/clf@champion")
+    sample = np.random.default_rng(0).uniform(size=(5, 4)).astype(np.float32)
+    np.testing.assert_allclose(loaded.predict(sample, verbose=0), model.predict(sample, verbose=0), rtol=1e-6)
+    signature = mlflow.models.get_model_info("models:/clf@champion").signature
+    assert signature.inputs.to_dict() == [
+        {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 4]}, "name": "pixels"}
+    ]
