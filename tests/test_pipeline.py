@@ -63,7 +63,11 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"].update(source_dir=str(source), subset_size=None, val_fraction=0.2, test_fraction=0.2)
     params["backbone"].update(image_size=32)
-    params["train"].update(batch_size=32, frozen_epochs=2, unfreeze=[{"blocks": 2, "epochs": 1, "lr_factor": 0.1}])
+    params["train"].update(
+        batch_size=32,
+        frozen_epochs=2,
+        unfreeze=[{"blocks": 1, "epochs": 1, "lr_factor": 0.1}, {"blocks": 3, "epochs": 1, "lr_factor": 0.01}],
+    )
     params["tracking"].update(experiment="e2e", registered_model="e2e-model")
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -105,23 +109,24 @@ def test_one_run_holds_everything(project: Path) -> None:
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
-    assert run.data.params["train.unfreeze.0.blocks"] == "2"
+    assert run.data.params["train.unfreeze.1.blocks"] == "3"
     assert run.data.params["backbone.name"] == "efficientnet_lite0"
     assert run.data.tags["device.kind"] == "cpu"
     assert run.data.tags["device.precision"] == "float32"
-    assert run.data.tags["phase.1"].startswith("unfreeze_top_2: epochs 3-3")
+    assert run.data.tags["phase.1"].startswith("unfreeze_top_1: epochs 3-3")
+    assert run.data.tags["phase.2"].startswith("unfreeze_top_3: epochs 4-4")
     for metric in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "phase"):
         history = client.get_metric_history(run.info.run_id, metric)
-        assert [point.step for point in history] == [0, 1, 2], metric
-    assert [point.value for point in client.get_metric_history(run.info.run_id, "phase")] == [0.0, 0.0, 1.0]
+        assert [point.step for point in history] == [0, 1, 2, 3], metric
+    assert [point.value for point in client.get_metric_history(run.info.run_id, "phase")] == [0.0, 0.0, 1.0, 2.0]
     lrs = [point.value for point in client.get_metric_history(run.info.run_id, "lr")]
-    assert lrs == pytest.approx([1e-3, 1e-3, 1e-4])
+    assert lrs == pytest.approx([1e-3, 1e-3, 1e-4, 1e-5])
     assert set(run.data.metrics) >= {"test_accuracy", "test_macro_f1"}
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id, "training")}
     assert "training/history.png" in artifacts
     assert run.inputs.dataset_inputs[0].dataset.name == "fashion-mnist-split"
     champion = client.get_model_version_by_alias("e2e-model", "champion")
-    assert champion.version == "1"
+    assert str(champion.version) == "1"
     assert champion.run_id == run.info.run_id
 
 

@@ -118,7 +118,7 @@ def test_champion_gate_and_loading_the_champion(store: str, tmp_path: Path) -> N
     ]
     assert registrations[2].previous_champion_value == 0.8
     client = MlflowClient(store)
-    assert client.get_model_version_by_alias("clf", "champion").version == "3"
+    assert str(client.get_model_version_by_alias("clf", "champion").version) == "3"
     assert client.get_model_version("clf", "2").tags["test_accuracy"] == "0.7"
 
     mlflow.set_tracking_uri(store)
@@ -127,5 +127,5 @@ def test_champion_gate_and_loading_the_champion(store: str, tmp_path: Path) -> N
     np.testing.assert_allclose(loaded.predict(sample, verbose=0), model.predict(sample, verbose=0), rtol=1e-6)
     signature = mlflow.models.get_model_info("models:/clf@champion").signature
     assert signature.inputs.to_dict() == [
-        {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 4]}, "name": "pixels"}
+        {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 4)}, "name": "pixels"}
     ]
