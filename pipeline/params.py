@@ -12,13 +12,24 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.backbones.names import BACKBONE_BLOCKS, BACKBONE_NAMES
 from pipeline.optimizers import OPTIMIZER_NAMES
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+def Registered(names: tuple[str, ...], kind: str) -> Any:  # noqa: N802 (reads as a type)
+    """A string that must be one of a registry's names; the error lists them."""
+
+    def check(name: str) -> str:
+        if name not in names:
+            raise ValueError(f"unknown {kind}; registered {kind}s: {', '.join(names)}")
+        return name
+
+    return Annotated[str, AfterValidator(check)]
 
 
 class ParamsError(ValueError):
@@ -54,16 +65,9 @@ class DataParams(_Section):
 class BackboneParams(_Section):
     """Which pretrained network to start from, and the input size it sees."""
 
-    name: str = "efficientnet_lite0"
+    name: Registered(BACKBONE_NAMES, "backbone") = "efficientnet_lite0"
     image_size: Annotated[int, Field(ge=32, le=1024)] = 96
     cache_dir: str = ".cache/backbones"
-
-    @field_validator("name")
-    @classmethod
-    def _known_backbone(cls, name: str) -> str:
-        if name not in BACKBONE_NAMES:
-            raise ValueError(f"unknown backbone; registered backbones: {', '.join(BACKBONE_NAMES)}")
-        return name
 
 
 class HeadParams(_Section):
@@ -86,18 +90,11 @@ class TrainParams(_Section):
 
     seed: int = 42
     batch_size: PositiveInt = 64
-    optimizer: str = "adam"
+    optimizer: Registered(OPTIMIZER_NAMES, "optimizer") = "adam"
     base_learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] = 1e-3
     frozen_epochs: PositiveInt = 5
     unfreeze: list[UnfreezeStageParams] = Field(default_factory=list)
     feature_cache_mb: Annotated[int, Field(ge=0)] = 2048
-
-    @field_validator("optimizer")
-    @classmethod
-    def _known_optimizer(cls, name: str) -> str:
-        if name not in OPTIMIZER_NAMES:
-            raise ValueError(f"unknown optimizer; registered optimizers: {', '.join(OPTIMIZER_NAMES)}")
-        return name
 
 
 class EvaluateParams(_Section):

@@ -128,3 +128,18 @@ def test_sub_model_from_a_cut_matches_the_full_model(tiny_backbone) -> None:
         prefix = keras.Model(classifier.model.input, cut)
         top = keras.Model(cut, classifier.model.output) if cut is not classifier.model.input else classifier.model
         np.testing.assert_array_equal(top.predict(prefix.predict(images, verbose=0), verbose=0), expected)
+
+
+def test_same_seed_reproduces_the_run_exactly(tiny_backbone) -> None:
+    phases = [Phase("frozen", 0, 2, 0.01), Phase("unfreeze_top_2", 2, 1, 0.005)]
+    runs = []
+    for _ in range(2):
+        keras.utils.set_random_seed(7)
+        classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.3, seed=7)
+        history = _run(classifier, phases)
+        runs.append(([row["loss"] for row in history.rows], _snapshot(classifier.model)))
+    (first_losses, first_weights), (second_losses, second_weights) = runs
+    assert first_losses == second_losses
+    for layer, values in first_weights.items():
+        for left, right in zip(values, second_weights[layer], strict=True):
+            np.testing.assert_array_equal(left, right, err_msg=layer)
