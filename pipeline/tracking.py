@@ -94,10 +94,9 @@ class TrackedRun:
 
         # MLflow warns that a local path matches its local-artifact source twice (the same class
         # registered twice) and that integer columns cannot hold NaN; neither applies to a manifest.
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _active(self.run_id):
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(pandas.DataFrame(rows), source=source, name=name)
-        with _active(self.run_id):
             mlflow.log_input(dataset, context=context)
 
     def epoch_logger(self) -> keras.callbacks.Callback:

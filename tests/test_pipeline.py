@@ -159,3 +159,21 @@ def test_invalid_params_stop_before_any_output_is_touched(project: Path) -> None
     assert "head.dropout: received 1.5; Input should be less than 1" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
     assert [path.stat().st_mtime_ns for path in watched] == before
+
+
+def test_dvc_exp_run_with_a_set_param(project: Path) -> None:
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "baseline"],
+        cwd=project,
+        check=True,
+    )
+    result = _dvc(project, "exp", "run", "-S", "tracking.registered_model=e2e-experiment")
+    assert result.returncode == 0, result.stdout + result.stderr
+    ran = [stage for stage in STAGES if f"Running stage '{stage}'" in result.stdout]
+    assert ran == ["validate", "register"]
+    registry = json.loads((project / "reports" / "registry.json").read_text())
+    assert registry["name"] == "e2e-experiment"
+    shown = _dvc(project, "exp", "show", "--no-pager", "--csv")
+    assert shown.returncode == 0, shown.stderr
+    assert "e2e-experiment" in shown.stdout
