@@ -2,7 +2,7 @@
 
 Why: this is the only module that imports mlflow, so the rest of the pipeline can be tested without a
 tracking store, and MLflow's quirks on this stack are handled in one place:
-- `mlflow.tensorflow.autolog` crashes `fit` here, and MLflow's Keras callback restarts its step at 0
+- MLflow's TensorFlow autologging crashes `fit` on this stack, and MLflow's Keras callback restarts its step at 0
   on every `fit`, so phases would overwrite each other: `EpochLogger` logs the global epoch instead.
 - `log_model(..., input_example=...)` fails on Keras 3 (upstream #16183): the signature is built
   from shapes instead, and pip requirements are given, since inferring them costs seconds.

@@ -272,7 +272,7 @@ def test_refuses_file_cut_inside_state_dict(tmp_path: Path, weights: tuple[dict[
     headers = b"".join(_dumps(value) for value in (LEGACY_MAGIC_NUMBER, 1001, SYS_INFO))
     path = _write(tmp_path / "cut.pth", headers + _dumps(state)[:40])
 
-    with pytest.raises(LegacyTorchFormatError):
+    with pytest.raises(LegacyTorchFormatError, match=r"ends or breaks inside its state dict"):
         load_legacy_state_dict(path)
 
 
@@ -283,7 +283,7 @@ def test_refuses_file_cut_before_element_count(
     headers = b"".join(_dumps(value) for value in (LEGACY_MAGIC_NUMBER, 1001, SYS_INFO))
     path = _write(tmp_path / "cut.pth", headers + _dumps(state) + _dumps([storage.key for storage in storages]))
 
-    with pytest.raises(LegacyTorchFormatError):
+    with pytest.raises(LegacyTorchFormatError, match=r"file ends before storage"):
         load_legacy_state_dict(path)
 
 
@@ -293,7 +293,7 @@ def test_refuses_tensor_whose_storage_is_missing(
     state, storages = weights
     path = _write(tmp_path / "bad.pth", _legacy_bytes(state, storages[:2]))
 
-    with pytest.raises(LegacyTorchFormatError):
+    with pytest.raises(LegacyTorchFormatError, match=r"storages \[.*\] are referenced but missing from the file"):
         load_legacy_state_dict(path)
 
 
@@ -301,7 +301,7 @@ def test_refuses_big_endian_file(tmp_path: Path, weights: tuple[dict[str, Tensor
     big_endian = {**SYS_INFO, "little_endian": False}
     path = _write(tmp_path / "big.pth", _legacy_bytes(*weights, sys_info=big_endian))
 
-    with pytest.raises(LegacyTorchFormatError):
+    with pytest.raises(LegacyTorchFormatError, match=r"was not written on a little-endian machine"):
         load_legacy_state_dict(path)
 
 
