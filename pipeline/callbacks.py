@@ -8,7 +8,10 @@ tracking logger) see them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import csv
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -27,6 +30,16 @@ class PhaseRecord:
     end_epoch: int
     cached_features: bool
 
+    def describe(self) -> str:
+        """One line for humans and run tags: name, epochs (numbered from 1), LR, cache use."""
+        return (
+            f"{self.name}: epochs {self.first_epoch + 1}-{self.end_epoch}, "
+            f"lr {self.learning_rate:g}, cached features {self.cached_features}"
+        )
+
+
+HISTORY_COLUMNS = ("epoch", "phase", "phase_name", "loss", "accuracy", "val_loss", "val_accuracy", "lr")
+
 
 @dataclass
 class TrainingHistory:
@@ -38,6 +51,17 @@ class TrainingHistory:
     @property
     def epochs_done(self) -> int:
         return len(self.rows)
+
+    def save(self, *, csv_path: Path, json_path: Path) -> None:
+        """Writes the epochs as CSV (a DVC plot) and epochs plus phases as JSON."""
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        with csv_path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, HISTORY_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(self.rows)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        document = {"epochs": self.rows, "phases": [asdict(phase) for phase in self.phases]}
+        json_path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
 
 
 def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:

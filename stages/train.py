@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,8 +16,6 @@ from stages._entry import (
     TRAINED_MODEL,
     run_stage,
 )
-
-HISTORY_COLUMNS = ("epoch", "phase", "phase_name", "loss", "accuracy", "val_loss", "val_accuracy", "lr")
 
 
 def main() -> None:
@@ -94,29 +90,12 @@ def main() -> None:
             feature_cache_bytes=config.train.feature_cache_mb * 2**20,
             callbacks=[run.epoch_logger()],
         )
-        for phase in history.phases:
-            run.set_tags(
-                {
-                    f"phase.{phase.index}": (
-                        f"{phase.name}: epochs {phase.first_epoch + 1}-{phase.end_epoch}, "
-                        f"lr {phase.learning_rate:g}, cached features {phase.cached_features}"
-                    )
-                }
-            )
+        run.set_tags({f"phase.{phase.index}": phase.describe() for phase in history.phases})
 
         model = export.end_to_end_model(
             classifier.model, backbone.make_preprocessing(), image_size=config.backbone.image_size
         )
-        HISTORY_CSV.parent.mkdir(parents=True, exist_ok=True)
-        with HISTORY_CSV.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, HISTORY_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(history.rows)
-        HISTORY_JSON.write_text(
-            json.dumps({"epochs": history.rows, "phases": [asdict(phase) for phase in history.phases]}, indent=2)
-            + "\n",
-            encoding="utf-8",
-        )
+        history.save(csv_path=HISTORY_CSV, json_path=HISTORY_JSON)
         plots.plot_history(history, HISTORY_PNG)
         for artifact in (HISTORY_CSV, HISTORY_JSON, HISTORY_PNG):
             run.log_artifact(artifact, "training")

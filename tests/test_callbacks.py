@@ -1,0 +1,73 @@
+"""One epoch history across phases: recording, describing and saving."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.callbacks import HistoryRecorder, PhaseRecord, TrainingHistory, current_learning_rate
+
+PHASE = PhaseRecord(
+    index=1,
+    name="unfreeze_top_2",
+    trainable_blocks=2,
+    learning_rate=5e-4,
+    first_epoch=4,
+    end_epoch=7,
+    cached_features=True,
+)
+
+
+def test_describe_numbers_epochs_from_one() -> None:
+    assert PHASE.describe() == "unfreeze_top_2: epochs 5-7, lr 0.0005, cached features True"
+
+
+def test_recorder_requires_a_phase() -> None:
+    recorder = HistoryRecorder(TrainingHistory())
+    with pytest.raises(RuntimeError, match="begin_phase must be called before fit"):
+        recorder.on_epoch_end(0, {})
+
+
+def test_recorder_adds_lr_and_phase_for_later_callbacks() -> None:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.25), loss="sparse_categorical_crossentropy")
+    history = TrainingHistory()
+    recorder = HistoryRecorder(history)
+    recorder.begin_phase(PHASE)
+    seen: list[dict[str, float]] = []
+    spy = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(dict(logs)))
+    model.fit(np.ones((4, 2)), np.zeros(4), initial_epoch=4, epochs=6, verbose=0, callbacks=[recorder, spy])
+    assert [row["epoch"] for row in history.rows] == [4, 5]
+    assert [row["phase_name"] for row in history.rows] == ["unfreeze_top_2"] * 2
+    assert [entry["lr"] for entry in seen] == [0.25, 0.25]
+    assert [entry["phase"] for entry in seen] == [1.0, 1.0]
+    assert current_learning_rate(model.optimizer) == 0.25
+
+
+def test_save_writes_exact_csv_and_json(tmp_path: Path) -> None:
+    row = {
+        "epoch": 4,
+        "phase_name": "unfreeze_top_2",
+        "loss": 0.5,
+        "accuracy": 0.75,
+        "val_loss": 0.625,
+        "val_accuracy": 0.5,
+        "lr": 0.0005,
+        "phase": 1.0,
+    }
+    history = TrainingHistory(rows=[row], phases=[PHASE])
+    history.save(csv_path=tmp_path / "h.csv", json_path=tmp_path / "sub" / "h.json")
+    with (tmp_path / "h.csv").open(newline="") as handle:
+        assert list(csv.reader(handle)) == [
+            ["epoch", "phase", "phase_name", "loss", "accuracy", "val_loss", "val_accuracy", "lr"],
+            ["4", "1.0", "unfreeze_top_2", "0.5", "0.75", "0.625", "0.5", "0.0005"],
+        ]
+    document = json.loads((tmp_path / "sub" / "h.json").read_text())
+    assert document["epochs"] == [row]
+    assert document["phases"][0]["end_epoch"] == 7
