@@ -29,12 +29,13 @@ class PhaseRecord:
     first_epoch: int
     end_epoch: int
     cached_features: bool
+    seconds: float = 0.0
 
     def describe(self) -> str:
-        """One line for humans and run tags: name, epochs (numbered from 1), LR, cache use."""
+        """One line for humans and run tags: name, epochs (numbered from 1), LR, cache use, wall time."""
         return (
             f"{self.name}: epochs {self.first_epoch + 1}-{self.end_epoch}, "
-            f"lr {self.learning_rate:g}, cached features {self.cached_features}"
+            f"lr {self.learning_rate:g}, cached features {self.cached_features}, {self.seconds:.0f} s"
         )
 
 

@@ -8,6 +8,7 @@ elsewhere: `pipeline.freezing` (what trains), `pipeline.features` (frozen activa
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -97,6 +98,7 @@ def fine_tune(
         cache_limit_bytes=feature_cache_bytes,
     )
     for index, phase in enumerate(phases):
+        started = time.perf_counter()
         set_trainable_blocks(
             classifier.model, classifier.backbone.blocks_top_down, trainable_blocks=phase.trainable_blocks
         )
@@ -127,5 +129,5 @@ def fine_tune(
             verbose=verbose,
         )
         # A callback may stop a phase early: record where it really ended.
-        history.phases.append(replace(record, end_epoch=history.epochs_done))
+        history.phases.append(replace(record, end_epoch=history.epochs_done, seconds=time.perf_counter() - started))
     return history

@@ -101,6 +101,8 @@ def main() -> None:
             run.log_artifact(artifact, "training")
         export.save_model(model, TRAINED_MODEL)
         tracking.run_reference(run, tracking_uri).write(RUN_REFERENCE)
+        for phase in history.phases:
+            print(phase.describe())
         print(f"trained {history.epochs_done} epochs in {len(history.phases)} phases; run {run.run_id}")
 
 

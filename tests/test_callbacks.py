@@ -20,11 +20,12 @@ PHASE = PhaseRecord(
     first_epoch=4,
     end_epoch=7,
     cached_features=True,
+    seconds=12.4,
 )
 
 
 def test_describe_numbers_epochs_from_one() -> None:
-    assert PHASE.describe() == "unfreeze_top_2: epochs 5-7, lr 0.0005, cached features True"
+    assert PHASE.describe() == "unfreeze_top_2: epochs 5-7, lr 0.0005, cached features True, 12 s"
 
 
 def test_recorder_requires_a_phase() -> None:

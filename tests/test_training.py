@@ -95,6 +95,7 @@ def test_epochs_run_on_one_axis_across_phases(tiny_backbone) -> None:
     assert [row["phase"] for row in history.rows] == [0.0, 0.0, 1.0, 1.0, 1.0]
     assert [row["lr"] for row in history.rows] == pytest.approx([0.01, 0.01, 0.001, 0.001, 0.001])
     assert [(phase.first_epoch, phase.end_epoch) for phase in history.phases] == [(0, 2), (2, 5)]
+    assert all(phase.seconds > 0 for phase in history.phases)
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(history.rows[0])
 
 
