@@ -8,6 +8,10 @@ itself is a pure function of what was asked and what exists, so it is tested wit
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 # Mixed float16 pays off only from Volta (compute capability 7.0) on; on older GPUs and on CPUs
 # it is slower than float32 (about 4x on CPU, measured on this stack).
@@ -105,11 +109,11 @@ def select_devices(
     return DeviceSelection(gpus=chosen, precision=policy, descriptions=descriptions)
 
 
-def _list_gpus() -> list[GpuInfo]:
+def _describe_gpus(physical: list[tf.config.PhysicalDevice]) -> list[GpuInfo]:
     import tensorflow as tf
 
     gpus = []
-    for index, device in enumerate(tf.config.list_physical_devices("GPU")):
+    for index, device in enumerate(physical):
         details = tf.config.experimental.get_device_details(device)
         gpus.append(
             GpuInfo(
@@ -140,7 +144,7 @@ def configure(*, requested: str, gpu_indices: list[int] | None, precision: str) 
 
     physical = tf.config.list_physical_devices("GPU")
     selection = select_devices(
-        requested=requested, gpu_indices=gpu_indices, precision=precision, available=_list_gpus()
+        requested=requested, gpu_indices=gpu_indices, precision=precision, available=_describe_gpus(physical)
     )
     chosen_devices = [physical[gpu.index] for gpu in selection.gpus]
     tf.config.set_visible_devices(chosen_devices, "GPU")

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import signal
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -141,8 +142,6 @@ class EpochLogger(keras.callbacks.Callback):
 
 
 def _now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)
 
 

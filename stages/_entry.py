@@ -40,14 +40,12 @@ def quiet_libraries() -> None:
 def run_stage(main: Callable[[], None]) -> None:
     """Runs a stage's `main`, turning user-fixable errors into one message and exit code 2."""
     from pipeline.data.sources import DatasetFormatError, DatasetNotFoundError
+    from pipeline.devices import DeviceSelectionError
     from pipeline.params import ParamsError
 
     quiet_libraries()
-    user_errors: tuple[type[BaseException], ...] = (ParamsError, DatasetNotFoundError, DatasetFormatError)
+    user_errors = (ParamsError, DatasetNotFoundError, DatasetFormatError, DeviceSelectionError)
     try:
-        from pipeline.devices import DeviceSelectionError
-
-        user_errors += (DeviceSelectionError,)
         main()
     except user_errors as error:
         print(f"error: {error}", file=sys.stderr)
