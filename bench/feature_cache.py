@@ -31,6 +31,8 @@ def main() -> None:
     from pipeline.data.sources import load_idx_dataset
     from pipeline.features import ImageSplit
     from pipeline.head import attach_head
+    from pipeline.params.optimizer import AdamParams
+    from pipeline.params.schedule import ConstantParams
     from pipeline.training import Phase, fine_tune
 
     source = load_idx_dataset(arguments.source_dir)
@@ -38,9 +40,10 @@ def main() -> None:
     train = ImageSplit(source.images[: arguments.images], source.labels[: arguments.images])
     end = arguments.images + validation_count
     val = ImageSplit(source.images[arguments.images : end], source.labels[arguments.images : end])
+    adam, constant = AdamParams(name="adam"), ConstantParams(name="constant")
     phases = [
-        Phase("frozen", 0, arguments.epochs, 1e-3),
-        Phase("unfreeze_top_2", 2, arguments.epochs, 5e-4),
+        Phase("frozen", 0, arguments.epochs, 1e-3, optimizer=adam, schedule=constant),
+        Phase("unfreeze_top_2", 2, arguments.epochs, 5e-4, optimizer=adam, schedule=constant),
     ]
 
     results = {}
@@ -54,7 +57,6 @@ def main() -> None:
             train=train,
             val=val,
             phases=phases,
-            optimizer="adam",
             batch_size=64,
             image_size=arguments.image_size,
             seed=0,

@@ -1,21 +1,24 @@
-"""Keras callbacks of the pipeline: one epoch history across all phases.
+"""Keras callbacks of the pipeline: one epoch history across all phases, and early stopping per phase.
 
 Why: every phase is its own `fit` call, and Keras' `History` (like MLflow's Keras callback) restarts
 with each one. The recorder keeps one continuous epoch axis, stamps each epoch with its phase and the
 learning rate the optimiser really used, and puts both into `logs` so that callbacks after it (the
-tracking logger) see them.
+tracking logger) see them. The `lr` of an epoch is the one its last step used.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
+
+from pipeline.freezing import LayerState
+from pipeline.schedules import learning_rate_used
 
 
 @dataclass(frozen=True)
@@ -29,13 +32,22 @@ class PhaseRecord:
     first_epoch: int
     end_epoch: int
     cached_features: bool
+    optimizer: str = ""
+    schedule: str = "constant"
+    bn_policy: str = "frozen"
+    lr_decay_per_block: float = 1.0
+    data_note: str = ""
+    best_epoch: int | None = None
     seconds: float = 0.0
 
     def describe(self) -> str:
-        """One line for humans and run tags: name, epochs (numbered from 1), LR, cache use, wall time."""
+        """One line for humans and run tags: epochs (numbered from 1), how it trained, cache use, wall time."""
+        best = f", restored best epoch {self.best_epoch + 1}" if self.best_epoch is not None else ""
+        decay = f", lr / {self.lr_decay_per_block:g} per lower block" if self.lr_decay_per_block != 1 else ""
         return (
-            f"{self.name}: epochs {self.first_epoch + 1}-{self.end_epoch}, "
-            f"lr {self.learning_rate:g}, cached features {self.cached_features}, {self.seconds:.0f} s"
+            f"{self.name}: epochs {self.first_epoch + 1}-{self.end_epoch}{best}, {self.optimizer} "
+            f"lr {self.learning_rate:g} ({self.schedule}){decay}, BN {self.bn_policy}, "
+            f"cached features {self.cached_features} ({self.data_note}), {self.seconds:.0f} s"
         )
 
 
@@ -48,6 +60,7 @@ class TrainingHistory:
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     phases: list[PhaseRecord] = field(default_factory=list)
+    layers: list[LayerState] = field(default_factory=list)
 
     @property
     def epochs_done(self) -> int:
@@ -65,11 +78,6 @@ class TrainingHistory:
         json_path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
 
 
-def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
-    """The learning rate the optimiser applies now, whether a constant or a schedule."""
-    return float(np.asarray(keras.ops.convert_to_numpy(optimizer.learning_rate)))
-
-
 class HistoryRecorder(keras.callbacks.Callback):
     """Records every epoch of every phase into one `TrainingHistory`.
 
@@ -81,18 +89,44 @@ class HistoryRecorder(keras.callbacks.Callback):
         super().__init__()
         self.history = history
         self._phase: PhaseRecord | None = None
+        self._learning_rate_used: Callable[[keras.optimizers.Optimizer], float] = learning_rate_used
 
-    def begin_phase(self, phase: PhaseRecord) -> None:
-        """Announces the phase the next epochs belong to."""
+    def begin_phase(
+        self,
+        phase: PhaseRecord,
+        *,
+        learning_rate_used: Callable[[keras.optimizers.Optimizer], float] = learning_rate_used,
+    ) -> None:
+        """Announces the phase the next epochs belong to.
+
+        Args:
+            phase: The phase.
+            learning_rate_used: Reads the LR of the optimiser's last step (the phase schedule's
+                `learning_rate_used`); the default reads a constant or callback-set LR.
+        """
         self._phase = phase
+        self._learning_rate_used = learning_rate_used
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self._phase is None:
             raise RuntimeError("HistoryRecorder.begin_phase must be called before fit")
         if logs is None:
             logs = {}
-        logs["lr"] = current_learning_rate(self.model.optimizer)
+        logs["lr"] = self._learning_rate_used(self.model.optimizer)
         logs["phase"] = float(self._phase.index)
         row: dict[str, Any] = {"epoch": epoch, "phase_name": self._phase.name}
         row.update({key: float(value) for key, value in logs.items()})
         self.history.rows.append(row)
+
+
+def early_stopping(
+    *, monitor: str, patience: int, min_delta: float, restore_best: bool
+) -> keras.callbacks.EarlyStopping:
+    """Keras' early stopping for one phase; with `restore_best` the phase ends on its best epoch's weights.
+
+    Keras restores the best weights at the end of `fit` whether or not it stopped early, so the next
+    phase always starts from the best epoch of this one.
+    """
+    return keras.callbacks.EarlyStopping(
+        monitor=monitor, patience=patience, min_delta=min_delta, restore_best_weights=restore_best
+    )

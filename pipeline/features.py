@@ -2,19 +2,25 @@
 
 Why: with BatchNormalization frozen and no augmentation, the layers below the lowest trainable
 block compute the same activations every epoch. Recomputing them is most of the cost of fine-tuning
-on a CPU (STACK_NOTES: a frozen backbone recomputed every epoch is the main waste). This module
+on a CPU (measured: a frozen backbone recomputed every epoch is the main waste of CPU time). This module
 computes the activations at the deepest cut any phase needs once, derives each phase's cut from
 them, and hands `fit` a sub-model that starts at that cut. The sub-model shares its layers with the
 full classifier, so what it learns is what the full model holds; the result is mathematically the
 training of the full model, only faster.
 
 A phase's cut is the input of its lowest trainable block (for the frozen phase, the pooled feature
-vector). When the cached activations would exceed the memory budget, or when a phase trains the
-whole backbone, the full model is trained on images instead.
+vector). The full model is trained on images instead when the cached activations would exceed the
+memory budget, when a phase trains the whole backbone, or when augmentation is on (the backbone then
+sees different pixels every epoch); each phase says which and why.
+
+BatchNorm policies (`pipeline.freezing`) keep this correct: whatever the policy of the unfrozen
+blocks, the layers below a phase's cut are frozen and in inference mode, and activations between the
+deepest cut and a phase's cut are recomputed with the weights and statistics of the moment.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import keras
@@ -23,6 +29,7 @@ import tensorflow as tf
 
 from pipeline.data.datasets import array_dataset, image_dataset
 from pipeline.head import Classifier
+from pipeline.losses import one_hot_labels
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,8 @@ class PhaseData:
     train: tf.data.Dataset
     val: tf.data.Dataset
     cached: bool
+    steps_per_epoch: int
+    note: str
 
 
 def cut_tensor(classifier: Classifier, trainable_blocks: int) -> keras.KerasTensor:
@@ -81,6 +90,8 @@ class PhaseDataFactory:
         batch_size: Images per batch.
         seed: Seed of the training shuffle.
         cache_limit_bytes: Largest cache allowed; 0 disables caching.
+        augmentation: Random layers for the training images, or None; any disables caching.
+        one_hot_classes: Number of classes when the loss wants one-hot labels (label smoothing), else None.
     """
 
     def __init__(
@@ -95,6 +106,8 @@ class PhaseDataFactory:
         batch_size: int,
         seed: int,
         cache_limit_bytes: int,
+        augmentation: keras.layers.Layer | None = None,
+        one_hot_classes: int | None = None,
     ) -> None:
         self._classifier = classifier
         self._splits = {"train": train, "val": val}
@@ -102,13 +115,27 @@ class PhaseDataFactory:
         self._image_size = image_size
         self._batch_size = batch_size
         self._seed = seed
+        self._augmentation = augmentation
+        self._one_hot_classes = one_hot_classes
+        self.steps_per_epoch = math.ceil(len(train.labels) / batch_size)
         self._base_cut = cut_tensor(classifier, deepest_trainable_blocks)
         examples = len(train.labels) + len(val.labels)
         self.estimated_cache_bytes = _bytes_per_example(self._base_cut) * examples
-        self.caching = self._base_cut is not classifier.model.input and self.estimated_cache_bytes <= cache_limit_bytes
+        if augmentation is not None:
+            self.caching = False
+            self.cache_note = "augmentation changes the images every epoch, so frozen activations cannot be reused"
+        elif self.estimated_cache_bytes > cache_limit_bytes:
+            self.caching = False
+            self.cache_note = (
+                f"frozen activations would take {self.estimated_cache_bytes / 2**20:.0f} MiB, over "
+                f"train.feature_cache_mb ({cache_limit_bytes / 2**20:.0f} MiB)"
+            )
+        else:
+            self.caching = True
+            self.cache_note = "frozen activations computed once and reused"
         self._base_activations: dict[str, np.ndarray] | None = None
 
-    def _images(self, split: str, *, shuffle: bool) -> tf.data.Dataset:
+    def _images(self, split: str, *, shuffle: bool, augment: bool = False) -> tf.data.Dataset:
         data = self._splits[split]
         return image_dataset(
             data.images,
@@ -116,9 +143,15 @@ class PhaseDataFactory:
             image_size=self._image_size,
             batch_size=self._batch_size,
             preprocessing=self._preprocessing,
+            augmentation=self._augmentation if augment else None,
             shuffle=shuffle,
             seed=self._seed,
         )
+
+    def _labelled(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        if self._one_hot_classes is None:
+            return dataset
+        return one_hot_labels(dataset, num_classes=self._one_hot_classes)
 
     def _base(self) -> dict[str, np.ndarray]:
         if self._base_activations is None:
@@ -141,9 +174,11 @@ class PhaseDataFactory:
         if not self.caching or cut is self._classifier.model.input:
             return PhaseData(
                 model=self._classifier.model,
-                train=self._images("train", shuffle=True),
-                val=self._images("val", shuffle=False),
+                train=self._labelled(self._images("train", shuffle=True, augment=True)),
+                val=self._labelled(self._images("val", shuffle=False)),
                 cached=False,
+                steps_per_epoch=self.steps_per_epoch,
+                note=self.cache_note if not self.caching else "the whole backbone trains: nothing frozen to cache",
             )
         base = self._base()
         if cut is self._base_cut:
@@ -157,19 +192,25 @@ class PhaseDataFactory:
             }
         return PhaseData(
             model=keras.Model(cut, self._classifier.model.output),
-            train=array_dataset(
-                activations["train"],
-                self._splits["train"].labels,
-                batch_size=self._batch_size,
-                shuffle=True,
-                seed=self._seed,
+            train=self._labelled(
+                array_dataset(
+                    activations["train"],
+                    self._splits["train"].labels,
+                    batch_size=self._batch_size,
+                    shuffle=True,
+                    seed=self._seed,
+                )
             ),
-            val=array_dataset(
-                activations["val"],
-                self._splits["val"].labels,
-                batch_size=self._batch_size,
-                shuffle=False,
-                seed=self._seed,
+            val=self._labelled(
+                array_dataset(
+                    activations["val"],
+                    self._splits["val"].labels,
+                    batch_size=self._batch_size,
+                    shuffle=False,
+                    seed=self._seed,
+                )
             ),
             cached=True,
+            steps_per_epoch=self.steps_per_epoch,
+            note=self.cache_note,
         )

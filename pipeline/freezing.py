@@ -1,17 +1,69 @@
-"""Which layers train: freeze the backbone, unfreeze the top k named blocks, keep BN frozen.
+"""Which layers train: freeze the backbone, unfreeze the top k named blocks, and a BatchNorm policy.
 
 Why: under Keras 3 `training=False` is not honoured inside `fit`, so the only thing that keeps a
 BatchNormalization layer's moving statistics still is `trainable = False`; and an inner layer's flag
 counts only while its container is trainable. So the order is: container on, groups by position,
-then every BN off. The caller must recompile after this (Keras silently ignores the change
-otherwise); `pipeline.training` compiles a fresh optimiser for every phase.
+then the BatchNorm layers by policy. The caller must recompile after this (Keras silently ignores
+the change otherwise); `pipeline.training` compiles a fresh optimiser for every phase.
+
+BatchNorm policies, for the BN layers of the unfrozen blocks (those of frozen blocks are always frozen):
+- `frozen`: inference mode, nothing in the layer changes (the Keras guide's advice for fine-tuning).
+- `affine`: gamma and beta train while the layer still normalises with its frozen moving statistics
+  (what fastai's `train_bn` keeps trainable, minus the statistics). Keras has no switch for this: a
+  trainable BN layer always uses batch statistics in `fit`. So the layer's class is swapped for a
+  subclass whose `call` forces inference mode; its variables and config are untouched, and any other
+  policy swaps the original class back (so a saved model never names our subclass).
+- `trainable`: gamma, beta and the moving statistics all follow the new data.
 """
 
 from __future__ import annotations
 
+import csv
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
 import keras
 
 from pipeline.backbones.registry import BlockGroup
+
+BN_POLICIES = ("frozen", "affine", "trainable")
+HEAD_BLOCK = "head"
+
+
+class _InferenceModeBatchNorm:
+    """Mixin: normalise with the moving statistics even while training; gamma and beta still get gradients."""
+
+    def call(self, inputs: Any, training: bool | None = None, mask: Any = None) -> Any:
+        return super().call(inputs, training=False, mask=mask)
+
+
+@functools.cache
+def _affine_class(batch_norm_class: type) -> type:
+    return type(f"Affine{batch_norm_class.__name__}", (_InferenceModeBatchNorm, batch_norm_class), {})
+
+
+def _original_class(layer: keras.layers.Layer) -> type:
+    cls = type(layer)
+    return cls.__bases__[1] if issubclass(cls, _InferenceModeBatchNorm) else cls
+
+
+def apply_bn_policy(layer: keras.layers.BatchNormalization, *, trains: bool, policy: str) -> None:
+    """Sets one BatchNormalization layer of a block that `trains` (or not) according to `policy`."""
+    original = _original_class(layer)
+    effective = policy if trains else "frozen"
+    layer.__class__ = _affine_class(original) if effective == "affine" else original
+    layer.trainable = effective in ("affine", "trainable")
+
+
+def bn_mode(layer: keras.layers.Layer) -> str:
+    """The policy a BatchNormalization layer is under now: frozen, affine or trainable."""
+    if isinstance(layer, _InferenceModeBatchNorm):
+        return "affine"
+    return "trainable" if layer.trainable else "frozen"
 
 
 def set_trainable_blocks(
@@ -19,29 +71,31 @@ def set_trainable_blocks(
     blocks_top_down: tuple[BlockGroup, ...],
     *,
     trainable_blocks: int,
-    freeze_batch_norm: bool = True,
+    bn_policy: str = "frozen",
 ) -> dict[str, bool]:
     """Makes the top `trainable_blocks` groups trainable and every other backbone layer frozen.
 
-    Layers outside the groups (the new head) stay trainable.
+    Layers outside the groups (the new head) stay trainable, their BatchNorm included.
 
     Args:
         model: The classifier holding the backbone's layers.
         blocks_top_down: The backbone's block groups, top first.
         trainable_blocks: How many groups from the top train; 0 freezes the whole backbone.
-        freeze_batch_norm: Keep BatchNormalization layers frozen inside unfrozen groups.
+        bn_policy: What the BatchNormalization layers of the trainable groups do (see the module doc).
 
     Returns:
         Group name -> whether it trains.
 
     Raises:
-        ValueError: `trainable_blocks` is negative or exceeds the number of groups.
+        ValueError: `trainable_blocks` is negative or exceeds the number of groups, or the policy is unknown.
     """
     if not 0 <= trainable_blocks <= len(blocks_top_down):
         raise ValueError(
             f"trainable_blocks is {trainable_blocks}; the backbone has {len(blocks_top_down)} blocks "
             f"({', '.join(group.name for group in blocks_top_down)})"
         )
+    if bn_policy not in BN_POLICIES:
+        raise ValueError(f"unknown bn_policy {bn_policy!r}; allowed: {', '.join(BN_POLICIES)}")
     model.trainable = True
     state: dict[str, bool] = {}
     for position, group in enumerate(blocks_top_down):
@@ -49,10 +103,83 @@ def set_trainable_blocks(
         state[group.name] = trains
         for name in group.layer_names:
             layer = model.get_layer(name)
-            layer.trainable = trains and not (freeze_batch_norm and isinstance(layer, keras.layers.BatchNormalization))
+            if isinstance(layer, keras.layers.BatchNormalization):
+                apply_bn_policy(layer, trains=trains, policy=bn_policy)
+            else:
+                layer.trainable = trains
     return state
 
 
 def trainable_layer_names(model: keras.Model) -> list[str]:
     """Names of the layers that own trainable weights, in model order."""
     return [layer.name for layer in model.layers if layer.trainable_weights]
+
+
+@dataclass(frozen=True)
+class LayerState:
+    """One row of the trainable-layer map: what a layer does in a phase."""
+
+    phase: int
+    phase_name: str
+    layer: str
+    block: str
+    layer_type: str
+    trainable: bool
+    parameters: int
+    trainable_parameters: int
+    lr_multiplier: float
+    batch_norm: str
+
+
+def layer_map(
+    model: keras.Model,
+    blocks_top_down: Sequence[BlockGroup],
+    *,
+    phase: int,
+    phase_name: str,
+    lr_multipliers: Mapping[str, float],
+) -> list[LayerState]:
+    """Describes every layer that owns weights: its block, whether it trains, its size and LR multiplier.
+
+    Args:
+        model: The classifier, with the phase's `trainable` flags set.
+        blocks_top_down: The backbone's block groups; layers outside them belong to the head.
+        phase: Index of the phase.
+        phase_name: Name of the phase.
+        lr_multipliers: Layer name -> multiple of the phase's LR (absent: 1).
+
+    Returns:
+        One row per layer with weights, in model order.
+    """
+    block_of = {name: group.name for group in blocks_top_down for name in group.layer_names}
+    rows = []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        trainable = bool(layer.trainable_weights)
+        is_batch_norm = isinstance(layer, keras.layers.BatchNormalization)
+        rows.append(
+            LayerState(
+                phase=phase,
+                phase_name=phase_name,
+                layer=layer.name,
+                block=block_of.get(layer.name, HEAD_BLOCK),
+                layer_type=_original_class(layer).__name__ if is_batch_norm else type(layer).__name__,
+                trainable=trainable,
+                parameters=sum(math.prod(weight.shape) for weight in layer.weights),
+                trainable_parameters=sum(math.prod(weight.shape) for weight in layer.trainable_weights),
+                lr_multiplier=float(lr_multipliers.get(layer.name, 1.0)) if trainable else 0.0,
+                batch_norm=bn_mode(layer) if is_batch_norm else "",
+            )
+        )
+    return rows
+
+
+def save_layer_map(rows: Sequence[LayerState], path: Path) -> None:
+    """Writes the trainable-layer map of every phase as one CSV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(LayerState.__dataclass_fields__)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fields)
+        writer.writeheader()
+        writer.writerows(asdict(row) for row in rows)

@@ -1,4 +1,4 @@
-"""PNG figures with matplotlib: the training history and the confusion matrix.
+"""PNG figures with matplotlib: the training history, the confusion matrix and the LR range test.
 
 Why: `dvc plots show` renders HTML that fetches vega from a CDN and is blank offline; PNGs work in
 the MLflow UI, in a file browser and in a report.
@@ -7,6 +7,7 @@ the MLflow UI, in a file browser and in a report.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -14,7 +15,9 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
 import numpy as np
 
-from pipeline.callbacks import TrainingHistory
+if TYPE_CHECKING:
+    from pipeline.callbacks import TrainingHistory
+    from pipeline.lr_finder import LRFinderResult
 
 
 def plot_history(history: TrainingHistory, path: Path) -> None:
@@ -86,4 +89,55 @@ def plot_confusion_matrix(confusion: np.ndarray, class_names: tuple[str, ...], p
     figure.colorbar(image, ax=axis, shrink=0.8)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_lr_finder(result: LRFinderResult, path: Path) -> plt.Figure:
+    """Loss against learning rate (log axis) of the LR range test, with both suggestions marked.
+
+    Why: the curve, not only the number, tells whether the suggestion is sound: the loss should fall
+    steadily at the suggested LR and blow up only well to its right.
+
+    Args:
+        result: The sweep.
+        path: Where to write the PNG.
+
+    Returns:
+        The figure (closed, for inspection).
+    """
+    figure, axis = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    axis.plot(result.learning_rates, result.losses, color="0.75", linewidth=0.8, label="loss per step")
+    axis.plot(result.learning_rates, result.smoothed_losses, color="C0", label="smoothed loss")
+    smoothed = dict(zip(result.learning_rates, result.smoothed_losses, strict=True))
+    for rule, marker, color in (("valley", "o", "C2"), ("steepest", "v", "C3")):
+        learning_rate = result.suggestion(rule)
+        axis.plot(
+            [learning_rate],
+            [smoothed[learning_rate]],
+            marker,
+            color=color,
+            markersize=9,
+            label=f"{rule}: {learning_rate:.2g}",
+        )
+    axis.set_xscale("log")
+    axis.set_xlabel("learning rate")
+    axis.set_ylabel("training loss")
+    finite = [value for value in result.smoothed_losses if np.isfinite(value)]
+    if finite:
+        # The divergence at the end would squash the part of the curve that matters.
+        axis.set_ylim(min(finite) * 0.95, min(max(finite), 2.5 * finite[0]) * 1.05)
+    axis.set_title("LR range test")
+    axis.legend()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return figure
+
+
+def plot_note(text: str, path: Path) -> None:
+    """A PNG holding one line of text, where a stage has nothing to draw but must write its plot."""
+    figure, axis = plt.subplots(figsize=(7, 1.2))
+    axis.axis("off")
+    axis.text(0.5, 0.5, text, ha="center", va="center")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -1,9 +1,12 @@
 """The fine-tuning recipe: a new head on a frozen backbone, then unfreezing from the top.
 
-Read `fine_tune` top to bottom: plan the phases, then for each phase set what trains, get its data,
-compile a fresh optimiser at its learning rate, and fit on the global epoch axis. The mechanics live
-elsewhere: `pipeline.freezing` (what trains), `pipeline.features` (frozen activations computed once),
-`pipeline.optimizers`, `pipeline.callbacks` (one history for all phases).
+Read `fine_tune` top to bottom: for each planned phase, set what trains, get its data, compile a
+fresh optimiser with the phase's schedule and layer-wise learning rates, and fit on the global epoch
+axis. `plan_phases` turns the `train` section into that list of phases, resolving each stage's
+inherited settings. The mechanics live elsewhere: `pipeline.freezing` (what trains, BatchNorm
+policy), `pipeline.features` (frozen activations computed once), `pipeline.optimizers`,
+`pipeline.schedules`, `pipeline.layerwise` (discriminative learning rates), `pipeline.losses`,
+`pipeline.callbacks` (one history for all phases, early stopping).
 """
 
 from __future__ import annotations
@@ -11,44 +14,111 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 import keras
 
-from pipeline.callbacks import HistoryRecorder, PhaseRecord, TrainingHistory
+from pipeline.callbacks import HistoryRecorder, PhaseRecord, TrainingHistory, early_stopping
 from pipeline.features import ImageSplit, PhaseDataFactory
-from pipeline.freezing import set_trainable_blocks
+from pipeline.freezing import layer_map, set_trainable_blocks
 from pipeline.head import Classifier
-from pipeline.optimizers import make_optimizer
+from pipeline.layerwise import block_multipliers, variable_multipliers
+from pipeline.losses import classification_loss, needs_one_hot
+from pipeline.optimizers import MOMENTUM_TERM, make_optimizer
+from pipeline.schedules import make_schedule
 
-LOSS = "sparse_categorical_crossentropy"
+if TYPE_CHECKING:
+    from pipeline.params.train import EarlyStoppingParams, TrainParams
+
+
+class Choice(Protocol):
+    """A registered name with its options (an optimiser or a schedule from params)."""
+
+    name: str
+
+    def options(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
 class Phase:
-    """One `fit`: how many blocks from the top train, for how long, at which learning rate."""
+    """One `fit`: what trains, for how long, and how it is optimised.
+
+    Attributes:
+        name: `frozen`, `unfreeze_top_<k>` or `unfreeze_all`.
+        trainable_blocks: Blocks from the top that train (0: only the head).
+        epochs: Epochs planned (early stopping may end the phase sooner).
+        learning_rate: The phase's LR, lr0 of its schedule (the head's LR under discriminative LR).
+        optimizer: Optimiser name and options.
+        schedule: Schedule name and options.
+        bn_policy: BatchNorm policy of the unfrozen blocks.
+        lr_decay_per_block: Each lower unfrozen block trains at the LR of the block above / this.
+        early_stopping: Early stopping settings, or None.
+    """
 
     name: str
     trainable_blocks: int
     epochs: int
     learning_rate: float
+    optimizer: Choice
+    schedule: Choice
+    bn_policy: str = "frozen"
+    lr_decay_per_block: float = 1.0
+    early_stopping: EarlyStoppingParams | None = None
 
 
-@dataclass(frozen=True)
-class UnfreezeStage:
-    """One step of progressive unfreezing, as configured."""
+def _momentum_for_cycling(optimizer: Choice, schedule: Choice) -> Choice:
+    """1cycle cycles momentum; an SGD or RMSprop without momentum has nothing to cycle, so give it one.
 
-    blocks: int
-    epochs: int
-    lr_factor: float
+    Keras builds momentum slots only when momentum > 0, so the optimiser starts at the cycle's top.
+    """
+    options = schedule.options()
+    cycles = schedule.name == "onecycle" and options.get("cycle_momentum")
+    if cycles and MOMENTUM_TERM.get(optimizer.name) == "momentum" and optimizer.options().get("momentum") == 0.0:
+        return optimizer.model_copy(update={"momentum": options["max_momentum"]})
+    return optimizer
 
 
-def plan_phases(*, frozen_epochs: int, unfreeze: Sequence[UnfreezeStage], base_learning_rate: float) -> list[Phase]:
-    """The frozen phase at the base LR, then each unfreeze stage at its fraction of it."""
-    phases = [Phase("frozen", 0, frozen_epochs, base_learning_rate)]
-    phases += [
-        Phase(f"unfreeze_top_{stage.blocks}", stage.blocks, stage.epochs, base_learning_rate * stage.lr_factor)
-        for stage in unfreeze
+def plan_phases(train: TrainParams, *, base_learning_rate: float, block_count: int) -> list[Phase]:
+    """The frozen phase at the base LR, then each unfreeze stage at its fraction of it.
+
+    Args:
+        train: The validated `train` section; a stage's unset optimiser, schedule, BatchNorm policy,
+            discriminative LR and early stopping are the section's.
+        base_learning_rate: LR of the frozen phase (a number, or the LR range test's suggestion).
+        block_count: Number of blocks of the backbone (what `all` means).
+
+    Returns:
+        The phases in order.
+    """
+    phases = [
+        Phase(
+            name="frozen",
+            trainable_blocks=0,
+            epochs=train.frozen_epochs,
+            learning_rate=base_learning_rate,
+            optimizer=_momentum_for_cycling(train.optimizer, train.schedule),
+            schedule=train.schedule,
+            bn_policy=train.bn_policy,
+            lr_decay_per_block=train.lr_decay_per_block,
+            early_stopping=train.early_stopping,
+        )
     ]
+    for stage in train.unfreeze:
+        blocks = block_count if stage.blocks == "all" else stage.blocks
+        schedule = stage.schedule or train.schedule
+        phases.append(
+            Phase(
+                name="unfreeze_all" if stage.blocks == "all" else f"unfreeze_top_{blocks}",
+                trainable_blocks=blocks,
+                epochs=stage.epochs,
+                learning_rate=base_learning_rate * stage.lr_factor,
+                optimizer=_momentum_for_cycling(stage.optimizer or train.optimizer, schedule),
+                schedule=schedule,
+                bn_policy=stage.bn_policy or train.bn_policy,
+                lr_decay_per_block=stage.lr_decay_per_block or train.lr_decay_per_block,
+                early_stopping=stage.early_stopping or train.early_stopping,
+            )
+        )
     return phases
 
 
@@ -58,11 +128,12 @@ def fine_tune(
     train: ImageSplit,
     val: ImageSplit,
     phases: Sequence[Phase],
-    optimizer: str,
     batch_size: int,
     image_size: int,
     seed: int,
     feature_cache_bytes: int,
+    label_smoothing: float = 0.0,
+    augmentation: keras.layers.Layer | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 2,
 ) -> TrainingHistory:
@@ -73,19 +144,22 @@ def fine_tune(
         train: Training images and labels.
         val: Validation images and labels.
         phases: The plan, usually from `plan_phases`.
-        optimizer: Registered optimiser name; a fresh one is built for every phase.
         batch_size: Images per batch.
         image_size: Square input size.
         seed: Seed of the shuffles.
         feature_cache_bytes: Memory budget for cached frozen activations; 0 always trains on images.
+        label_smoothing: Label smoothing of the cross-entropy (0: none).
+        augmentation: Random layers for the training images (see `pipeline.augmentation`), or None.
         callbacks: Extra callbacks (tracking); they receive `lr` and `phase` in their logs.
         verbose: Keras' `fit` verbosity.
 
     Returns:
-        Every epoch of every phase on one axis, with the phase boundaries.
+        Every epoch of every phase on one axis, the phase boundaries and the trainable-layer map.
     """
     history = TrainingHistory()
     recorder = HistoryRecorder(history)
+    blocks = classifier.backbone.blocks_top_down
+    num_classes = classifier.model.output_shape[-1]
     data = PhaseDataFactory(
         classifier,
         train=train,
@@ -96,19 +170,42 @@ def fine_tune(
         batch_size=batch_size,
         seed=seed,
         cache_limit_bytes=feature_cache_bytes,
+        augmentation=augmentation,
+        one_hot_classes=num_classes if needs_one_hot(label_smoothing=label_smoothing) else None,
     )
     for index, phase in enumerate(phases):
         started = time.perf_counter()
         set_trainable_blocks(
-            classifier.model, classifier.backbone.blocks_top_down, trainable_blocks=phase.trainable_blocks
+            classifier.model, blocks, trainable_blocks=phase.trainable_blocks, bn_policy=phase.bn_policy
         )
         phase_data = data.for_phase(phase.trainable_blocks)
+        first_epoch = history.epochs_done
+        schedule = make_schedule(
+            phase.schedule.name,
+            learning_rate=phase.learning_rate,
+            steps_per_epoch=phase_data.steps_per_epoch,
+            epochs=phase.epochs,
+            first_epoch=first_epoch,
+            options=phase.schedule.options(),
+        )
+        layer_multipliers = block_multipliers(
+            [group.layer_names for group in blocks],
+            trainable_blocks=phase.trainable_blocks,
+            decay_per_block=phase.lr_decay_per_block,
+        )
         phase_data.model.compile(
-            optimizer=make_optimizer(optimizer, learning_rate=phase.learning_rate),
-            loss=LOSS,
+            optimizer=make_optimizer(
+                phase.optimizer.name,
+                learning_rate=schedule.learning_rate,
+                options=phase.optimizer.options(),
+                variable_multipliers=variable_multipliers(phase_data.model, layer_multipliers),
+            ),
+            loss=classification_loss(label_smoothing=label_smoothing),
             metrics=["accuracy"],
         )
-        first_epoch = history.epochs_done
+        history.layers.extend(
+            layer_map(classifier.model, blocks, phase=index, phase_name=phase.name, lr_multipliers=layer_multipliers)
+        )
         record = PhaseRecord(
             index=index,
             name=phase.name,
@@ -117,17 +214,33 @@ def fine_tune(
             first_epoch=first_epoch,
             end_epoch=first_epoch + phase.epochs,
             cached_features=phase_data.cached,
+            optimizer=phase.optimizer.name,
+            schedule=phase.schedule.name,
+            bn_policy=phase.bn_policy,
+            lr_decay_per_block=phase.lr_decay_per_block,
+            data_note=phase_data.note,
         )
-        recorder.begin_phase(record)
+        recorder.begin_phase(record, learning_rate_used=schedule.learning_rate_used)
+        stopper = early_stopping(**phase.early_stopping.model_dump()) if phase.early_stopping is not None else None
         phase_data.model.fit(
             phase_data.train,
             validation_data=phase_data.val,
             initial_epoch=first_epoch,
             epochs=record.end_epoch,
-            callbacks=[recorder, *callbacks],
+            # The recorder first, so it logs the LR this epoch used before a plateau callback lowers it.
+            callbacks=[recorder, *schedule.callbacks, *([stopper] if stopper else []), *callbacks],
             shuffle=False,  # the datasets reshuffle themselves, with the run's seed
             verbose=verbose,
         )
-        # A callback may stop a phase early: record where it really ended.
-        history.phases.append(replace(record, end_epoch=history.epochs_done, seconds=time.perf_counter() - started))
+        # Early stopping may end a phase sooner and restore its best epoch: record both.
+        history.phases.append(
+            replace(
+                record,
+                end_epoch=history.epochs_done,
+                best_epoch=stopper.best_epoch if stopper is not None and stopper.restore_best_weights else None,
+                seconds=time.perf_counter() - started,
+            )
+        )
+    # Leave no BatchNorm layer in the affine policy's subclass, so the saved model names only Keras classes.
+    set_trainable_blocks(classifier.model, blocks, trainable_blocks=0)
     return history

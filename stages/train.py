@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 
 from pipeline import params
+from stages._classifier import build_classifier
 from stages._entry import (
     HISTORY_CSV,
     HISTORY_JSON,
     HISTORY_PNG,
+    LAYER_MAP,
+    LR_FIND_JSON,
+    LR_FIND_PNG,
     MANIFEST,
     PARAMS,
     RUN_REFERENCE,
@@ -18,8 +23,22 @@ from stages._entry import (
 )
 
 
+def _base_learning_rate(config: params.PipelineParams) -> tuple[float, str]:
+    """The frozen phase's LR and where it came from (params.yaml, or the LR range test's suggestion)."""
+    if config.train.base_learning_rate != "auto":
+        return config.train.base_learning_rate, "params.yaml"
+    found = json.loads(LR_FIND_JSON.read_text(encoding="utf-8"))
+    if not found.get("enabled"):
+        raise params.ParamsError(
+            f"train.base_learning_rate is auto, but {LR_FIND_JSON} holds no LR range test; run the lr_find stage"
+        )
+    rule = config.lr_find.rule
+    return float(found["suggestions"][rule]), f"LR range test ({rule} rule)"
+
+
 def main() -> None:
     config = params.load(PARAMS)
+    base_learning_rate, learning_rate_source = _base_learning_rate(config)
 
     from pipeline import devices
 
@@ -31,12 +50,12 @@ def main() -> None:
     import tensorflow as tf
 
     from pipeline import export, plots, tracking
-    from pipeline.backbones.registry import load_backbone
+    from pipeline.augmentation import build_augmentation
     from pipeline.data.sources import load_idx_dataset
     from pipeline.data.split import read_manifest, select
     from pipeline.features import ImageSplit
-    from pipeline.head import attach_head
-    from pipeline.training import UnfreezeStage, fine_tune, plan_phases
+    from pipeline.freezing import save_layer_map
+    from pipeline.training import fine_tune, plan_phases
 
     keras.utils.set_random_seed(config.train.seed)
     tf.config.experimental.enable_op_determinism()
@@ -45,11 +64,6 @@ def main() -> None:
     rows = read_manifest(MANIFEST)
     train_split = ImageSplit(*select(source, rows, "train"))
     val_split = ImageSplit(*select(source, rows, "val"))
-    phases = plan_phases(
-        frozen_epochs=config.train.frozen_epochs,
-        unfreeze=[UnfreezeStage(stage.blocks, stage.epochs, stage.lr_factor) for stage in config.train.unfreeze],
-        base_learning_rate=config.train.base_learning_rate,
-    )
 
     tracking_uri = tracking.resolve_tracking_uri(config.tracking.uri)
     with tracking.tracked_run(
@@ -59,7 +73,12 @@ def main() -> None:
         run_name=f"{config.backbone.name}-{config.backbone.image_size}px",
     ) as run:
         run.log_params(params.flatten(config))
-        run.set_tags({**selection.as_tags(), "phases": " -> ".join(phase.name for phase in phases)})
+        run.log_metrics({"base_learning_rate": base_learning_rate})
+        run.set_tags({**selection.as_tags(), "base_learning_rate.source": learning_rate_source})
+        print(f"base learning rate {base_learning_rate:g} from {learning_rate_source}")
+        if config.train.base_learning_rate == "auto":
+            for artifact in (LR_FIND_JSON, LR_FIND_PNG):
+                run.log_artifact(artifact, "lr_find")
         run.log_dataset(
             rows=[asdict(row) for row in rows],
             name="fashion-mnist-split",
@@ -68,26 +87,24 @@ def main() -> None:
         )
         run.log_artifact(MANIFEST, "data")
 
-        backbone = load_backbone(
-            config.backbone.name, image_size=config.backbone.image_size, cache_dir=config.backbone.cache_dir
+        classifier = build_classifier(config, num_classes=len(source.class_names))
+        backbone = classifier.backbone
+        phases = plan_phases(
+            config.train, base_learning_rate=base_learning_rate, block_count=len(backbone.blocks_top_down)
         )
-        classifier = attach_head(
-            backbone,
-            num_classes=len(source.class_names),
-            pooling=config.head.pooling,
-            dropout=config.head.dropout,
-            seed=config.train.seed,
-        )
+        run.set_tags({"phases": " -> ".join(phase.name for phase in phases)})
+        augmentation = build_augmentation(**config.train.augmentation.model_dump(), seed=config.train.seed)
         history = fine_tune(
             classifier,
             train=train_split,
             val=val_split,
             phases=phases,
-            optimizer=config.train.optimizer,
             batch_size=config.train.batch_size,
             image_size=config.backbone.image_size,
             seed=config.train.seed,
             feature_cache_bytes=config.train.feature_cache_mb * 2**20,
+            label_smoothing=config.train.label_smoothing,
+            augmentation=augmentation,
             callbacks=[run.epoch_logger()],
         )
         run.set_tags({f"phase.{phase.index}": phase.describe() for phase in history.phases})
@@ -96,8 +113,9 @@ def main() -> None:
             classifier.model, backbone.make_preprocessing(), image_size=config.backbone.image_size
         )
         history.save(csv_path=HISTORY_CSV, json_path=HISTORY_JSON)
+        save_layer_map(history.layers, LAYER_MAP)
         plots.plot_history(history, HISTORY_PNG)
-        for artifact in (HISTORY_CSV, HISTORY_JSON, HISTORY_PNG):
+        for artifact in (HISTORY_CSV, HISTORY_JSON, HISTORY_PNG, LAYER_MAP):
             run.log_artifact(artifact, "training")
         export.save_model(model, TRAINED_MODEL)
         tracking.run_reference(run, tracking_uri).write(RUN_REFERENCE)

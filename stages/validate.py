@@ -15,7 +15,7 @@ from stages._entry import PARAMS, PARAMS_CHECKED, run_stage
 def main() -> None:
     params.load(PARAMS)
     PARAMS_CHECKED.parent.mkdir(parents=True, exist_ok=True)
-    PARAMS_CHECKED.write_text("params.yaml matches the schema of pipeline/params.py\n", encoding="utf-8")
+    PARAMS_CHECKED.write_text("params.yaml matches the schema of pipeline/params/\n", encoding="utf-8")
     print(f"{PARAMS} is valid")
 
 

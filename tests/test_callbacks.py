@@ -10,7 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.callbacks import HistoryRecorder, PhaseRecord, TrainingHistory, current_learning_rate
+from pipeline.callbacks import HistoryRecorder, PhaseRecord, TrainingHistory, early_stopping
+from pipeline.schedules import learning_rate_used
 
 PHASE = PhaseRecord(
     index=1,
@@ -20,12 +21,51 @@ PHASE = PhaseRecord(
     first_epoch=4,
     end_epoch=7,
     cached_features=True,
+    optimizer="adam",
+    schedule="cosine",
+    bn_policy="affine",
+    lr_decay_per_block=2.6,
+    data_note="frozen activations computed once and reused",
     seconds=12.4,
 )
 
 
 def test_describe_numbers_epochs_from_one() -> None:
-    assert PHASE.describe() == "unfreeze_top_2: epochs 5-7, lr 0.0005, cached features True, 12 s"
+    assert PHASE.describe() == (
+        "unfreeze_top_2: epochs 5-7, adam lr 0.0005 (cosine), lr / 2.6 per lower block, BN affine, "
+        "cached features True (frozen activations computed once and reused), 12 s"
+    )
+
+
+def test_describe_says_which_epoch_was_restored() -> None:
+    stopped = PhaseRecord(
+        index=0,
+        name="frozen",
+        trainable_blocks=0,
+        learning_rate=0.001,
+        first_epoch=0,
+        end_epoch=3,
+        cached_features=False,
+        optimizer="sgd",
+        best_epoch=1,
+        data_note="augmentation",
+        seconds=2,
+    )
+    assert stopped.describe() == (
+        "frozen: epochs 1-3, restored best epoch 2, sgd lr 0.001 (constant), BN frozen, "
+        "cached features False (augmentation), 2 s"
+    )
+
+
+def test_early_stopping_is_keras_own_with_the_settings() -> None:
+    stopper = early_stopping(monitor="val_accuracy", patience=3, min_delta=0.01, restore_best=True)
+    assert isinstance(stopper, keras.callbacks.EarlyStopping)
+    assert (stopper.monitor, stopper.patience, stopper.min_delta, stopper.restore_best_weights) == (
+        "val_accuracy",
+        3,
+        0.01,
+        True,
+    )
 
 
 def test_recorder_requires_a_phase() -> None:
@@ -48,7 +88,7 @@ def test_recorder_adds_lr_and_phase_for_later_callbacks() -> None:
     assert [row["phase_name"] for row in history.rows] == ["unfreeze_top_2"] * 2
     assert [entry["lr"] for entry in seen] == [0.25, 0.25]
     assert [entry["phase"] for entry in seen] == [1.0, 1.0]
-    assert current_learning_rate(model.optimizer) == 0.25
+    assert learning_rate_used(model.optimizer) == 0.25
 
 
 def test_save_writes_exact_csv_and_json(tmp_path: Path) -> None:

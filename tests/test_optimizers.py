@@ -1,28 +1,96 @@
-"""The optimiser registry."""
+"""The optimiser registry: each optimiser's own hyper-parameters, and clipping that really clips."""
 
 from __future__ import annotations
 
+import inspect
+
 import keras
+import numpy as np
 import pytest
 
-from pipeline.optimizers import OPTIMIZER_NAMES, make_optimizer
+from pipeline.optimizers import (
+    CLIPPING_OPTIONS,
+    MOMENTUM_TERM,
+    OPTIMIZER_HYPERPARAMETERS,
+    OPTIMIZER_NAMES,
+    make_optimizer,
+)
+
+KERAS_CLASSES = {
+    "sgd": "SGD",
+    "adagrad": "Adagrad",
+    "adadelta": "Adadelta",
+    "rmsprop": "RMSprop",
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "adamax": "Adamax",
+    "nadam": "Nadam",
+}
+
+
+@pytest.mark.parametrize("name", OPTIMIZER_NAMES)
+def test_each_name_builds_its_keras_optimizer(name: str) -> None:
+    optimizer = make_optimizer(name, learning_rate=0.125)
+    assert type(optimizer) is getattr(keras.optimizers, KERAS_CLASSES[name])
+    assert float(optimizer.learning_rate) == 0.125
+
+
+@pytest.mark.parametrize("name", OPTIMIZER_NAMES)
+def test_tables_match_keras_signatures_and_defaults(name: str) -> None:
+    parameters = inspect.signature(getattr(keras.optimizers, KERAS_CLASSES[name]).__init__).parameters
+    for option, default in OPTIMIZER_HYPERPARAMETERS[name].items():
+        assert option in parameters, option
+        assert parameters[option].default == default, option
+    for option in CLIPPING_OPTIONS:
+        assert parameters[option].default is None
+    term = MOMENTUM_TERM[name]
+    assert term is None or term in OPTIMIZER_HYPERPARAMETERS[name]
 
 
 @pytest.mark.parametrize(
-    ("name", "expected"),
+    ("name", "options", "attributes"),
     [
-        ("sgd", "SGD"),
-        ("adagrad", "Adagrad"),
-        ("rmsprop", "RMSprop"),
-        ("adam", "Adam"),
-        ("nadam", "Nadam"),
-        ("adamw", "AdamW"),
+        ("sgd", {"momentum": 0.9, "nesterov": True}, {"momentum": 0.9, "nesterov": True}),
+        ("sgd", {"momentum": 1}, {"momentum": 1.0}),
+        (
+            "adagrad",
+            {"initial_accumulator_value": 0.5, "epsilon": 1e-5},
+            {"initial_accumulator_value": 0.5, "epsilon": 1e-5},
+        ),
+        ("adadelta", {"rho": 0.8}, {"rho": 0.8}),
+        ("rmsprop", {"rho": 0.8, "momentum": 0.5, "centered": True}, {"rho": 0.8, "momentum": 0.5, "centered": True}),
+        ("adam", {"beta_1": 0.8, "beta_2": 0.99, "amsgrad": True}, {"beta_1": 0.8, "beta_2": 0.99, "amsgrad": True}),
+        ("adamw", {"weight_decay": 0.01, "beta_1": 0.7}, {"weight_decay": 0.01, "beta_1": 0.7}),
+        ("adamax", {"beta_2": 0.9}, {"beta_2": 0.9}),
+        ("nadam", {"beta_1": 0.85}, {"beta_1": 0.85}),
+        ("adam", {"clipnorm": 1.5}, {"clipnorm": 1.5}),
     ],
 )
-def test_each_name_builds_its_keras_optimizer(name: str, expected: str) -> None:
-    optimizer = make_optimizer(name, learning_rate=0.125)
-    assert type(optimizer) is getattr(keras.optimizers, expected)
-    assert float(optimizer.learning_rate) == 0.125
+def test_options_reach_the_optimizer(name: str, options, attributes) -> None:
+    optimizer = make_optimizer(name, learning_rate=0.1, options=options)
+    for attribute, value in attributes.items():
+        assert getattr(optimizer, attribute) == value, attribute
+
+
+def test_clipnorm_bounds_each_variables_step() -> None:
+    variable = keras.Variable(np.zeros(2, "float32"))
+    optimizer = make_optimizer("sgd", learning_rate=0.1, options={"clipnorm": 1.0})
+    optimizer.apply([np.array([300.0, 400.0], "float32")], [variable])
+    np.testing.assert_allclose(np.array(variable), [-0.06, -0.08], rtol=1e-6)
+
+
+def test_clipvalue_clips_each_element() -> None:
+    variable = keras.Variable(np.zeros(3, "float32"))
+    optimizer = make_optimizer("sgd", learning_rate=0.1, options={"clipvalue": 0.5})
+    optimizer.apply([np.array([3.0, -0.2, -7.0], "float32")], [variable])
+    np.testing.assert_allclose(np.array(variable), [-0.05, 0.02, 0.05], rtol=1e-6)
+
+
+def test_global_clipnorm_bounds_the_joint_norm() -> None:
+    first, second = keras.Variable(np.zeros(1, "float32")), keras.Variable(np.zeros(1, "float32"))
+    optimizer = make_optimizer("sgd", learning_rate=1.0, options={"global_clipnorm": 1.0})
+    optimizer.apply([np.array([3.0], "float32"), np.array([4.0], "float32")], [first, second])
+    np.testing.assert_allclose([float(first[0]), float(second[0])], [-0.6, -0.8], rtol=1e-6)
 
 
 def test_every_call_builds_a_fresh_optimizer() -> None:
@@ -32,3 +100,17 @@ def test_every_call_builds_a_fresh_optimizer() -> None:
 def test_unknown_name_lists_the_registered_ones() -> None:
     with pytest.raises(ValueError, match=f"unknown optimizer 'lion'; registered: {', '.join(OPTIMIZER_NAMES)}"):
         make_optimizer("lion", learning_rate=0.1)
+
+
+def test_a_key_the_optimizer_does_not_take_is_refused() -> None:
+    expected = "optimizer adam does not take 'momentum'; it takes: beta_1, beta_2, epsilon, amsgrad, clipvalue"
+    with pytest.raises(ValueError, match=expected):
+        make_optimizer("adam", learning_rate=0.1, options={"momentum": 0.9})
+
+
+def test_two_clippings_are_refused_and_unset_ones_ignored() -> None:
+    with pytest.raises(
+        ValueError, match="choose at most one of clipvalue, clipnorm, global_clipnorm; received clipvalue, clipnorm"
+    ):
+        make_optimizer("sgd", learning_rate=0.1, options={"clipvalue": 1.0, "clipnorm": 1.0})
+    assert make_optimizer("sgd", learning_rate=0.1, options={"clipvalue": None, "clipnorm": 2.0}).clipnorm == 2.0

@@ -14,6 +14,8 @@ import pytest
 import yaml
 
 from pipeline.params import ParamsError, PipelineParams, flatten, load, parse
+from pipeline.params.optimizer import OPTIMIZER_MODELS, AdamParams
+from pipeline.params.schedule import SCHEDULE_MODELS, ConstantParams
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LITE0_BLOCKS = "top, block7, block6, block5, block4, block3, block2, block1, stem"
@@ -58,7 +60,16 @@ def test_defaults_load() -> None:
     assert params.head.pooling == "avg"
     assert params.head.dropout == 0.2
     assert params.train.batch_size == 64
-    assert params.train.optimizer == "adam"
+    assert params.train.optimizer == AdamParams(name="adam")
+    assert params.train.schedule == ConstantParams(name="constant")
+    assert (params.train.bn_policy, params.train.lr_decay_per_block, params.train.early_stopping) == (
+        "frozen",
+        1.0,
+        None,
+    )
+    assert params.head.hidden_units == []
+    assert (params.head.activation, params.head.initializer, params.head.batch_norm) == ("relu", "auto", "none")
+    assert params.lr_find.enabled is False
     assert params.train.base_learning_rate == 1e-3
     assert params.train.frozen_epochs == 5
     assert params.train.unfreeze == []
@@ -86,21 +97,27 @@ def test_unknown_top_level_key() -> None:
     message = _error_message({"bogus": 1})
 
     assert "bogus: unknown key (received 1)" in message
-    assert "allowed keys here: backbone, data, device, evaluate, head, tracking, train" in message
+    assert "allowed keys here: backbone, data, device, evaluate, head, lr_find, tracking, train" in message
 
 
 def test_unknown_nested_key_lists_keys_of_its_section() -> None:
     message = _error_message({"head": {"dropuot": 0.1}})
 
     assert "head.dropuot: unknown key (received 0.1)" in message
-    assert "allowed keys here: dropout, pooling" in message
+    assert (
+        "allowed keys here: activation, batch_norm, dropout, dropout_type, hidden_dropout, hidden_units, "
+        "initializer, kernel_regularizer, max_norm, maxout_pieces, negative_slope, pooling"
+    ) in message
 
 
 def test_unknown_key_inside_unfreeze_stage_lists_stage_keys() -> None:
     message = _error_message({"train": {"unfreeze": [{"blocks": 1, "epochs": 1, "lr_factor": 0.1, "extra": 3}]}})
 
     assert "train.unfreeze.0.extra: unknown key (received 3)" in message
-    assert "allowed keys here: blocks, epochs, lr_factor" in message
+    assert (
+        "allowed keys here: blocks, bn_policy, early_stopping, epochs, lr_decay_per_block, lr_factor, optimizer, "
+        "schedule"
+    ) in message
 
 
 def test_wrong_type() -> None:
@@ -154,11 +171,15 @@ def test_unknown_backbone_lists_registered_names() -> None:
     assert "registered backbones: efficientnet_lite0" in message
 
 
-def test_unknown_optimizer_lists_registered_names() -> None:
-    message = _error_message({"train": {"optimizer": "adamax"}})
+@pytest.mark.parametrize("value", ["lion", {"name": "lion", "beta_1": 0.9}])
+def test_unknown_optimizer_lists_registered_names(value) -> None:
+    message = _error_message({"train": {"optimizer": value}})
 
-    assert "train.optimizer: received 'adamax'" in message
-    assert "registered optimizers: sgd, adagrad, rmsprop, adam, nadam, adamw" in message
+    assert f"train.optimizer: received {value!r}" in message
+    assert (
+        "unknown optimizer 'lion'; registered optimizers: sgd, adagrad, adadelta, rmsprop, adam, adamw, adamax, nadam"
+        in message
+    )
 
 
 def test_unfreeze_deeper_than_backbone_lists_block_names() -> None:
@@ -229,48 +250,48 @@ def test_flatten_gives_dotted_keys() -> None:
         {
             "data": {"subset_size": 1000},
             "train": {
+                "optimizer": {"name": "sgd", "momentum": 0.9, "clipnorm": 1.0},
                 "unfreeze": [
                     {"blocks": 2, "epochs": 3, "lr_factor": 0.1},
-                    {"blocks": 4, "epochs": 1, "lr_factor": 0.01},
-                ]
+                    {"blocks": "all", "epochs": 1, "lr_factor": 0.01, "schedule": "cosine"},
+                ],
             },
             "device": {"gpu_indices": [0, 1]},
         }
     )
 
-    assert flatten(params) == {
+    flat = flatten(params)
+
+    assert {key: flat[key] for key in flat if key.startswith(("data.", "train.optimizer", "train.unfreeze.1"))} == {
         "data.source_dir": "/usr/share/datasets/fashion-mnist",
         "data.subset_size": "1000",
         "data.val_fraction": "0.1",
         "data.test_fraction": "0.1",
         "data.seed": "42",
-        "backbone.name": "efficientnet_lite0",
-        "backbone.image_size": "96",
-        "backbone.cache_dir": ".cache/backbones",
-        "head.pooling": "avg",
-        "head.dropout": "0.2",
-        "train.seed": "42",
-        "train.batch_size": "64",
-        "train.optimizer": "adam",
-        "train.base_learning_rate": "0.001",
-        "train.frozen_epochs": "5",
-        "train.unfreeze.0.blocks": "2",
-        "train.unfreeze.0.epochs": "3",
-        "train.unfreeze.0.lr_factor": "0.1",
-        "train.unfreeze.1.blocks": "4",
+        "train.optimizer.name": "sgd",
+        "train.optimizer.momentum": "0.9",
+        "train.optimizer.nesterov": "False",
+        "train.optimizer.clipvalue": "null",
+        "train.optimizer.clipnorm": "1.0",
+        "train.optimizer.global_clipnorm": "null",
+        "train.unfreeze.1.blocks": "all",
         "train.unfreeze.1.epochs": "1",
         "train.unfreeze.1.lr_factor": "0.01",
-        "train.feature_cache_mb": "2048",
-        "evaluate.batch_size": "128",
-        "device.type": "auto",
-        "device.gpu_indices": "[0, 1]",
-        "device.precision": "auto",
-        "tracking.uri": "sqlite:///mlflow.db",
-        "tracking.artifact_dir": "mlartifacts",
-        "tracking.experiment": "transfer-learning",
-        "tracking.registered_model": "transfer-classifier",
-        "tracking.champion_metric": "accuracy",
+        "train.unfreeze.1.optimizer": "null",
+        "train.unfreeze.1.schedule.name": "cosine",
+        "train.unfreeze.1.schedule.warmup_epochs": "1.0",
+        "train.unfreeze.1.schedule.alpha": "0.0",
+        "train.unfreeze.1.schedule.warmup_start": "0.0",
+        "train.unfreeze.1.bn_policy": "null",
+        "train.unfreeze.1.lr_decay_per_block": "null",
+        "train.unfreeze.1.early_stopping": "null",
     }
+    assert flat["train.unfreeze.0.blocks"] == "2"
+    assert flat["head.kernel_regularizer.l2"] == "0.0"
+    assert flat["train.augmentation.flip"] == "none"
+    assert flat["device.gpu_indices"] == "[0, 1]"
+    assert flat["lr_find.rule"] == "valley"
+    assert all(len(key) <= 250 and len(value) <= 6000 for key, value in flat.items())
 
 
 def test_flatten_of_defaults_writes_null_and_empty_list() -> None:
@@ -322,5 +343,156 @@ def test_validate_stage_accepts_good_params(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "params.yaml is valid"
     assert (tmp_path / "build" / "params.checked").read_text(encoding="utf-8") == (
-        "params.yaml matches the schema of pipeline/params.py\n"
+        "params.yaml matches the schema of pipeline/params/\n"
     )
+
+
+# The techniques' switches: each invalid value or combination stops validation with its reason.
+
+
+def test_optimizer_refuses_a_key_it_does_not_take() -> None:
+    message = _error_message({"train": {"optimizer": {"name": "adam", "momentum": 0.9}}})
+
+    assert message.splitlines()[1] == (
+        "  train.optimizer.momentum: unknown key (received 0.9); allowed keys here: amsgrad, beta_1, beta_2, "
+        "clipnorm, clipvalue, epsilon, global_clipnorm, name"
+    )
+
+
+def test_optimizer_hyperparameter_out_of_range_names_its_key() -> None:
+    message = _error_message(
+        {
+            "train": {
+                "unfreeze": [
+                    {"blocks": 1, "epochs": 1, "lr_factor": 0.1, "optimizer": {"name": "sgd", "momentum": 1.5}}
+                ]
+            }
+        }
+    )
+
+    assert "train.unfreeze.0.optimizer.momentum: received 1.5; Input should be less than 1" in message
+
+
+def test_more_than_one_clipping_is_refused() -> None:
+    message = _error_message({"train": {"optimizer": {"name": "rmsprop", "clipvalue": 0.5, "clipnorm": 1.0}}})
+
+    assert "train.optimizer: received" in message
+    assert "choose at most one of clipvalue, clipnorm, global_clipnorm; received clipvalue, clipnorm" in message
+
+
+def test_optimizer_mapping_without_a_name() -> None:
+    message = _error_message({"train": {"optimizer": {"momentum": 0.9}}})
+
+    assert "train.optimizer: received {'momentum': 0.9}; a optimizer mapping needs a 'name' key" in message
+
+
+def test_unknown_schedule_and_schedule_option() -> None:
+    unknown = _error_message({"train": {"schedule": "triangular"}})
+    option = _error_message({"train": {"schedule": {"name": "cosine", "warmup_steps": 10}}})
+
+    assert "unknown schedule 'triangular'; registered schedules: constant, power, exponential, piecewise" in unknown
+    assert (
+        "train.schedule.warmup_steps: unknown key (received 10); allowed keys here: alpha, name, warmup_epochs"
+        in option
+    )
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        ({"name": "piecewise", "boundaries": [2, 1], "factors": [1, 0.5, 0.1]}, "boundaries must increase strictly"),
+        (
+            {"name": "piecewise", "boundaries": [1], "factors": [1, 0.5, 0.1]},
+            "factors needs one more entry than boundaries (2); received 3",
+        ),
+        (
+            {"name": "onecycle", "min_momentum": 0.95, "max_momentum": 0.85},
+            "min_momentum (0.95) must not exceed max_momentum (0.85)",
+        ),
+        ({"name": "step_drop", "drop": 1.5}, "train.schedule.drop: received 1.5; Input should be less than 1"),
+    ],
+)
+def test_schedule_option_checks(schedule, expected: str) -> None:
+    assert expected in _error_message({"train": {"schedule": schedule}})
+
+
+def test_onecycle_momentum_needs_an_optimizer_with_momentum() -> None:
+    stage = {"blocks": 1, "epochs": 1, "lr_factor": 0.1, "optimizer": "adagrad"}
+    message = _error_message({"train": {"schedule": "onecycle", "unfreeze": [stage]}})
+
+    assert (
+        "train.unfreeze.0: the onecycle schedule cycles momentum, but optimizer adagrad has no momentum term" in message
+    )
+    assert parse({"train": {"schedule": {"name": "onecycle", "cycle_momentum": False}, "optimizer": "adagrad"}})
+
+
+def test_auto_learning_rate_needs_the_range_test() -> None:
+    message = _error_message({"train": {"base_learning_rate": "auto"}})
+
+    assert "train.base_learning_rate is auto" in message
+    assert "lr_find.enabled is false" in message
+    assert (
+        parse({"train": {"base_learning_rate": "auto"}, "lr_find": {"enabled": True}}).train.base_learning_rate
+        == "auto"
+    )
+
+
+def test_unfreeze_all_blocks_and_bad_block_words() -> None:
+    assert (
+        parse({"train": {"unfreeze": [{"blocks": "all", "epochs": 1, "lr_factor": 0.1}]}}).train.unfreeze[0].blocks
+        == "all"
+    )
+    message = _error_message({"train": {"unfreeze": [{"blocks": "most", "epochs": 1, "lr_factor": 0.1}]}})
+    assert "train.unfreeze.0.blocks: received 'most'" in message
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        ({"activation": "selu", "batch_norm": "after", "dropout": 0.0}, "head.activation selu"),
+        ({"activation": "selu", "dropout_type": "standard", "dropout": 0.2}, "head.dropout_type"),
+        ({"activation": "relu", "dropout_type": "alpha", "dropout": 0.2}, "head.dropout_type"),
+        ({"hidden_units": [64, 32], "hidden_dropout": [0.1]}, "hidden_dropout lists 1 rates for 2 hidden layers"),
+        ({"activation": "swishy"}, "unknown activation; registered activations: relu, leaky_relu"),
+        ({"initializer": "he_gaussian"}, "unknown initializer; registered initializers: auto, glorot_uniform"),
+        ({"max_norm": {"value": -1}}, "head.max_norm.value: received -1; Input should be greater than 0"),
+        (
+            {"kernel_regularizer": {"l3": 0.1}},
+            "head.kernel_regularizer.l3: unknown key (received 0.1); allowed keys here: l1, l2",
+        ),
+    ],
+)
+def test_head_checks(head, expected: str) -> None:
+    assert expected in _error_message({"head": head})
+
+
+def test_selu_with_alpha_dropout_and_no_batch_norm_is_accepted() -> None:
+    head = parse({"head": {"activation": "selu", "hidden_units": [64], "hidden_dropout": 0.1}}).head
+
+    assert head.hidden_dropout_rates() == [0.1]
+
+
+def test_lr_find_range_must_grow() -> None:
+    assert "max_lr (0.001) must exceed min_lr (0.01)" in _error_message({"lr_find": {"min_lr": 0.01, "max_lr": 0.001}})
+
+
+def test_optimizer_models_match_the_optimizer_registry() -> None:
+    from pipeline.optimizers import CLIPPING_OPTIONS, OPTIMIZER_HYPERPARAMETERS, OPTIMIZER_NAMES
+
+    assert tuple(model.model_fields["name"].annotation.__args__[0] for model in OPTIMIZER_MODELS) == OPTIMIZER_NAMES
+    for model in OPTIMIZER_MODELS:
+        name = model.model_fields["name"].annotation.__args__[0]
+        fields = {
+            key: field.default for key, field in model.model_fields.items() if key not in ("name", *CLIPPING_OPTIONS)
+        }
+        assert fields == OPTIMIZER_HYPERPARAMETERS[name], name
+
+
+def test_schedule_models_match_the_schedule_registry() -> None:
+    from pipeline.schedules import SCHEDULE_NAMES, SCHEDULE_OPTIONS
+
+    assert tuple(model.model_fields["name"].annotation.__args__[0] for model in SCHEDULE_MODELS) == SCHEDULE_NAMES
+    for model in SCHEDULE_MODELS:
+        name = model.model_fields["name"].annotation.__args__[0]
+        fields = {key for key in model.model_fields if key != "name"}
+        assert fields == set(SCHEDULE_OPTIONS[name]), name

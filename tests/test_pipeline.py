@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import os
@@ -17,7 +18,7 @@ import yaml
 from tests.conftest import make_images
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("validate", "prepare", "train", "evaluate", "register")
+STAGES = ("validate", "prepare", "lr_find", "train", "evaluate", "register")
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -63,11 +64,26 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"].update(source_dir=str(source), subset_size=None, val_fraction=0.2, test_fraction=0.2)
     params["backbone"].update(image_size=32)
+    # Switches of every kind on, so that the stages' wiring of each is exercised end to end.
+    params["head"].update(hidden_units=[16], activation="gelu", batch_norm="after", max_norm={"value": 3.0, "axis": 0})
     params["train"].update(
         batch_size=32,
         frozen_epochs=2,
-        unfreeze=[{"blocks": 1, "epochs": 1, "lr_factor": 0.1}, {"blocks": 3, "epochs": 1, "lr_factor": 0.01}],
+        base_learning_rate="auto",
+        label_smoothing=0.1,
+        bn_policy="affine",
+        lr_decay_per_block=2.0,
+        unfreeze=[
+            {
+                "blocks": 1,
+                "epochs": 1,
+                "lr_factor": 0.1,
+                "optimizer": {"name": "sgd", "momentum": 0.9, "clipnorm": 1.0},
+            },
+            {"blocks": 3, "epochs": 1, "lr_factor": 0.01},
+        ],
     )
+    params["lr_find"].update(enabled=True, steps=20, images=64, min_lr=1e-5, max_lr=1.0)
     params["tracking"].update(experiment="e2e", registered_model="e2e-model")
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -84,8 +100,16 @@ def test_outputs_with_fixed_names(project: Path) -> None:
     assert metrics["test"]["examples"] == 40
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
     assert (project / "models" / "model.keras").stat().st_size > 1_000_000
-    for name in ("history.png", "confusion_matrix.png", "data_report.json", "registry.json"):
+    for name in ("history.png", "confusion_matrix.png", "data_report.json", "registry.json", "lr_find.png"):
         assert (project / "reports" / name).stat().st_size > 0
+    with (project / "reports" / "trainable_layers.csv").open(newline="") as handle:
+        layers = list(csv.DictReader(handle))
+    last_phase = {(row["block"], row["trainable"], row["lr_multiplier"]) for row in layers if row["phase"] == "2"}
+    # Three blocks unfrozen, each at half the LR of the one above (lr_decay_per_block: 2); block5 stays frozen.
+    assert {("head", "True", "1.0"), ("top", "True", "0.5"), ("block7", "True", "0.25")} <= last_phase
+    assert {("block6", "True", "0.125"), ("block5", "False", "0.0")} <= last_phase
+    batch_norms = {row["batch_norm"] for row in layers if row["phase"] == "2" and row["block"] == "top"}
+    assert batch_norms == {"", "affine"}
     report = json.loads((project / "reports" / "data_report.json").read_text())
     assert report["split_sizes"] == {"train": 120, "val": 40, "test": 40}
 
@@ -113,17 +137,23 @@ def test_one_run_holds_everything(project: Path) -> None:
     assert run.data.params["backbone.name"] == "efficientnet_lite0"
     assert run.data.tags["device.kind"] == "cpu"
     assert run.data.tags["device.precision"] == "float32"
-    assert run.data.tags["phase.1"].startswith("unfreeze_top_1: epochs 3-3")
-    assert run.data.tags["phase.2"].startswith("unfreeze_top_3: epochs 4-4")
+    assert run.data.tags["phase.1"].startswith("unfreeze_top_1: epochs 3-3, sgd lr")
+    assert "lr / 2 per lower block, BN affine" in run.data.tags["phase.1"]
+    assert run.data.tags["phase.2"].startswith("unfreeze_top_3: epochs 4-4, adam lr")
+    assert run.data.tags["base_learning_rate.source"] == "LR range test (valley rule)"
+    suggested = json.loads((project / "reports" / "lr_find.json").read_text())["suggested"]
+    assert run.data.metrics["base_learning_rate"] == pytest.approx(suggested)
     for metric in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "phase"):
         history = client.get_metric_history(run.info.run_id, metric)
         assert [point.step for point in history] == [0, 1, 2, 3], metric
     assert [point.value for point in client.get_metric_history(run.info.run_id, "phase")] == [0.0, 0.0, 1.0, 2.0]
     lrs = [point.value for point in client.get_metric_history(run.info.run_id, "lr")]
-    assert lrs == pytest.approx([1e-3, 1e-3, 1e-4, 1e-5])
+    assert lrs == pytest.approx([suggested, suggested, suggested * 0.1, suggested * 0.01], rel=1e-6)
     assert set(run.data.metrics) >= {"test_accuracy", "test_macro_f1"}
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id, "training")}
-    assert "training/history.png" in artifacts
+    assert {"training/history.png", "training/trainable_layers.csv"} <= artifacts
+    lr_find = {item.path for item in client.list_artifacts(run.info.run_id, "lr_find")}
+    assert lr_find == {"lr_find/lr_find.json", "lr_find/lr_find.png"}
     assert run.inputs.dataset_inputs[0].dataset.name == "fashion-mnist-split"
     champion = client.get_model_version_by_alias("e2e-model", "champion")
     assert str(champion.version) == "1"

@@ -41,3 +41,27 @@ def test_confusion_plot_is_a_png(tmp_path: Path) -> None:
     path = tmp_path / "confusion.png"
     plot_confusion_matrix(np.array([[5, 1], [0, 4]]), ("cat", "dog"), path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_lr_finder_plot_marks_both_suggestions(tmp_path: Path) -> None:
+    from pipeline.lr_finder import LRFinderResult
+    from pipeline.plots import plot_lr_finder
+
+    rates = tuple(float(rate) for rate in np.logspace(-5, 0, 20))
+    losses = tuple(float(2.0 - index * 0.05) for index in range(20))
+    result = LRFinderResult(rates, losses, losses, valley=rates[12], steepest=rates[5])
+    figure = plot_lr_finder(result, tmp_path / "lr.png")
+    assert (tmp_path / "lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    axis = figure.axes[0]
+    assert axis.get_xscale() == "log"
+    labels = [line.get_label() for line in axis.get_lines()]
+    assert labels[2:] == [f"valley: {rates[12]:.2g}", f"steepest: {rates[5]:.2g}"]
+    marked = {line.get_label(): (line.get_xdata()[0], line.get_ydata()[0]) for line in axis.get_lines()[2:]}
+    assert marked[labels[2]] == (rates[12], losses[12])
+
+
+def test_note_plot_writes_a_png(tmp_path: Path) -> None:
+    from pipeline.plots import plot_note
+
+    plot_note("nothing to draw", tmp_path / "sub" / "note.png")
+    assert (tmp_path / "sub" / "note.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,17 +1,33 @@
-"""The fine-tune recipe: what each phase changes, the global epoch axis, and the feature cache."""
+"""The fine-tune recipe: what each phase changes, the global epoch axis, the feature cache, and the
+switches a phase carries (schedule, BatchNorm policy, discriminative LR, early stopping, smoothing)."""
 
 from __future__ import annotations
+
+import math
 
 import keras
 import numpy as np
 import pytest
 
+from pipeline.augmentation import build_augmentation
 from pipeline.features import ImageSplit, cut_tensor
 from pipeline.head import attach_head
-from pipeline.training import Phase, UnfreezeStage, fine_tune, plan_phases
+from pipeline.params import parse
+from pipeline.params.optimizer import AdamParams, SGDParams
+from pipeline.params.schedule import ConstantParams, ExponentialParams
+from pipeline.params.train import EarlyStoppingParams
+from pipeline.training import Phase, fine_tune, plan_phases
 from tests.conftest import make_images
 
 IMAGE_SIZE = 16
+ADAM = AdamParams(name="adam")
+CONSTANT = ConstantParams(name="constant")
+
+
+def _phase(name: str, blocks: int, epochs: int, learning_rate: float, **settings) -> Phase:
+    settings.setdefault("optimizer", ADAM)
+    settings.setdefault("schedule", CONSTANT)
+    return Phase(name, blocks, epochs, learning_rate, **settings)
 
 
 def _splits() -> tuple[ImageSplit, ImageSplit]:
@@ -24,19 +40,19 @@ def _snapshot(model: keras.Model) -> dict[str, list[np.ndarray]]:
     return {layer.name: [np.array(value) for value in layer.get_weights()] for layer in model.layers if layer.weights}
 
 
-def _run(classifier, phases, *, cache_bytes: int = 1 << 30):
+def _run(classifier, phases, *, cache_bytes: int = 1 << 30, batch_size: int = 16, **options):
     train, val = _splits()
     return fine_tune(
         classifier,
         train=train,
         val=val,
         phases=phases,
-        optimizer="adam",
-        batch_size=16,
+        batch_size=batch_size,
         image_size=IMAGE_SIZE,
         seed=0,
         feature_cache_bytes=cache_bytes,
         verbose=0,
+        **options,
     )
 
 
@@ -45,23 +61,71 @@ def _changed(before, after, layer: str) -> list[bool]:
 
 
 def test_plan_phases_scales_the_base_learning_rate() -> None:
-    phases = plan_phases(
-        frozen_epochs=3,
-        unfreeze=[UnfreezeStage(blocks=2, epochs=2, lr_factor=0.1), UnfreezeStage(blocks=4, epochs=1, lr_factor=0.01)],
-        base_learning_rate=0.002,
-    )
+    train = parse(
+        {
+            "train": {
+                "frozen_epochs": 3,
+                "unfreeze": [
+                    {"blocks": 2, "epochs": 2, "lr_factor": 0.1},
+                    {"blocks": 4, "epochs": 1, "lr_factor": 0.01},
+                ],
+            }
+        }
+    ).train
+    phases = plan_phases(train, base_learning_rate=0.002, block_count=9)
     assert phases == [
-        Phase("frozen", 0, 3, 0.002),
-        Phase("unfreeze_top_2", 2, 2, 0.002 * 0.1),
-        Phase("unfreeze_top_4", 4, 1, 0.002 * 0.01),
+        _phase("frozen", 0, 3, 0.002),
+        _phase("unfreeze_top_2", 2, 2, 0.002 * 0.1),
+        _phase("unfreeze_top_4", 4, 1, 0.002 * 0.01),
     ]
+
+
+def test_a_stage_inherits_the_sections_settings_or_overrides_them() -> None:
+    train = parse(
+        {
+            "train": {
+                "optimizer": {"name": "sgd", "momentum": 0.9},
+                "schedule": "cosine",
+                "bn_policy": "affine",
+                "lr_decay_per_block": 2.6,
+                "early_stopping": {"patience": 1},
+                "unfreeze": [
+                    {"blocks": 1, "epochs": 1, "lr_factor": 0.5},
+                    {
+                        "blocks": "all",
+                        "epochs": 2,
+                        "lr_factor": 0.1,
+                        "optimizer": "adam",
+                        "schedule": {"name": "exponential", "decay_epochs": 2},
+                        "bn_policy": "trainable",
+                        "lr_decay_per_block": 1.0,
+                    },
+                ],
+            }
+        }
+    ).train
+    frozen, inherited, overridden = plan_phases(train, base_learning_rate=0.01, block_count=4)
+    assert (frozen.optimizer, frozen.schedule.name, frozen.bn_policy) == (train.optimizer, "cosine", "affine")
+    assert (inherited.optimizer.name, inherited.schedule.name, inherited.bn_policy) == ("sgd", "cosine", "affine")
+    assert (inherited.lr_decay_per_block, inherited.early_stopping.patience) == (2.6, 1)
+    assert (overridden.name, overridden.trainable_blocks) == ("unfreeze_all", 4)
+    assert (overridden.optimizer, overridden.bn_policy) == (ADAM, "trainable")
+    assert overridden.schedule == ExponentialParams(name="exponential", decay_epochs=2)
+    assert overridden.lr_decay_per_block == 1.0
+    assert overridden.learning_rate == pytest.approx(0.001, rel=1e-12)
+
+
+def test_onecycle_gives_a_momentum_less_sgd_the_cycles_top_momentum() -> None:
+    train = parse({"train": {"optimizer": "sgd", "schedule": {"name": "onecycle", "max_momentum": 0.9}}}).train
+    (frozen,) = plan_phases(train, base_learning_rate=0.01, block_count=4)
+    assert frozen.optimizer == SGDParams(name="sgd", momentum=0.9)
 
 
 @pytest.mark.parametrize("cache_bytes", [1 << 30, 0], ids=["cached", "images"])
 def test_frozen_phase_changes_only_the_head(tiny_backbone, cache_bytes: int) -> None:
     classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.2, seed=0)
     before = _snapshot(classifier.model)
-    history = _run(classifier, [Phase("frozen", 0, 2, 0.01)], cache_bytes=cache_bytes)
+    history = _run(classifier, [_phase("frozen", 0, 2, 0.01)], cache_bytes=cache_bytes)
     after = _snapshot(classifier.model)
     assert history.phases[0].cached_features is bool(cache_bytes)
     for layer in before:
@@ -74,9 +138,9 @@ def test_frozen_phase_changes_only_the_head(tiny_backbone, cache_bytes: int) -> 
 @pytest.mark.parametrize("cache_bytes", [1 << 30, 0], ids=["cached", "images"])
 def test_unfreeze_phase_trains_top_blocks_and_keeps_the_rest_bit_identical(tiny_backbone, cache_bytes: int) -> None:
     classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
-    _run(classifier, [Phase("frozen", 0, 1, 0.01)], cache_bytes=cache_bytes)
+    _run(classifier, [_phase("frozen", 0, 1, 0.01)], cache_bytes=cache_bytes)
     before = _snapshot(classifier.model)
-    _run(classifier, [Phase("unfreeze_top_2", 2, 2, 0.01)], cache_bytes=cache_bytes)
+    _run(classifier, [_phase("unfreeze_top_2", 2, 2, 0.01)], cache_bytes=cache_bytes)
     after = _snapshot(classifier.model)
     assert _changed(before, after, "top_conv") == [True]
     assert _changed(before, after, "block2a_conv") == [True]
@@ -90,7 +154,7 @@ def test_unfreeze_phase_trains_top_blocks_and_keeps_the_rest_bit_identical(tiny_
 
 def test_epochs_run_on_one_axis_across_phases(tiny_backbone) -> None:
     classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
-    history = _run(classifier, [Phase("frozen", 0, 2, 0.01), Phase("unfreeze_top_1", 1, 3, 0.001)])
+    history = _run(classifier, [_phase("frozen", 0, 2, 0.01), _phase("unfreeze_top_1", 1, 3, 0.001)])
     assert [row["epoch"] for row in history.rows] == [0, 1, 2, 3, 4]
     assert [row["phase"] for row in history.rows] == [0.0, 0.0, 1.0, 1.0, 1.0]
     assert [row["lr"] for row in history.rows] == pytest.approx([0.01, 0.01, 0.001, 0.001, 0.001])
@@ -99,8 +163,13 @@ def test_epochs_run_on_one_axis_across_phases(tiny_backbone) -> None:
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(history.rows[0])
 
 
-def test_cached_training_equals_training_on_images(tiny_backbone) -> None:
-    phases = [Phase("frozen", 0, 2, 0.01), Phase("unfreeze_top_2", 2, 2, 0.005)]
+@pytest.mark.parametrize("bn_policy", ["frozen", "affine", "trainable"])
+def test_cached_training_equals_training_on_images(tiny_backbone, bn_policy: str) -> None:
+    phases = [
+        _phase("frozen", 0, 2, 0.01),
+        _phase("unfreeze_top_2", 2, 2, 0.005, bn_policy=bn_policy),
+        _phase("unfreeze_top_1", 1, 1, 0.005, bn_policy=bn_policy),
+    ]
     results = []
     for cache_bytes in (1 << 30, 0):
         keras.utils.set_random_seed(0)
@@ -116,7 +185,7 @@ def test_cached_training_equals_training_on_images(tiny_backbone) -> None:
 
 def test_cache_falls_back_to_images_over_budget(tiny_backbone) -> None:
     classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
-    history = _run(classifier, [Phase("frozen", 0, 1, 0.01)], cache_bytes=100)
+    history = _run(classifier, [_phase("frozen", 0, 1, 0.01)], cache_bytes=100)
     assert history.phases[0].cached_features is False
 
 
@@ -132,7 +201,7 @@ def test_sub_model_from_a_cut_matches_the_full_model(tiny_backbone) -> None:
 
 
 def test_same_seed_reproduces_the_run_exactly(tiny_backbone) -> None:
-    phases = [Phase("frozen", 0, 2, 0.01), Phase("unfreeze_top_2", 2, 1, 0.005)]
+    phases = [_phase("frozen", 0, 2, 0.01), _phase("unfreeze_top_2", 2, 1, 0.005)]
     runs = []
     for _ in range(2):
         keras.utils.set_random_seed(7)
@@ -144,3 +213,125 @@ def test_same_seed_reproduces_the_run_exactly(tiny_backbone) -> None:
     for layer, values in first_weights.items():
         for left, right in zip(values, second_weights[layer], strict=True):
             np.testing.assert_array_equal(left, right, err_msg=layer)
+
+
+def _bn_changes(before, after) -> dict[str, list[bool]]:
+    return {layer: _changed(before, after, layer) for layer in ("top_bn", "block2a_bn", "block1a_bn", "stem_bn")}
+
+
+@pytest.mark.parametrize(
+    ("bn_policy", "unfrozen_bn_changes"),
+    [
+        ("frozen", [False, False, False, False]),
+        ("affine", [True, True, False, False]),
+        ("trainable", [True, True, True, True]),
+    ],
+)
+def test_bn_policy_decides_what_the_unfrozen_batch_norms_learn(tiny_backbone, bn_policy, unfrozen_bn_changes) -> None:
+    classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    before = _snapshot(classifier.model)
+    _run(classifier, [_phase("unfreeze_top_2", 2, 2, 0.01, bn_policy=bn_policy)])
+    changes = _bn_changes(before, _snapshot(classifier.model))
+    # gamma, beta, moving mean, moving variance; the frozen blocks' BN never moves.
+    assert changes == {
+        "top_bn": unfrozen_bn_changes,
+        "block2a_bn": unfrozen_bn_changes,
+        "block1a_bn": [False] * 4,
+        "stem_bn": [False] * 4,
+    }
+    assert all(type(layer) is not keras.layers.Layer for layer in classifier.model.layers)
+    assert type(classifier.model.get_layer("top_bn")) is keras.layers.BatchNormalization
+
+
+def test_discriminative_learning_rates_reach_the_layer_map_and_the_updates(tiny_backbone) -> None:
+    sgd = SGDParams(name="sgd")
+    results = {}
+    for decay in (1.0, 4.0):
+        keras.utils.set_random_seed(0)
+        classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+        before = _snapshot(classifier.model)
+        # One batch of all 96 images: one SGD step from the same weights, so the same gradients.
+        history = _run(
+            classifier,
+            [_phase("unfreeze_top_2", 2, 1, 0.05, optimizer=sgd, lr_decay_per_block=decay)],
+            batch_size=96,
+        )
+        after = _snapshot(classifier.model)
+        multipliers = {row.layer: row.lr_multiplier for row in history.layers}
+        updates = {
+            layer: after[layer][0] - before[layer][0] for layer in ("head_predictions", "top_conv", "block2a_conv")
+        }
+        results[decay] = (multipliers, updates)
+    multipliers, decayed = results[4.0]
+    assert (multipliers["head_predictions"], multipliers["top_conv"], multipliers["block2a_conv"]) == (
+        1.0,
+        0.25,
+        0.0625,
+    )
+    assert multipliers["stem_conv"] == 0.0
+    assert results[1.0][0]["top_conv"] == 1.0
+    plain = results[1.0][1]
+    # Updates are differences of float32 weights near 0.1-1, resolved to about 1e-7.
+    np.testing.assert_allclose(decayed["head_predictions"], plain["head_predictions"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(decayed["top_conv"], 0.25 * plain["top_conv"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(decayed["block2a_conv"], 0.0625 * plain["block2a_conv"], rtol=1e-5, atol=1e-7)
+    assert np.abs(plain["block2a_conv"]).max() > 1e-4
+
+
+def test_learning_rate_logged_each_epoch_follows_the_phase_schedule(tiny_backbone) -> None:
+    classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    exponential = ExponentialParams(name="exponential", decay_epochs=2.0)
+    history = _run(
+        classifier, [_phase("frozen", 0, 1, 0.01), _phase("unfreeze_top_1", 1, 3, 0.004, schedule=exponential)]
+    )
+    steps_per_epoch = math.ceil(96 / 16)
+    # The LR of each epoch's last step, t counted from the phase's start.
+    expected = [0.01] + [
+        0.004 * 0.1 ** (((epoch + 1) * steps_per_epoch - 1) / (2.0 * steps_per_epoch)) for epoch in range(3)
+    ]
+    assert [row["lr"] for row in history.rows] == pytest.approx(expected, rel=1e-6)
+    assert [phase.schedule for phase in history.phases] == ["constant", "exponential"]
+
+
+def test_early_stopping_ends_the_phase_on_its_best_epoch(tiny_backbone) -> None:
+    classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    # min_delta this large: no epoch after the first counts as an improvement.
+    stopping = EarlyStoppingParams(monitor="val_loss", patience=1, min_delta=100.0, restore_best=True)
+    seen = []
+    spy = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.append(classifier.model.get_layer("head_predictions").get_weights())
+    )
+    history = _run(
+        classifier,
+        [_phase("frozen", 0, 5, 0.05, early_stopping=stopping), _phase("unfreeze_top_1", 1, 1, 1e-9)],
+        callbacks=[spy],
+    )
+    stopped, following = history.phases
+    assert (stopped.first_epoch, stopped.end_epoch, stopped.best_epoch) == (0, 2, 0)
+    assert (following.first_epoch, following.end_epoch) == (2, 3)
+    assert [row["epoch"] for row in history.rows] == [0, 1, 2]
+    # The next phase started from the best epoch's weights: at lr 1e-9 they barely move from epoch 1's.
+    for restored, best in zip(seen[2], seen[0], strict=True):
+        np.testing.assert_allclose(restored, best, atol=1e-6)
+    assert not np.allclose(seen[1][0], seen[0][0])
+
+
+@pytest.mark.parametrize("cache_bytes", [1 << 30, 0], ids=["cached", "images"])
+def test_label_smoothing_changes_the_loss_on_both_paths(tiny_backbone, cache_bytes: int) -> None:
+    losses = []
+    for smoothing in (0.0, 0.2):
+        keras.utils.set_random_seed(0)
+        classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+        history = _run(classifier, [_phase("frozen", 0, 1, 0.01)], cache_bytes=cache_bytes, label_smoothing=smoothing)
+        losses.append(history.rows[0]["val_loss"])
+    # Smoothed targets can never be matched exactly: the loss has a floor above zero and differs.
+    assert losses[0] != pytest.approx(losses[1], rel=1e-3)
+
+
+def test_augmentation_trains_on_images_and_says_why(tiny_backbone) -> None:
+    classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    augmentation = build_augmentation(flip="horizontal", seed=0)
+    history = _run(classifier, [_phase("frozen", 0, 1, 0.01)], augmentation=augmentation)
+    (phase,) = history.phases
+    assert phase.cached_features is False
+    assert "augmentation" in phase.data_note

@@ -43,6 +43,7 @@ def image_dataset(
     image_size: int,
     batch_size: int,
     preprocessing: keras.layers.Layer | None = None,
+    augmentation: keras.layers.Layer | None = None,
     shuffle: bool = False,
     seed: int = 0,
 ) -> tf.data.Dataset:
@@ -55,6 +56,8 @@ def image_dataset(
         batch_size: Images per batch.
         preprocessing: The backbone's own input scaling; None leaves pixels on 0..255 (for a model
             that holds its preprocessing).
+        augmentation: Random layers applied (in training mode) to the 0..255 images before the
+            preprocessing; None for none (validation, test and prediction data).
         shuffle: Reshuffle every epoch (training data).
         seed: Seed of the shuffle.
 
@@ -70,6 +73,8 @@ def image_dataset(
 
     def prepare(batch_images: tf.Tensor, batch_labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         batch_images = to_model_input(batch_images, image_size=image_size)
+        if augmentation is not None:
+            batch_images = augmentation(batch_images, training=True)
         if preprocessing is not None:
             batch_images = preprocessing(batch_images)
         return batch_images, batch_labels

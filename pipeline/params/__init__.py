@@ -1,0 +1,141 @@
+"""The schema of params.yaml: one pydantic model per section, checks across sections, and one loader.
+
+Why: a typo or an out-of-range value must stop a stage in seconds with a message naming the key,
+the value received and what is allowed, before TensorFlow is even imported. This package imports
+only pydantic, yaml and the pipeline's TF-free registries for that reason. Each section lives in its
+own module (`data`, `backbone`, `head`, `optimizer`, `schedule`, `train`, `runtime`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from pipeline.backbones.names import BACKBONE_BLOCKS
+from pipeline.optimizers import MOMENTUM_TERM
+from pipeline.params.backbone import BackboneParams
+from pipeline.params.common import Section
+from pipeline.params.data import DataParams
+from pipeline.params.errors import ParamsError, describe
+from pipeline.params.head import HeadParams
+from pipeline.params.runtime import DeviceParams, EvaluateParams, LRFindParams, TrackingParams
+from pipeline.params.schedule import OneCycleParams
+from pipeline.params.train import TrainParams
+
+__all__ = ["ParamsError", "PipelineParams", "flatten", "load", "parse"]
+
+
+class PipelineParams(Section):
+    """The whole params.yaml."""
+
+    data: DataParams = Field(default_factory=DataParams)
+    backbone: BackboneParams = Field(default_factory=BackboneParams)
+    head: HeadParams = Field(default_factory=HeadParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    lr_find: LRFindParams = Field(default_factory=LRFindParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    device: DeviceParams = Field(default_factory=DeviceParams)
+    tracking: TrackingParams = Field(default_factory=TrackingParams)
+
+    @model_validator(mode="after")
+    def _unfreeze_within_backbone(self) -> PipelineParams:
+        blocks = BACKBONE_BLOCKS[self.backbone.name]
+        for index, stage in enumerate(self.train.unfreeze):
+            if stage.blocks != "all" and stage.blocks > len(blocks):
+                raise ValueError(
+                    f"train.unfreeze.{index}.blocks is {stage.blocks}, but {self.backbone.name} has "
+                    f"{len(blocks)} blocks (top-down: {', '.join(blocks)}); use all to unfreeze every block"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _auto_learning_rate_needs_the_range_test(self) -> PipelineParams:
+        if self.train.base_learning_rate == "auto" and not self.lr_find.enabled:
+            raise ValueError(
+                "train.base_learning_rate is auto, which takes the LR range test's suggestion, but "
+                "lr_find.enabled is false; enable the lr_find stage or give a number"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _cycled_momentum_needs_a_momentum_term(self) -> PipelineParams:
+        phases = [("train", self.train.optimizer, self.train.schedule)]
+        phases += [
+            (f"train.unfreeze.{index}", stage.optimizer or self.train.optimizer, stage.schedule or self.train.schedule)
+            for index, stage in enumerate(self.train.unfreeze)
+        ]
+        for where, optimizer, schedule in phases:
+            if isinstance(schedule, OneCycleParams) and schedule.cycle_momentum and not MOMENTUM_TERM[optimizer.name]:
+                raise ValueError(
+                    f"{where}: the onecycle schedule cycles momentum, but optimizer {optimizer.name} has no "
+                    "momentum term; set cycle_momentum: false or choose an optimizer with momentum "
+                    f"({', '.join(name for name, term in MOMENTUM_TERM.items() if term)})"
+                )
+        return self
+
+
+def parse(raw: Any, *, source: str = "params.yaml") -> PipelineParams:
+    """Validates already-parsed YAML content.
+
+    Args:
+        raw: The mapping read from the file.
+        source: Name used in error messages.
+
+    Returns:
+        The validated parameters.
+
+    Raises:
+        ParamsError: One line per problem, each naming key, value received and what is allowed.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections, received {type(raw).__name__}")
+    try:
+        return PipelineParams.model_validate(raw)
+    except ValidationError as error:
+        lines = [describe(PipelineParams, detail) for detail in error.errors()]
+        raise ParamsError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
+
+
+def load(path: str | Path = "params.yaml") -> PipelineParams:
+    """Reads and validates a params file.
+
+    Args:
+        path: The YAML file.
+
+    Returns:
+        The validated parameters.
+
+    Raises:
+        ParamsError: The file is missing, is not YAML, or does not match the schema.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path} not found") from None
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path} is not valid YAML: {error}") from None
+    return parse(raw, source=str(path))
+
+
+def flatten(params: BaseModel) -> dict[str, str]:
+    """Flattens parameters to dotted keys for tracking (`train.unfreeze.0.blocks` -> "2")."""
+    flat: dict[str, str] = {}
+
+    def visit(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                visit(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            for index, item in enumerate(value):
+                visit(f"{prefix}.{index}", item)
+        else:
+            flat[prefix] = "null" if value is None else str(value)
+
+    visit("", params.model_dump())
+    return flat

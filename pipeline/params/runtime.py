@@ -1,0 +1,51 @@
+"""The sections around training: `lr_find`, `evaluate`, `device` and `tracking`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from pipeline.lr_finder import SUGGESTION_RULES
+from pipeline.params.common import PositiveInt, Registered, Section
+
+
+class LRFindParams(Section):
+    """The LR range test (stage `lr_find`): a short run with the LR growing exponentially, on the frozen phase."""
+
+    enabled: bool = False
+    min_lr: Annotated[float, Field(gt=0.0)] = 1e-6
+    max_lr: Annotated[float, Field(gt=0.0, le=100.0)] = 1.0
+    steps: Annotated[int, Field(ge=10, le=10_000)] = 100
+    images: Annotated[int, Field(ge=64)] = Field(default=4096, description="Training images the sweep draws from.")
+    rule: Registered(SUGGESTION_RULES, "suggestion rule") = "valley"
+
+    @model_validator(mode="after")
+    def _range(self) -> LRFindParams:
+        if self.max_lr <= self.min_lr:
+            raise ValueError(f"max_lr ({self.max_lr}) must exceed min_lr ({self.min_lr})")
+        return self
+
+
+class EvaluateParams(Section):
+    """How the test split is scored."""
+
+    batch_size: PositiveInt = 128
+
+
+class DeviceParams(Section):
+    """Where TensorFlow runs, chosen before its first op."""
+
+    type: Literal["auto", "cpu", "gpu"] = "auto"
+    gpu_indices: list[Annotated[int, Field(ge=0)]] | None = None
+    precision: Literal["auto", "float32", "mixed_float16"] = "auto"
+
+
+class TrackingParams(Section):
+    """Where MLflow keeps runs and models; MLFLOW_TRACKING_URI in the environment overrides `uri`."""
+
+    uri: str = "sqlite:///mlflow.db"
+    artifact_dir: str = "mlartifacts"
+    experiment: Annotated[str, Field(min_length=1)] = "transfer-learning"
+    registered_model: Annotated[str, Field(min_length=1)] = "transfer-classifier"
+    champion_metric: Literal["accuracy", "macro_f1"] = "accuracy"

@@ -1,0 +1,83 @@
+"""The `train` section: the fine-tuning recipe, from the frozen phase through each unfreezing stage."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from pipeline.params.common import NonNegativeFloat, NumberOr, PositiveInt, Rate, Section
+from pipeline.params.optimizer import AdamParams, OptimizerChoice
+from pipeline.params.schedule import ConstantParams, ScheduleChoice
+
+BatchNormPolicy = Literal["frozen", "affine", "trainable"]
+BlockDecay = Annotated[float, Field(ge=1.0, le=100.0)]
+
+
+class EarlyStoppingParams(Section):
+    """Stop a phase when `monitor` stops improving, and go on from its best epoch's weights."""
+
+    monitor: Literal["val_loss", "val_accuracy", "loss", "accuracy"] = "val_loss"
+    patience: Annotated[int, Field(ge=0)] = 2
+    min_delta: NonNegativeFloat = 0.0
+    restore_best: bool = True
+
+
+class AugmentationParams(Section):
+    """Random image changes while training only (Keras preprocessing layers); any of them on disables the
+    frozen-feature cache, since the backbone then sees different pixels every epoch."""
+
+    flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = "none"
+    rotation: Annotated[float, Field(ge=0.0, le=0.5)] = Field(default=0.0, description="Fraction of a full turn.")
+    zoom: Rate = Field(default=0.0, description="Up to this fraction in or out.")
+    translation: Rate = Field(default=0.0, description="Up to this fraction of the size, each direction.")
+    contrast: Rate = Field(default=0.0, description="Contrast factor drawn from [1 - c, 1 + c].")
+
+    @property
+    def active(self) -> bool:
+        """Whether any augmentation is on."""
+        return self.flip != "none" or any((self.rotation, self.zoom, self.translation, self.contrast))
+
+
+class UnfreezeStageParams(Section):
+    """One step of progressive unfreezing: the top `blocks` blocks (or `all`) train at `lr_factor` x base LR.
+
+    Optimiser, schedule, BatchNorm policy, discriminative LR and early stopping default to the section's.
+    """
+
+    blocks: NumberOr("all", PositiveInt)
+    epochs: PositiveInt
+    lr_factor: Annotated[float, Field(gt=0.0, le=1.0)]
+    optimizer: OptimizerChoice | None = None
+    schedule: ScheduleChoice | None = None
+    bn_policy: BatchNormPolicy | None = None
+    lr_decay_per_block: BlockDecay | None = None
+    early_stopping: EarlyStoppingParams | None = None
+
+
+class TrainParams(Section):
+    """The fine-tuning recipe: frozen phase, then the unfreezing stages in order."""
+
+    seed: int = 42
+    batch_size: PositiveInt = 64
+    optimizer: OptimizerChoice = Field(default_factory=lambda: AdamParams(name="adam"))
+    base_learning_rate: NumberOr("auto", Annotated[float, Field(gt=0.0, le=10.0)]) = Field(
+        default=1e-3, description="LR of the frozen phase; auto takes the lr_find stage's suggestion."
+    )
+    schedule: ScheduleChoice = Field(
+        default_factory=lambda: ConstantParams(name="constant"), description="Every phase's, unless a stage's own."
+    )
+    frozen_epochs: PositiveInt = 5
+    bn_policy: BatchNormPolicy = Field(
+        default="frozen",
+        description="BatchNorm of unfrozen blocks: frozen (inference mode), affine (gamma and beta train, "
+        "statistics frozen), trainable (everything trains).",
+    )
+    lr_decay_per_block: BlockDecay = Field(
+        default=1.0, description="Discriminative LR: each lower unfrozen block trains at the LR above / this."
+    )
+    early_stopping: EarlyStoppingParams | None = None
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    augmentation: AugmentationParams = Field(default_factory=AugmentationParams)
+    unfreeze: list[UnfreezeStageParams] = Field(default_factory=list)
+    feature_cache_mb: Annotated[int, Field(ge=0)] = 2048

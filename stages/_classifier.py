@@ -1,0 +1,43 @@
+"""What the train and lr_find stages build alike: the backbone with the head of params.yaml.
+
+Why shared: the LR range test must probe the very model the train stage fine-tunes, so both stages
+turn the `backbone` and `head` sections into a classifier through this one function.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.head import Classifier
+    from pipeline.params import PipelineParams
+
+
+def build_classifier(config: PipelineParams, *, num_classes: int) -> Classifier:
+    """Loads the configured backbone and attaches the configured head."""
+    from pipeline.backbones.registry import load_backbone
+    from pipeline.head import attach_head
+
+    backbone = load_backbone(
+        config.backbone.name, image_size=config.backbone.image_size, cache_dir=config.backbone.cache_dir
+    )
+    head = config.head
+    return attach_head(
+        backbone,
+        num_classes=num_classes,
+        seed=config.train.seed,
+        pooling=head.pooling,
+        dropout=head.dropout,
+        hidden_units=head.hidden_units,
+        activation=head.activation,
+        negative_slope=head.negative_slope,
+        maxout_pieces=head.maxout_pieces,
+        initializer=head.initializer,
+        batch_norm=head.batch_norm,
+        hidden_dropout=head.hidden_dropout_rates(),
+        dropout_type=head.dropout_type,
+        l1=head.kernel_regularizer.l1,
+        l2=head.kernel_regularizer.l2,
+        max_norm=head.max_norm.value if head.max_norm else None,
+        max_norm_axis=head.max_norm.axis if head.max_norm else 0,
+    )
