@@ -122,10 +122,11 @@ def plot_lr_finder(result: LRFinderResult, path: Path) -> plt.Figure:
     axis.set_xscale("log")
     axis.set_xlabel("learning rate")
     axis.set_ylabel("training loss")
-    finite = [value for value in result.smoothed_losses if np.isfinite(value)]
+    finite = [value for value in (*result.losses, *result.smoothed_losses) if np.isfinite(value)]
     if finite:
         # The divergence at the end would squash the part of the curve that matters.
-        axis.set_ylim(min(finite) * 0.95, min(max(finite), 2.5 * finite[0]) * 1.05)
+        top = min(max(finite), 2.5 * result.smoothed_losses[0])
+        axis.set_ylim(min(finite) * 0.95, top * 1.05)
     axis.set_title("LR range test")
     axis.legend()
     figure.savefig(path, dpi=110)

@@ -75,6 +75,7 @@ def main() -> None:
         min_lr=settings.min_lr,
         max_lr=settings.max_lr,
         steps=settings.steps,
+        smoothing=settings.smoothing,
     )
     document = {
         "enabled": True,

@@ -335,3 +335,35 @@ def test_augmentation_trains_on_images_and_says_why(tiny_backbone) -> None:
     (phase,) = history.phases
     assert phase.cached_features is False
     assert "augmentation" in phase.data_note
+
+
+def test_augmentation_reaches_training_batches_only(tiny_backbone) -> None:
+    from pipeline.features import PhaseDataFactory
+
+    classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    train, val = _splits()
+    batches = {}
+    for label, augmentation in (("plain", None), ("flipped", build_augmentation(flip="horizontal", seed=0))):
+        data = PhaseDataFactory(
+            classifier,
+            train=train,
+            val=val,
+            deepest_trainable_blocks=0,
+            preprocessing=classifier.backbone.make_preprocessing(),
+            image_size=IMAGE_SIZE,
+            batch_size=96,
+            seed=0,
+            cache_limit_bytes=0,
+            augmentation=augmentation,
+        ).for_phase(0)
+        batches[label] = (next(iter(data.train))[0].numpy(), next(iter(data.val))[0].numpy())
+    (plain_train, plain_val), (flipped_train, flipped_val) = batches["plain"], batches["flipped"]
+    np.testing.assert_array_equal(flipped_val, plain_val)
+    # Same shuffle seed, so the same images: each is kept or mirrored, and some are mirrored.
+    mirrored = [
+        np.allclose(after, before[:, ::-1]) and not np.allclose(after, before)
+        for after, before in zip(flipped_train, plain_train, strict=True)
+    ]
+    kept = [np.allclose(after, before) for after, before in zip(flipped_train, plain_train, strict=True)]
+    assert all(m or k for m, k in zip(mirrored, kept, strict=True))
+    assert any(mirrored)

@@ -16,7 +16,11 @@ class LRFindParams(Section):
     enabled: bool = False
     min_lr: Annotated[float, Field(gt=0.0)] = 1e-6
     max_lr: Annotated[float, Field(gt=0.0, le=100.0)] = 1.0
-    steps: Annotated[int, Field(ge=10, le=10_000)] = 100
+    steps: Annotated[int, Field(ge=10, le=10_000)] = 200
+    smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        default=0.9,
+        description="beta of the loss's moving average; larger is smoother but lags the LR by ~1/(1-beta) steps.",
+    )
     images: Annotated[int, Field(ge=64)] = Field(default=4096, description="Training images the sweep draws from.")
     rule: Registered(SUGGESTION_RULES, "suggestion rule") = "valley"
 
