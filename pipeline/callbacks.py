@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,30 +88,17 @@ class HistoryRecorder(keras.callbacks.Callback):
         super().__init__()
         self.history = history
         self._phase: PhaseRecord | None = None
-        self._learning_rate_used: Callable[[keras.optimizers.Optimizer], float] = learning_rate_used
 
-    def begin_phase(
-        self,
-        phase: PhaseRecord,
-        *,
-        learning_rate_used: Callable[[keras.optimizers.Optimizer], float] = learning_rate_used,
-    ) -> None:
-        """Announces the phase the next epochs belong to.
-
-        Args:
-            phase: The phase.
-            learning_rate_used: Reads the LR of the optimiser's last step (the phase schedule's
-                `learning_rate_used`); the default reads a constant or callback-set LR.
-        """
+    def begin_phase(self, phase: PhaseRecord) -> None:
+        """Announces the phase the next epochs belong to."""
         self._phase = phase
-        self._learning_rate_used = learning_rate_used
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self._phase is None:
             raise RuntimeError("HistoryRecorder.begin_phase must be called before fit")
         if logs is None:
             logs = {}
-        logs["lr"] = self._learning_rate_used(self.model.optimizer)
+        logs["lr"] = learning_rate_used(self.model.optimizer)
         logs["phase"] = float(self._phase.index)
         row: dict[str, Any] = {"epoch": epoch, "phase_name": self._phase.name}
         row.update({key: float(value) for key, value in logs.items()})

@@ -65,10 +65,14 @@ def score_predictions(
         name: {metric: float(report[name][metric]) for metric in ("precision", "recall", "f1-score", "support")}
         for name in class_names
     }
+    # A float32 softmax sums to 1 only within float32 rounding, which scikit-learn warns about: renormalise
+    # in float64 (the scores do not change beyond that rounding).
+    probabilities = probabilities.astype(np.float64)
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
     return EvaluationResult(
         accuracy=float(accuracy_score(labels, predictions)),
         macro_f1=float(f1_score(labels, predictions, labels=class_indices, average="macro", zero_division=0)),
-        loss=float(log_loss(labels, probabilities.astype(np.float64), labels=class_indices)),
+        loss=float(log_loss(labels, probabilities, labels=class_indices)),
         examples=len(labels),
         per_class=per_class,
         confusion=confusion_matrix(labels, predictions, labels=class_indices),

@@ -220,7 +220,7 @@ def fine_tune(
             lr_decay_per_block=phase.lr_decay_per_block,
             data_note=phase_data.note,
         )
-        recorder.begin_phase(record, learning_rate_used=schedule.learning_rate_used)
+        recorder.begin_phase(record)
         stopper = early_stopping(**phase.early_stopping.model_dump()) if phase.early_stopping is not None else None
         phase_data.model.fit(
             phase_data.train,

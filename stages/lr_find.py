@@ -35,13 +35,13 @@ def main() -> None:
 
     import keras
     import numpy as np
-    from pipeline.lr_finder import lr_range_test
 
     from pipeline.augmentation import build_augmentation
     from pipeline.data.sources import load_idx_dataset
     from pipeline.data.split import read_manifest, select
     from pipeline.features import ImageSplit, PhaseDataFactory
     from pipeline.losses import classification_loss, needs_one_hot
+    from pipeline.lr_finder import lr_range_test
     from pipeline.optimizers import make_optimizer
 
     keras.utils.set_random_seed(config.train.seed)

@@ -40,3 +40,18 @@ def test_a_class_never_predicted_scores_zero_without_warning() -> None:
     result = score_predictions(labels, probabilities, class_names=CLASSES)
     assert result.per_class["c"]["f1-score"] == 0.0
     assert math.isfinite(result.loss)
+
+
+def test_float32_softmax_scores_without_a_probability_warning() -> None:
+    import warnings
+
+    import keras
+
+    logits = np.random.default_rng(0).normal(size=(500, 10)).astype("float32") * 8
+    probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(logits))
+    labels = np.random.default_rng(1).integers(0, 10, 500)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = score_predictions(labels, probabilities, class_names=tuple(str(index) for index in range(10)))
+    expected = -np.mean(np.log(probabilities.astype(np.float64)[np.arange(500), labels]))
+    assert result.loss == pytest.approx(expected, rel=1e-6)

@@ -279,7 +279,7 @@ def test_flatten_gives_dotted_keys() -> None:
         "train.unfreeze.1.lr_factor": "0.01",
         "train.unfreeze.1.optimizer": "null",
         "train.unfreeze.1.schedule.name": "cosine",
-        "train.unfreeze.1.schedule.warmup_epochs": "1.0",
+        "train.unfreeze.1.schedule.warmup_fraction": "0.1",
         "train.unfreeze.1.schedule.alpha": "0.0",
         "train.unfreeze.1.schedule.warmup_start": "0.0",
         "train.unfreeze.1.bn_policy": "null",
@@ -392,7 +392,7 @@ def test_unknown_schedule_and_schedule_option() -> None:
 
     assert "unknown schedule 'triangular'; registered schedules: constant, power, exponential, piecewise" in unknown
     assert (
-        "train.schedule.warmup_steps: unknown key (received 10); allowed keys here: alpha, name, warmup_epochs"
+        "train.schedule.warmup_steps: unknown key (received 10); allowed keys here: alpha, name, warmup_fraction"
         in option
     )
 
@@ -496,3 +496,30 @@ def test_schedule_models_match_the_schedule_registry() -> None:
         name = model.model_fields["name"].annotation.__args__[0]
         fields = {key for key in model.model_fields if key != "name"}
         assert fields == set(SCHEDULE_OPTIONS[name]), name
+
+
+@pytest.mark.parametrize(
+    ("train", "expected"),
+    [
+        (
+            {"frozen_epochs": 3, "schedule": {"name": "piecewise", "boundaries": [1, 3], "factors": [1, 0.5, 0.1]}},
+            "train: piecewise boundaries [1.0, 3.0] reach the end of the phase (3 epochs); every boundary must be "
+            "below 3",
+        ),
+        (
+            {
+                "unfreeze": [
+                    {
+                        "blocks": 1,
+                        "epochs": 2,
+                        "lr_factor": 0.1,
+                        "schedule": {"name": "piecewise", "boundaries": [2], "factors": [1, 0.1]},
+                    }
+                ]
+            },
+            "train.unfreeze.0: piecewise boundaries [2.0] reach the end of the phase (2 epochs)",
+        ),
+    ],
+)
+def test_schedule_must_fit_its_phase(train, expected: str) -> None:
+    assert expected in _error_message({"train": train})

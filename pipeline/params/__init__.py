@@ -22,7 +22,7 @@ from pipeline.params.data import DataParams
 from pipeline.params.errors import ParamsError, describe
 from pipeline.params.head import HeadParams
 from pipeline.params.runtime import DeviceParams, EvaluateParams, LRFindParams, TrackingParams
-from pipeline.params.schedule import OneCycleParams
+from pipeline.params.schedule import OneCycleParams, PiecewiseParams
 from pipeline.params.train import TrainParams
 
 __all__ = ["ParamsError", "PipelineParams", "flatten", "load", "parse"]
@@ -60,14 +60,33 @@ class PipelineParams(Section):
             )
         return self
 
-    @model_validator(mode="after")
-    def _cycled_momentum_needs_a_momentum_term(self) -> PipelineParams:
-        phases = [("train", self.train.optimizer, self.train.schedule)]
+    def _phase_settings(self) -> list[tuple[str, int, Any, Any]]:
+        """(where it is set, epochs, optimiser, schedule) of every phase, stages inheriting the section's."""
+        phases = [("train", self.train.frozen_epochs, self.train.optimizer, self.train.schedule)]
         phases += [
-            (f"train.unfreeze.{index}", stage.optimizer or self.train.optimizer, stage.schedule or self.train.schedule)
+            (
+                f"train.unfreeze.{index}",
+                stage.epochs,
+                stage.optimizer or self.train.optimizer,
+                stage.schedule or self.train.schedule,
+            )
             for index, stage in enumerate(self.train.unfreeze)
         ]
-        for where, optimizer, schedule in phases:
+        return phases
+
+    @model_validator(mode="after")
+    def _schedules_fit_their_phases(self) -> PipelineParams:
+        for where, epochs, _, schedule in self._phase_settings():
+            if isinstance(schedule, PiecewiseParams) and schedule.boundaries[-1] >= epochs:
+                raise ValueError(
+                    f"{where}: piecewise boundaries {schedule.boundaries} reach the end of the phase "
+                    f"({epochs} epochs); every boundary must be below {epochs}"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _cycled_momentum_needs_a_momentum_term(self) -> PipelineParams:
+        for where, _, optimizer, schedule in self._phase_settings():
             if isinstance(schedule, OneCycleParams) and schedule.cycle_momentum and not MOMENTUM_TERM[optimizer.name]:
                 raise ValueError(
                     f"{where}: the onecycle schedule cycles momentum, but optimizer {optimizer.name} has no "

@@ -99,7 +99,9 @@ class CosineParams(NamedOptions):
     """Cosine decay to alpha * lr0 after a linear warm-up from warmup_start * lr0."""
 
     name: Literal["cosine"]
-    warmup_epochs: NonNegativeFloat = 1.0
+    warmup_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        default=0.1, description="Share of the phase's steps spent warming up."
+    )
     alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     warmup_start: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
 
