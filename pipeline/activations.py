@@ -44,12 +44,23 @@ DROPOUT_TYPES = ("auto", "standard", "alpha")
 
 
 def _check(value: str, allowed: Sequence[str], kind: str) -> None:
+    """Raises ValueError naming `kind`, the value received and the allowed names."""
     if value not in allowed:
         raise ValueError(f"unknown {kind} {value!r}; allowed: {', '.join(allowed)}")
 
 
 def matched_initializer(activation: str) -> str:
     """The initialiser `auto` means for `activation`: He, LeCun or Glorot.
+
+    Why: each keeps the variance of the activations steady from layer to layer for its family: He
+    (variance 2/fan_in) for the ReLU family, which zeroes about half its inputs; LeCun (1/fan_in) for
+    SELU, whose self-normalisation assumes it; Glorot (2/(fan_in+fan_out)) for tanh and sigmoid.
+
+    Args:
+        activation: One of `ACTIVATION_NAMES`.
+
+    Returns:
+        A Keras initialiser name: he_normal, lecun_normal or glorot_uniform.
 
     Raises:
         ValueError: `activation` is not registered.
@@ -59,7 +70,18 @@ def matched_initializer(activation: str) -> str:
 
 
 def resolve_initializer(initializer: str, *, activation: str) -> str:
-    """`auto` resolved for `activation`, or the explicit Keras initialiser name checked."""
+    """`auto` resolved for `activation`, or the explicit Keras initialiser name checked.
+
+    Args:
+        initializer: "auto" or one of `INITIALIZER_NAMES`.
+        activation: One of `ACTIVATION_NAMES`.
+
+    Returns:
+        The Keras initialiser name to build.
+
+    Raises:
+        ValueError: An unknown initialiser or activation; the message lists the allowed names.
+    """
     if initializer == "auto":
         return matched_initializer(activation)
     _check(initializer, INITIALIZER_NAMES, "initializer")
@@ -67,7 +89,18 @@ def resolve_initializer(initializer: str, *, activation: str) -> str:
 
 
 def resolve_dropout_type(activation: str, dropout_type: str) -> str:
-    """`auto` becomes `alpha` for SELU (AlphaDropout keeps its self-normalisation) and `standard` otherwise."""
+    """`auto` becomes `alpha` for SELU (AlphaDropout keeps its self-normalisation) and `standard` otherwise.
+
+    Args:
+        activation: The hidden layers' activation.
+        dropout_type: One of `DROPOUT_TYPES`.
+
+    Returns:
+        "standard" or "alpha".
+
+    Raises:
+        ValueError: An unknown dropout type; the message lists the allowed ones.
+    """
     _check(dropout_type, DROPOUT_TYPES, "dropout_type")
     if dropout_type != "auto":
         return dropout_type
@@ -87,6 +120,9 @@ def combination_problems(
 
     Returns:
         The problems; empty when the head is sound.
+
+    Raises:
+        ValueError: An unknown dropout type; the message lists the allowed ones.
     """
     problems = []
     resolved = resolve_dropout_type(activation, dropout_type)

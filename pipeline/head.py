@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import keras
 
@@ -70,6 +71,7 @@ def _activation(
 
 
 def _initializer(name: str, *, seed: int) -> keras.initializers.Initializer:
+    """Keras' initialiser `name`, seeded when it is random."""
     # The constant initialisers take no seed; every random one is seeded so runs repeat exactly.
     if name in ("zeros", "ones"):
         return keras.initializers.get(name)
@@ -77,9 +79,36 @@ def _initializer(name: str, *, seed: int) -> keras.initializers.Initializer:
 
 
 def _dropout(rate: float, *, kind: str, seed: int, name: str) -> keras.layers.Layer:
+    """Keras' Dropout, or AlphaDropout when `kind` is "alpha"."""
     if kind == "alpha":
         return keras.layers.AlphaDropout(rate, seed=seed, name=name)
     return keras.layers.Dropout(rate, seed=seed, name=name)
+
+
+def _check_numbers(
+    *,
+    num_classes: int,
+    dropout: float,
+    hidden_units: Sequence[int],
+    hidden_rates: Sequence[float],
+    negative_slope: float,
+    maxout_pieces: int,
+) -> None:
+    """Raises ValueError naming the first option out of its range (the same ranges as `pipeline.params`)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, Integral) or num_classes < 2:
+        raise ValueError(f"num_classes is {num_classes!r}; allowed: an integer >= 2")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout is {dropout!r}; allowed: 0 <= dropout < 1")
+    for units in hidden_units:
+        if isinstance(units, bool) or not isinstance(units, Integral) or units < 1:
+            raise ValueError(f"hidden_units holds {units!r}; allowed: integers >= 1")
+    for rate in hidden_rates:
+        if not 0 <= rate < 1:
+            raise ValueError(f"hidden_dropout holds {rate!r}; allowed: 0 <= rate < 1")
+    if not 0 < negative_slope < 1:
+        raise ValueError(f"negative_slope is {negative_slope!r}; allowed: 0 < negative_slope < 1")
+    if isinstance(maxout_pieces, bool) or not isinstance(maxout_pieces, Integral) or maxout_pieces < 2:
+        raise ValueError(f"maxout_pieces is {maxout_pieces!r}; allowed: an integer >= 2")
 
 
 def attach_head(
@@ -129,8 +158,8 @@ def attach_head(
         The classifier.
 
     Raises:
-        ValueError: An unknown name, a rate list of the wrong length, or a pairing the course warns
-            against (see `pipeline.activations.combination_problems`).
+        ValueError: An unknown name, a number out of its range, a rate list of the wrong length, or a
+            pairing the course warns against (see `pipeline.activations.combination_problems`).
     """
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; allowed: {', '.join(POOLINGS)}")
@@ -138,7 +167,7 @@ def attach_head(
         raise ValueError(f"unknown activation {activation!r}; allowed: {', '.join(ACTIVATION_NAMES)}")
     if batch_norm not in BATCH_NORM_PLACES:
         raise ValueError(f"unknown batch_norm {batch_norm!r}; allowed: {', '.join(BATCH_NORM_PLACES)}")
-    if isinstance(hidden_dropout, int | float):
+    if isinstance(hidden_dropout, Real):
         hidden_rates = [float(hidden_dropout)] * len(hidden_units)
     else:
         hidden_rates = list(hidden_dropout)
@@ -147,6 +176,14 @@ def attach_head(
             f"hidden_dropout lists {len(hidden_rates)} rates for {len(hidden_units)} hidden layers; "
             "give one rate per layer, or a single number for all"
         )
+    _check_numbers(
+        num_classes=num_classes,
+        dropout=dropout,
+        hidden_units=hidden_units,
+        hidden_rates=hidden_rates,
+        negative_slope=negative_slope,
+        maxout_pieces=maxout_pieces,
+    )
     problems = combination_problems(
         activation=activation, batch_norm=batch_norm, dropout_type=dropout_type, dropout_rates=[dropout, *hidden_rates]
     )
@@ -160,7 +197,10 @@ def attach_head(
     pooling_layers = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}
     pooled = pooling_layers[pooling](name=HEAD_POOL)(backbone.model.output)
     tensor = _dropout(dropout, kind=dropout_kind, seed=seed, name=HEAD_DROPOUT)(pooled)
+    # Hidden layer i is seeded with seed + i so that layers of one shape still draw different weights; the
+    # output layer keeps `seed`, so a head without hidden layers starts exactly as it always has.
     for index, (units, rate) in enumerate(zip(hidden_units, hidden_rates, strict=True), start=1):
+        units = int(units)
         width = units * maxout_pieces if activation == "maxout" else units
         tensor = keras.layers.Dense(
             width,
@@ -179,7 +219,9 @@ def attach_head(
             tensor = keras.layers.BatchNormalization(name=f"head_bn_{index}")(tensor)
         if rate > 0:
             tensor = _dropout(rate, kind=dropout_kind, seed=seed + index, name=f"head_dropout_{index}")(tensor)
-    # float32 output even under mixed precision: a float16 softmax loses small probabilities.
+    # float32 output even under mixed precision: a float16 softmax loses small probabilities. Glorot-uniform
+    # whatever the hidden activation: the logits are linear and feed a sigmoid-like softmax, the case Glorot's
+    # variance argument was made for.
     probabilities = keras.layers.Dense(
         num_classes,
         activation="softmax",

@@ -3,28 +3,35 @@
 Why: the course's advice for choosing a learning rate (Smith's LR range test, fastai's `lr_find`):
 train from a tiny LR to a huge one over a few hundred steps, plot the loss against the LR, and pick
 an LR where the loss still falls fast, well before it blows up. Keras has no LR finder, so this is
-ours: `train_on_batch` steps the model one batch at a time at each LR, the model's weights are put
-back afterwards, and two rules turn the curve into a suggestion:
+ours, Keras-native: one `fit` call whose callback sets the optimiser's LR before every batch, records
+the LR the optimiser held and that batch's loss, and stops training once the smoothed loss diverges.
+The model's variables are put back afterwards, and two rules turn the curve into a suggestion:
 - `steepest`: the LR where the smoothed loss falls fastest against log(LR);
-- `valley`: the longest stretch over which the smoothed loss keeps falling, at two thirds of the way
-  down it (past the steep start, short of the minimum where the LR is already too large).
+- `valley`: the longest stretch over which the smoothed loss keeps falling, two thirds of the way
+  down it (past the flat start, short of the minimum, where the LR is already nearly too large).
 
-This module's top imports no TensorFlow: params validation reads `SUGGESTION_RULES`.
+This module's top imports no Keras or TensorFlow: params validation reads `SUGGESTION_RULES` before
+TensorFlow loads.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
 
 SUGGESTION_RULES: tuple[str, ...] = ("valley", "steepest")
-_MINIMUM_POINTS = 5
+
+# Fewer points leave no interior for the steepest rule once its ends are dropped.
+MINIMUM_POINTS = 5
 
 
 @dataclass(frozen=True)
@@ -32,11 +39,11 @@ class LRFinderResult:
     """The recorded sweep and its suggestions.
 
     Attributes:
-        learning_rates: The LR of each step taken.
-        losses: Each step's training loss (that batch's, before the update).
-        smoothed_losses: Bias-corrected exponential moving average of `losses`.
-        valley: LR suggested by the valley rule.
-        steepest: LR suggested by the steepest-descent rule.
+        learning_rates: The LR the optimiser held at each step, in step order.
+        losses: Each step's training loss (that batch's, computed before its update).
+        smoothed_losses: Bias-corrected exponential moving average of `losses` (see `smooth`).
+        valley: LR suggested by the valley rule (`suggest_valley`).
+        steepest: LR suggested by the steepest-descent rule (`suggest_steepest`).
     """
 
     learning_rates: tuple[float, ...]
@@ -46,31 +53,74 @@ class LRFinderResult:
     steepest: float
 
     def suggestion(self, rule: str) -> float:
-        """The LR `rule` suggests.
+        """The LR that `rule` suggests.
+
+        Args:
+            rule: One of `SUGGESTION_RULES`.
+
+        Returns:
+            The suggested learning rate.
 
         Raises:
             ValueError: `rule` is not one of `SUGGESTION_RULES`.
         """
         if rule not in SUGGESTION_RULES:
-            raise ValueError(f"unknown suggestion rule {rule!r}; allowed: {', '.join(SUGGESTION_RULES)}")
+            raise ValueError(f"rule must be one of {', '.join(SUGGESTION_RULES)}; received {rule!r}")
         return self.valley if rule == "valley" else self.steepest
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready copy."""
+        """A JSON-ready copy: tuples become lists (a sweep's numbers are all finite, so no NaN).
+
+        Returns:
+            The fields by name.
+        """
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
 
 
 def exponential_learning_rates(*, min_lr: float, max_lr: float, steps: int) -> list[float]:
-    """`min_lr * (max_lr / min_lr) ** (i / (steps - 1))` for i in 0..steps-1."""
-    if not 0 < min_lr < max_lr:
-        raise ValueError(f"need 0 < min_lr < max_lr; received min_lr={min_lr}, max_lr={max_lr}")
-    if steps < 2:
-        raise ValueError(f"steps is {steps}; the sweep needs at least 2")
+    """The sweep's schedule: `min_lr * (max_lr / min_lr) ** (i / (steps - 1))` for i in 0..steps-1.
+
+    Args:
+        min_lr: LR of the first step.
+        max_lr: LR of the last step.
+        steps: Number of steps.
+
+    Returns:
+        `steps` learning rates from `min_lr` to `max_lr`, evenly spaced on a log scale.
+
+    Raises:
+        ValueError: `min_lr` or `max_lr` not finite with 0 < min_lr < max_lr, or `steps` below 2.
+    """
+    if not (math.isfinite(min_lr) and math.isfinite(max_lr) and 0 < min_lr < max_lr):
+        raise ValueError(
+            f"min_lr and max_lr must be finite with 0 < min_lr < max_lr; received min_lr={min_lr}, max_lr={max_lr}"
+        )
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+        raise ValueError(f"steps must be an integer of at least 2; received {steps!r}")
     return [min_lr * (max_lr / min_lr) ** (index / (steps - 1)) for index in range(steps)]
 
 
 def smooth(losses: Sequence[float], *, beta: float) -> list[float]:
-    """Exponential moving average with bias correction: avg_i / (1 - beta ** (i + 1))."""
+    """Exponential moving average with bias correction, as fastai's `lr_find` smooths its curve.
+
+    `average_i = beta * average_(i-1) + (1 - beta) * loss_i` from `average_(-1) = 0`, and
+    `smoothed_i = average_i / (1 - beta ** (i + 1))`.
+
+    Why the correction: the average starts at 0, so without it the first points are pulled towards 0;
+    with it `smoothed_0` is exactly `losses[0]`.
+
+    Args:
+        losses: The raw losses in step order.
+        beta: The average's decay; 0 leaves the losses as they are.
+
+    Returns:
+        One smoothed value per loss. A non-finite loss makes every later value non-finite.
+
+    Raises:
+        ValueError: `beta` outside [0, 1).
+    """
+    if not 0 <= beta < 1:
+        raise ValueError(f"beta must be in [0, 1); received {beta}")
     average = 0.0
     smoothed = []
     for index, loss in enumerate(losses):
@@ -79,48 +129,135 @@ def smooth(losses: Sequence[float], *, beta: float) -> list[float]:
     return smoothed
 
 
-def _check_curve(learning_rates: Sequence[float], smoothed_losses: Sequence[float]) -> None:
+def _finite_curve(learning_rates: Sequence[float], smoothed_losses: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The curve up to (not including) its first non-finite loss, checked for a suggestion rule.
+
+    Why cut there: a NaN or infinite loss means the training diverged; what follows it is no curve.
+
+    Raises:
+        ValueError: Lengths that differ, learning rates not positive and increasing, or fewer than
+            `MINIMUM_POINTS` finite points before the first non-finite loss.
+    """
     if len(learning_rates) != len(smoothed_losses):
-        raise ValueError(f"{len(learning_rates)} learning rates for {len(smoothed_losses)} losses")
-    if len(learning_rates) < _MINIMUM_POINTS:
         raise ValueError(
-            f"the sweep recorded {len(learning_rates)} steps before the loss diverged; at least {_MINIMUM_POINTS} "
-            "are needed for a suggestion: lower lr_find.min_lr or raise lr_find.steps"
+            f"learning_rates and smoothed_losses must have the same length; received {len(learning_rates)} "
+            f"and {len(smoothed_losses)}"
         )
+    rates = np.asarray(learning_rates, dtype=float)
+    losses = np.asarray(smoothed_losses, dtype=float)
+    if not (np.all(rates > 0) and np.all(np.diff(rates) > 0)):
+        raise ValueError(f"learning_rates must be positive and increasing; received {list(learning_rates)}")
+    non_finite = np.flatnonzero(~np.isfinite(losses))
+    end = int(non_finite[0]) if non_finite.size else len(losses)
+    if end < MINIMUM_POINTS:
+        raise ValueError(
+            f"smoothed_losses has {end} finite points before it ends or diverges; a suggestion needs at least "
+            f"{MINIMUM_POINTS}"
+        )
+    return rates[:end], losses[:end]
 
 
 def suggest_steepest(learning_rates: Sequence[float], smoothed_losses: Sequence[float]) -> float:
-    """The LR where the smoothed loss falls fastest against log10(LR).
+    """The LR where the smoothed loss falls fastest against log(LR).
 
-    The first tenth of the curve (where the average is still warming up) and its last point are left out.
+    The slope is `numpy.gradient` of the loss over log(LR) (central differences inside the curve).
+    The first `max(1, n // 10)` points are left out, where the moving average is still settling, and
+    so is the last point, whose slope is one-sided. Ties go to the smaller LR. The curve ends at its
+    first non-finite loss, which counts as divergence.
+
+    Args:
+        learning_rates: Positive, increasing LRs of the sweep.
+        smoothed_losses: The smoothed loss at each of them.
+
+    Returns:
+        The learning rate of the most negative slope.
 
     Raises:
-        ValueError: Fewer than 5 points, or lengths that differ.
+        ValueError: Fewer than `MINIMUM_POINTS` finite points, lengths that differ, learning rates
+            not positive and increasing, or a loss that never falls between the points considered.
     """
-    import numpy as np
-
-    _check_curve(learning_rates, smoothed_losses)
-    slopes = np.gradient(np.asarray(smoothed_losses, dtype=float), np.log10(np.asarray(learning_rates, dtype=float)))
+    rates, losses = _finite_curve(learning_rates, smoothed_losses)
+    slopes = np.gradient(losses, np.log(rates))
     start = max(1, len(slopes) // 10)
     best = start + int(np.argmin(slopes[start:-1]))
-    return float(learning_rates[best])
+    if slopes[best] >= 0:
+        raise ValueError(
+            f"smoothed_losses never falls between LR {rates[start]:.3g} and {rates[-2]:.3g}; the steepest rule "
+            "needs a falling stretch (start the sweep at a smaller min_lr)"
+        )
+    return float(rates[best])
 
 
 def suggest_valley(learning_rates: Sequence[float], smoothed_losses: Sequence[float]) -> float:
     """Two thirds of the way down the longest stretch over which the smoothed loss keeps falling.
 
+    A stretch runs from point `s` to point `e` when every point in it is strictly lower than the one
+    before. The longest one wins (the first of equal length), and the suggestion is the point
+    `s + round(2 * (e - s) / 3)`. The curve ends at its first non-finite loss, which counts as divergence.
+
+    Why two thirds: the start of the stretch is where the LR first does something, its end is the
+    minimum, where the LR is about to be too large; two thirds down is still well inside the fall.
+
+    Args:
+        learning_rates: Positive, increasing LRs of the sweep.
+        smoothed_losses: The smoothed loss at each of them.
+
+    Returns:
+        The suggested learning rate.
+
     Raises:
-        ValueError: Fewer than 5 points, or lengths that differ.
+        ValueError: Fewer than `MINIMUM_POINTS` finite points, lengths that differ, learning rates
+            not positive and increasing, or a loss that never falls.
     """
-    _check_curve(learning_rates, smoothed_losses)
+    rates, losses = _finite_curve(learning_rates, smoothed_losses)
     best_start, best_end = 0, 0
     start = 0
-    for index in range(1, len(smoothed_losses)):
-        if smoothed_losses[index] >= smoothed_losses[index - 1]:
+    for index in range(1, len(losses)):
+        if losses[index] >= losses[index - 1]:
             start = index
         elif index - start > best_end - best_start:
             best_start, best_end = start, index
-    return float(learning_rates[best_start + round((best_end - best_start) * 2 / 3)])
+    if best_end == best_start:
+        raise ValueError("smoothed_losses never falls from one point to the next; the valley rule needs a fall")
+    return float(rates[best_start + round(2 * (best_end - best_start) / 3)])
+
+
+@functools.cache
+def _sweep_callback_class() -> type[keras.callbacks.Callback]:
+    """The Keras callback class, defined on first use so that this module's top stays free of Keras."""
+    import keras
+
+    class LRSweep(keras.callbacks.Callback):
+        """Sets the LR before each batch, records the LR used and the batch's loss, stops on divergence."""
+
+        def __init__(self, schedule: Sequence[float], *, smoothing: float, divergence: float) -> None:
+            super().__init__()
+            self.schedule = schedule
+            self.smoothing = smoothing
+            self.divergence = divergence
+            self.learning_rates: list[float] = []
+            self.losses: list[float] = []
+            self._average = 0.0
+            self._best = math.inf
+
+        def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            self.model.optimizer.learning_rate = self.schedule[len(self.losses)]
+            # Keras logs the running mean of the epoch's losses; emptying the tracker before each batch
+            # makes the logged loss that batch's alone (as `train_on_batch` does).
+            self.model.reset_metrics()
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            # Read back from the optimiser's variable: the float32 value the step really used.
+            self.learning_rates.append(float(self.model.optimizer.learning_rate))
+            loss = float((logs or {})["loss"])
+            self.losses.append(loss)
+            self._average = self.smoothing * self._average + (1 - self.smoothing) * loss
+            smoothed = self._average / (1 - self.smoothing ** len(self.losses))
+            if not math.isfinite(smoothed) or smoothed > self.divergence * self._best:
+                self.model.stop_training = True
+            self._best = min(self._best, smoothed)
+
+    return LRSweep
 
 
 def lr_range_test(
@@ -135,58 +272,73 @@ def lr_range_test(
     smoothing: float = 0.98,
     divergence: float = 4.0,
 ) -> LRFinderResult:
-    """Runs the LR range test on `model` and puts its weights back afterwards.
+    """Runs the LR range test on `model` and puts every variable of the model back afterwards.
 
-    The model is compiled with `make_optimizer`'s optimiser: compile it again before training it.
+    Step `i` (from 0) trains one batch at LR `min_lr * (max_lr / min_lr) ** (i / (steps - 1))`. The
+    sweep stops early once the smoothed loss is NaN or infinite, or exceeds `divergence` times the
+    lowest smoothed loss so far; a last step whose loss is not finite is left out of the result.
+
+    The model's weights, BatchNormalization statistics and dropout random state are restored bit for
+    bit, but the model stays compiled with the sweep's optimiser and loss: compile it again before
+    training it.
 
     Args:
         model: The model to probe (for the frozen phase: the head on cached features).
-        data: Batched (inputs, labels); repeated when it has fewer batches than `steps`.
-        make_optimizer: Builds the optimiser from a float learning rate (which Keras keeps in a variable).
-        loss: The training loss.
+        data: Batched `(inputs, labels)`; repeated when it has fewer batches than `steps`.
+        make_optimizer: Builds the optimiser from a float learning rate (which Keras keeps in a
+            variable, so that it can change between steps without retracing).
+        loss: The training loss, as `compile` takes it. It must be positive for `divergence` to make sense.
         min_lr: LR of the first step.
         max_lr: LR of the last step.
-        steps: Steps of the sweep.
-        smoothing: beta of the loss's moving average.
-        divergence: Stop once the smoothed loss exceeds this multiple of its best value, or is not finite.
+        steps: Steps of the sweep, at least `MINIMUM_POINTS`.
+        smoothing: `beta` of the loss's moving average (see `smooth`), in [0, 1).
+        divergence: Stop once the smoothed loss exceeds this multiple of its lowest value; above 1.
 
     Returns:
         The curve and both suggestions.
 
     Raises:
-        ValueError: Bad arguments, or a loss that diverged within the first 5 steps.
+        ValueError: An argument out of range, an optimiser whose LR cannot be set to a float, data
+            with no batches, or a loss that diverged within the first `MINIMUM_POINTS` steps.
     """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < MINIMUM_POINTS:
+        raise ValueError(f"steps must be an integer of at least {MINIMUM_POINTS} for a suggestion; received {steps!r}")
     schedule = exponential_learning_rates(min_lr=min_lr, max_lr=max_lr, steps=steps)
     if not 0 <= smoothing < 1:
-        raise ValueError(f"smoothing is {smoothing}; it must be in [0, 1)")
-    if divergence <= 1:
-        raise ValueError(f"divergence is {divergence}; it must be > 1")
-    saved = model.get_weights()
+        raise ValueError(f"smoothing must be in [0, 1); received {smoothing}")
+    if not (math.isfinite(divergence) and divergence > 1):
+        raise ValueError(f"divergence must be a finite number above 1; received {divergence}")
     optimizer = make_optimizer(schedule[0])
-    model.compile(optimizer=optimizer, loss=loss)
-    learning_rates: list[float] = []
-    losses: list[float] = []
-    best = math.inf
-    average = 0.0
     try:
-        for learning_rate, (inputs, labels) in zip(schedule, data.repeat(), strict=False):
-            optimizer.learning_rate = learning_rate
-            learning_rates.append(float(optimizer.learning_rate))
-            losses.append(float(model.train_on_batch(inputs, labels, return_dict=True)["loss"]))
-            # The same average as `smooth`, kept as it goes.
-            average = smoothing * average + (1 - smoothing) * losses[-1]
-            current = average / (1 - smoothing ** len(losses))
-            if not math.isfinite(current) or current > divergence * best:
-                break
-            best = min(best, current)
+        optimizer.learning_rate = schedule[0]
+    except (TypeError, AttributeError) as error:
+        raise ValueError(
+            f"make_optimizer must build an optimiser with a float learning rate; received {type(optimizer).__name__} "
+            f"with learning_rate {getattr(optimizer, '_learning_rate', None)!r} ({error})"
+        ) from error
+
+    saved = [(variable, np.array(variable.numpy(), copy=True)) for variable in model.variables]
+    sweep = _sweep_callback_class()(schedule, smoothing=smoothing, divergence=divergence)
+    # One step per execution: the callback must see every batch to set its LR.
+    model.compile(optimizer=optimizer, loss=loss, steps_per_execution=1)
+    try:
+        model.fit(data.repeat(), epochs=1, steps_per_epoch=steps, shuffle=False, callbacks=[sweep], verbose=0)
     finally:
-        model.set_weights(saved)
+        for variable, value in saved:
+            variable.assign(value)
+
+    learning_rates, losses = sweep.learning_rates, sweep.losses
+    if not losses:
+        raise ValueError("data yielded no batches; the sweep needs at least one")
     smoothed = smooth(losses, beta=smoothing)
-    # A diverged last point (inf or NaN) would hide the curve's shape from both rules.
-    while smoothed and not math.isfinite(smoothed[-1]):
-        smoothed.pop()
-        learning_rates.pop()
-        losses.pop()
+    if not math.isfinite(smoothed[-1]):
+        # Only the step that stopped the sweep can be non-finite; NaN has no place in the JSON or the plot.
+        learning_rates, losses, smoothed = learning_rates[:-1], losses[:-1], smoothed[:-1]
+    if len(losses) < MINIMUM_POINTS:
+        raise ValueError(
+            f"the loss diverged after {len(sweep.losses)} of {steps} steps (min_lr={min_lr}, max_lr={max_lr}), "
+            f"leaving {len(losses)} usable; a suggestion needs at least {MINIMUM_POINTS}: lower min_lr or raise steps"
+        )
     return LRFinderResult(
         learning_rates=tuple(learning_rates),
         losses=tuple(losses),

@@ -83,6 +83,24 @@ def check_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     return {key: float(value) if key in _FLOAT_OPTIONS else value for key, value in given.items()}
 
 
+def optimizer_class(name: str) -> type[keras.optimizers.Optimizer]:
+    """The Keras optimiser class registered under `name`.
+
+    Args:
+        name: A registered name (see `OPTIMIZER_NAMES`).
+
+    Returns:
+        The class, e.g. `keras.optimizers.Adam` for "adam".
+
+    Raises:
+        ValueError: `name` is not registered (the message lists the registered names).
+    """
+    check_options(name, {})
+    import keras
+
+    return getattr(keras.optimizers, _OPTIMIZER_CLASSES[name])
+
+
 def make_optimizer(
     name: str,
     *,
@@ -97,23 +115,24 @@ def make_optimizer(
         learning_rate: Its learning rate, a number or a Keras schedule.
         options: Its own hyper-parameters (see `OPTIMIZER_HYPERPARAMETERS`) and at most one clipping option.
         variable_multipliers: Variable path -> multiple of the learning rate for that variable
-            (discriminative learning rates, see `pipeline.layerwise`); None or all 1 for none.
+            (discriminative learning rates, see `pipeline.layerwise`); None or all 1 for none. Unlisted
+            variables train at the base LR; building the optimiser on variables that lack a listed path
+            raises ValueError.
 
     Returns:
-        A new, unbuilt Keras optimiser.
+        A new, unbuilt Keras optimiser: the Keras class itself, or its layer-wise subclass when a
+        multiplier is not 1 (its `learning_rate` is still the base LR).
 
     Raises:
         ValueError: `name` is not registered (the message lists the registered names), or the options
             are not the optimiser's.
     """
     keyword_arguments = check_options(name, options or {})
-    import keras
-
-    optimizer_class = getattr(keras.optimizers, _OPTIMIZER_CLASSES[name])
+    keras_class = optimizer_class(name)
     if variable_multipliers and any(value != 1.0 for value in variable_multipliers.values()):
         from pipeline.layerwise import layerwise_class
 
-        return layerwise_class(optimizer_class)(
+        return layerwise_class(keras_class)(
             learning_rate=learning_rate, variable_multipliers=variable_multipliers, **keyword_arguments
         )
-    return optimizer_class(learning_rate=learning_rate, **keyword_arguments)
+    return keras_class(learning_rate=learning_rate, **keyword_arguments)

@@ -103,21 +103,25 @@ def plot_lr_finder(result: LRFinderResult, path: Path) -> plt.Figure:
         path: Where to write the PNG.
 
     Returns:
-        The figure (closed, for inspection).
+        The figure (closed, for inspection): lines 0 and 1 are the raw and smoothed losses, lines 2 and 3
+        the valley and steepest markers, and the axis' texts their values.
     """
     figure, axis = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     axis.plot(result.learning_rates, result.losses, color="0.75", linewidth=0.8, label="loss per step")
     axis.plot(result.learning_rates, result.smoothed_losses, color="C0", label="smoothed loss")
-    smoothed = dict(zip(result.learning_rates, result.smoothed_losses, strict=True))
+    log_rates = np.log(result.learning_rates)
     for rule, marker, color in (("valley", "o", "C2"), ("steepest", "v", "C3")):
         learning_rate = result.suggestion(rule)
-        axis.plot(
-            [learning_rate],
-            [smoothed[learning_rate]],
-            marker,
+        # On the smoothed curve; exact at a recorded LR, interpolated (log axis) for any other.
+        loss = float(np.interp(np.log(learning_rate), log_rates, result.smoothed_losses))
+        axis.plot([learning_rate], [loss], marker, color=color, markersize=9, label=f"{rule}: {learning_rate:.2g}")
+        axis.annotate(
+            f"{learning_rate:.2g}",
+            xy=(learning_rate, loss),
+            xytext=(6, -14 if rule == "valley" else 8),
+            textcoords="offset points",
+            fontsize=8,
             color=color,
-            markersize=9,
-            label=f"{rule}: {learning_rate:.2g}",
         )
     axis.set_xscale("log")
     axis.set_xlabel("learning rate")
@@ -129,6 +133,7 @@ def plot_lr_finder(result: LRFinderResult, path: Path) -> plt.Figure:
         axis.set_ylim(min(finite) * 0.95, top * 1.05)
     axis.set_title("LR range test")
     axis.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return figure

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from pipeline.activations import (
@@ -11,6 +15,8 @@ from pipeline.activations import (
     resolve_dropout_type,
     resolve_initializer,
 )
+
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def test_the_course_activations_are_registered() -> None:
@@ -87,3 +93,28 @@ def test_each_warned_combination_is_refused_with_its_reason() -> None:
         activation="relu", batch_norm="none", dropout_type="alpha", dropout_rates=[0.3]
     )
     assert alpha_relu.startswith("head.dropout_type alpha with head.activation relu: AlphaDropout preserves SELU's")
+
+
+def test_unknown_dropout_type_is_listed() -> None:
+    with pytest.raises(ValueError, match="unknown dropout_type 'gaussian'; allowed: auto, standard, alpha"):
+        resolve_dropout_type("relu", "gaussian")
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    problems = combination_problems(
+        activation="selu", batch_norm="before", dropout_type="standard", dropout_rates=[0.0, 0.2]
+    )
+    assert [problem.split(":")[0] for problem in problems] == [
+        "head.activation selu with head.batch_norm before",
+        "head.activation selu with head.dropout_type standard",
+    ]
+
+
+def test_registries_load_without_tensorflow() -> None:
+    # Params validation imports these before TensorFlow loads; importing Keras here would cost seconds.
+    code = (
+        "import sys, pipeline.activations, pipeline.regularizers; "
+        "print(sorted(name for name in ('keras', 'tensorflow') if name in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPOSITORY)
+    assert result.stdout.strip() == "[]"

@@ -14,6 +14,7 @@ from pipeline.optimizers import (
     OPTIMIZER_HYPERPARAMETERS,
     OPTIMIZER_NAMES,
     make_optimizer,
+    optimizer_class,
 )
 
 KERAS_CLASSES = {
@@ -73,10 +74,14 @@ def test_options_reach_the_optimizer(name: str, options, attributes) -> None:
 
 
 def test_clipnorm_bounds_each_variables_step() -> None:
-    variable = keras.Variable(np.zeros(2, "float32"))
-    optimizer = make_optimizer("sgd", learning_rate=0.1, options={"clipnorm": 1.0})
-    optimizer.apply([np.array([300.0, 400.0], "float32")], [variable])
-    np.testing.assert_allclose(np.array(variable), [-0.06, -0.08], rtol=1e-6)
+    # A huge gradient, clipped to norm 2 per variable: the step is lr * 2 long, along the gradient.
+    huge, small = keras.Variable(np.zeros(2, "float32")), keras.Variable(np.zeros(2, "float32"))
+    optimizer = make_optimizer("sgd", learning_rate=0.1, options={"clipnorm": 2.0})
+    optimizer.apply([np.array([300.0, 400.0], "float32"), np.array([0.3, 0.4], "float32")], [huge, small])
+    np.testing.assert_allclose(np.array(huge), [-0.12, -0.16], rtol=1e-6)
+    assert np.linalg.norm(np.array(huge)) == pytest.approx(0.1 * 2.0, rel=1e-6)
+    # Clipping is per variable: a gradient under the bound is left alone.
+    np.testing.assert_allclose(np.array(small), [-0.03, -0.04], rtol=1e-6)
 
 
 def test_clipvalue_clips_each_element() -> None:
@@ -87,10 +92,17 @@ def test_clipvalue_clips_each_element() -> None:
 
 
 def test_global_clipnorm_bounds_the_joint_norm() -> None:
+    # Each gradient alone is under the bound (norms 3 and 4); together (norm 5) they are scaled by 1/5.
     first, second = keras.Variable(np.zeros(1, "float32")), keras.Variable(np.zeros(1, "float32"))
-    optimizer = make_optimizer("sgd", learning_rate=1.0, options={"global_clipnorm": 1.0})
+    optimizer = make_optimizer("sgd", learning_rate=1.0, options={"global_clipnorm": 4.5})
     optimizer.apply([np.array([3.0], "float32"), np.array([4.0], "float32")], [first, second])
-    np.testing.assert_allclose([float(first[0]), float(second[0])], [-0.6, -0.8], rtol=1e-6)
+    np.testing.assert_allclose([float(first[0]), float(second[0])], [-2.7, -3.6], rtol=1e-6)
+
+
+def test_optimizer_class_names_the_keras_class() -> None:
+    assert optimizer_class("adamax") is keras.optimizers.Adamax
+    with pytest.raises(ValueError, match="unknown optimizer 'lamb'; registered: sgd, adagrad"):
+        optimizer_class("lamb")
 
 
 def test_every_call_builds_a_fresh_optimizer() -> None:

@@ -50,14 +50,15 @@ def test_lr_finder_plot_marks_both_suggestions(tmp_path: Path) -> None:
     rates = tuple(float(rate) for rate in np.logspace(-5, 0, 20))
     losses = tuple(float(2.0 - index * 0.05) for index in range(20))
     result = LRFinderResult(rates, losses, losses, valley=rates[12], steepest=rates[5])
-    figure = plot_lr_finder(result, tmp_path / "lr.png")
-    assert (tmp_path / "lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    figure = plot_lr_finder(result, tmp_path / "sub" / "lr.png")
+    assert (tmp_path / "sub" / "lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     axis = figure.axes[0]
     assert axis.get_xscale() == "log"
     labels = [line.get_label() for line in axis.get_lines()]
-    assert labels[2:] == [f"valley: {rates[12]:.2g}", f"steepest: {rates[5]:.2g}"]
-    marked = {line.get_label(): (line.get_xdata()[0], line.get_ydata()[0]) for line in axis.get_lines()[2:]}
-    assert marked[labels[2]] == (rates[12], losses[12])
+    assert labels == ["loss per step", "smoothed loss", "valley: 0.014", "steepest: 0.00021"]
+    marked = [(line.get_xdata()[0], line.get_ydata()[0]) for line in axis.get_lines()[2:]]
+    assert marked == [(rates[12], losses[12]), (rates[5], losses[5])]
+    assert [text.get_text() for text in axis.texts] == ["0.014", "0.00021"]
 
 
 def test_note_plot_writes_a_png(tmp_path: Path) -> None:

@@ -29,12 +29,17 @@ def test_factors_choose_the_keras_regularizer(l1: float, l2: float, kind, penalt
     assert float(regularizer(KERNEL)) == pytest.approx(penalty, rel=1e-6)
 
 
-def test_max_norm_rescales_columns_over_the_bound() -> None:
-    constraint = kernel_constraint(max_norm=2.0, axis=0)
+@pytest.mark.parametrize("axis", [0, 1])
+def test_max_norm_rescales_only_what_is_over_the_bound(axis: int) -> None:
+    constraint = kernel_constraint(max_norm=2.5, axis=axis)
     assert isinstance(constraint, keras.constraints.MaxNorm)
     constrained = keras.ops.convert_to_numpy(constraint(KERNEL))
-    norms = np.linalg.norm(constrained, axis=0)
-    assert norms == pytest.approx([2.0, 2.0], rel=1e-3)  # Keras adds an epsilon to the norm
+    # Column norms (axis 0) are 3.16 and 2.06, row norms (axis 1) 2.24 and 3.04: one of each over 2.5.
+    norms = np.linalg.norm(KERNEL, axis=axis)
+    bounded = np.minimum(norms, 2.5)
+    np.testing.assert_allclose(np.linalg.norm(constrained, axis=axis), bounded, rtol=1e-6)
+    # Each column (row) is scaled as a whole, so its direction is kept.
+    np.testing.assert_allclose(constrained, KERNEL * np.expand_dims(bounded / norms, axis), rtol=1e-6)
     assert kernel_constraint(max_norm=None) is None
 
 
@@ -42,8 +47,8 @@ def test_max_norm_rescales_columns_over_the_bound() -> None:
     ("call", "message"),
     [
         (lambda: kernel_regularizer(l1=-1.0, l2=0.0), "factors must be >= 0; received l1=-1.0, l2=0.0"),
-        (lambda: kernel_constraint(max_norm=0.0), "max_norm is 0.0; it must be > 0"),
-        (lambda: kernel_constraint(max_norm=1.0, axis=2), "max_norm axis is 2; a Dense kernel has axes 0"),
+        (lambda: kernel_constraint(max_norm=0.0), "max_norm is 0.0; allowed: a number > 0, or None"),
+        (lambda: kernel_constraint(max_norm=1.0, axis=2), "max_norm axis is 2; allowed: 0 or 1"),
     ],
 )
 def test_bad_values_are_refused(call, message: str) -> None:
