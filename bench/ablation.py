@@ -38,6 +38,19 @@ VARIANTS: dict[str, list[str]] = {
     "bn-trainable": ["train.bn_policy=trainable"],
     "label-smoothing": ["train.label_smoothing=0.1"],
 }
+# Candidates for the default recipe: the best head and BN policy above, and one longer unfrozen phase
+# whose schedule anneals the LR (the baseline's jump on its 0.05x epoch says the LR should come down).
+RECIPE = [*HIDDEN, "head.activation=relu", "head.batch_norm=before", "train.bn_policy=trainable"]
+VARIANTS |= {
+    "recipe-cosine": [
+        *RECIPE,
+        "train.unfreeze=[{blocks: 2, epochs: 6, lr_factor: 0.5, schedule: {name: cosine, warmup_fraction: 0.1}}]",
+    ],
+    "recipe-onecycle": [
+        *RECIPE,
+        "train.unfreeze=[{blocks: 2, epochs: 6, lr_factor: 0.5, schedule: {name: onecycle, pct_start: 0.25}}]",
+    ],
+}
 RESULTS = Path("reports/ablation.csv")
 COLUMNS = ("variant", "settings", "test_accuracy", "test_macro_f1", "train_seconds", "run_id")
 

@@ -4,6 +4,11 @@ Why in the input pipeline rather than in the model: the exported model must be d
 frozen-feature cache needs to know that the backbone sees different pixels every epoch (then it cannot
 reuse activations). Augmentation runs on 0..255 RGB at the model's input size, before the backbone's
 own preprocessing, and only on the training split.
+
+A flip alone is the exception the cache can keep: Keras' RandomFlip shows each image in one of two fixed
+orientations (unchanged, or flipped along the mode's axes, with probability 0.5), so the frozen
+activations of both orientations can be computed once and each epoch can draw one per image. That is the
+same distribution of training inputs without recomputing the frozen backbone every epoch.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import keras
+    import tensorflow as tf
 
 FLIP_MODES = ("none", "horizontal", "vertical", "horizontal_and_vertical")
 
@@ -71,3 +77,49 @@ def build_augmentation(
     if not layers:
         return None
     return keras.Sequential(layers, name="augmentation")
+
+
+def cacheable_flip(augmentation: keras.layers.Layer | None) -> str | None:
+    """The flip mode when `augmentation` is a random flip and nothing else, otherwise None.
+
+    Args:
+        augmentation: What `build_augmentation` returned.
+
+    Returns:
+        The RandomFlip mode ("horizontal", "vertical" or "horizontal_and_vertical"), or None when there
+        is no augmentation or it holds any other random layer.
+    """
+    if augmentation is None:
+        return None
+    import keras
+
+    layers = augmentation.layers if isinstance(augmentation, keras.Sequential) else [augmentation]
+    if len(layers) == 1 and isinstance(layers[0], keras.layers.RandomFlip):
+        return str(layers[0].mode)
+    return None
+
+
+def flip_images(images: tf.Tensor, mode: str) -> tf.Tensor:
+    """Flips a batch of channels-last images the way RandomFlip does when it flips.
+
+    Why: Keras' RandomFlip in `horizontal_and_vertical` mode flips both axes together with one draw
+    (a half turn), not each axis on its own; the cached second orientation must be that image.
+
+    Args:
+        images: Batch (batch, height, width, channels).
+        mode: One of `FLIP_MODES` other than "none".
+
+    Returns:
+        The flipped batch.
+
+    Raises:
+        ValueError: An unknown mode.
+    """
+    import keras
+
+    axes = {"horizontal": (-2,), "vertical": (-3,), "horizontal_and_vertical": (-2, -3)}
+    if mode not in axes:
+        raise ValueError(f"unknown flip {mode!r}; allowed: {', '.join(axes)}")
+    for axis in axes[mode]:
+        images = keras.ops.flip(images, axis=axis)
+    return images

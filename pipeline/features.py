@@ -10,8 +10,10 @@ training of the full model, only faster.
 
 A phase's cut is the input of its lowest trainable block (for the frozen phase, the pooled feature
 vector). The full model is trained on images instead when the cached activations would exceed the
-memory budget, when a phase trains the whole backbone, or when augmentation is on (the backbone then
-sees different pixels every epoch); each phase says which and why.
+memory budget, when a phase trains the whole backbone, or when augmentation other than a flip alone is
+on (the backbone then sees different pixels every epoch); each phase says which and why. A flip alone
+keeps the cache: both orientations of every training image are computed once and each epoch draws one
+per image, as RandomFlip would (see `pipeline.augmentation`).
 
 BatchNorm policies (`pipeline.freezing`) keep this correct: whatever the policy of the unfrozen
 blocks, the layers below a phase's cut are frozen and in inference mode, and activations between the
@@ -27,7 +29,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.data.datasets import array_dataset, image_dataset
+from pipeline.augmentation import cacheable_flip
+from pipeline.data.datasets import array_dataset, image_dataset, view_dataset
 from pipeline.head import Classifier
 from pipeline.losses import one_hot_labels
 
@@ -90,7 +93,8 @@ class PhaseDataFactory:
         batch_size: Images per batch.
         seed: Seed of the training shuffle.
         cache_limit_bytes: Largest cache allowed; 0 disables caching.
-        augmentation: Random layers for the training images, or None; any disables caching.
+        augmentation: Random layers for the training images, or None; anything but a flip alone
+            disables caching (a flip alone doubles the training part of the cache).
         one_hot_classes: Number of classes when the loss wants one-hot labels (label smoothing), else None.
     """
 
@@ -119,9 +123,11 @@ class PhaseDataFactory:
         self._one_hot_classes = one_hot_classes
         self.steps_per_epoch = math.ceil(len(train.labels) / batch_size)
         self._base_cut = cut_tensor(classifier, deepest_trainable_blocks)
-        examples = len(train.labels) + len(val.labels)
+        self._flip = cacheable_flip(augmentation)
+        self._train_views = ("none", self._flip) if self._flip else ("none",)
+        examples = len(train.labels) * len(self._train_views) + len(val.labels)
         self.estimated_cache_bytes = _bytes_per_example(self._base_cut) * examples
-        if augmentation is not None:
+        if augmentation is not None and self._flip is None:
             self.caching = False
             self.cache_note = "augmentation changes the images every epoch, so frozen activations cannot be reused"
         elif self.estimated_cache_bytes > cache_limit_bytes:
@@ -133,9 +139,13 @@ class PhaseDataFactory:
         else:
             self.caching = True
             self.cache_note = "frozen activations computed once and reused"
-        self._base_activations: dict[str, np.ndarray] | None = None
+            if self._flip:
+                self.cache_note += (
+                    f", for both orientations of the {self._flip} flip (each epoch draws one per training image)"
+                )
+        self._base_activations: dict[str, list[np.ndarray]] | None = None
 
-    def _images(self, split: str, *, shuffle: bool, augment: bool = False) -> tf.data.Dataset:
+    def _images(self, split: str, *, shuffle: bool, augment: bool = False, flip: str = "none") -> tf.data.Dataset:
         data = self._splits[split]
         return image_dataset(
             data.images,
@@ -144,6 +154,7 @@ class PhaseDataFactory:
             batch_size=self._batch_size,
             preprocessing=self._preprocessing,
             augmentation=self._augmentation if augment else None,
+            flip=flip,
             shuffle=shuffle,
             seed=self._seed,
         )
@@ -153,11 +164,14 @@ class PhaseDataFactory:
             return dataset
         return one_hot_labels(dataset, num_classes=self._one_hot_classes)
 
-    def _base(self) -> dict[str, np.ndarray]:
+    def _base(self) -> dict[str, list[np.ndarray]]:
+        """Activations at the base cut: one array per view (training orientations; one for val)."""
         if self._base_activations is None:
             prefix = keras.Model(self._classifier.model.input, self._base_cut)
+            views = {"train": self._train_views, "val": ("none",)}
             self._base_activations = {
-                split: prefix.predict(self._images(split, shuffle=False), verbose=0) for split in self._splits
+                split: [prefix.predict(self._images(split, shuffle=False, flip=flip), verbose=0) for flip in flips]
+                for split, flips in views.items()
             }
         return self._base_activations
 
@@ -188,22 +202,15 @@ class PhaseDataFactory:
             # and are frozen now: recompute from the base with today's weights.
             segment = keras.Model(self._base_cut, cut)
             activations = {
-                split: segment.predict(values, batch_size=self._batch_size, verbose=0) for split, values in base.items()
+                split: [segment.predict(view, batch_size=self._batch_size, verbose=0) for view in views]
+                for split, views in base.items()
             }
         return PhaseData(
             model=keras.Model(cut, self._classifier.model.output),
-            train=self._labelled(
-                array_dataset(
-                    activations["train"],
-                    self._splits["train"].labels,
-                    batch_size=self._batch_size,
-                    shuffle=True,
-                    seed=self._seed,
-                )
-            ),
+            train=self._labelled(self._train_activations(activations["train"])),
             val=self._labelled(
                 array_dataset(
-                    activations["val"],
+                    activations["val"][0],
                     self._splits["val"].labels,
                     batch_size=self._batch_size,
                     shuffle=False,
@@ -214,3 +221,9 @@ class PhaseDataFactory:
             steps_per_epoch=self.steps_per_epoch,
             note=self.cache_note,
         )
+
+    def _train_activations(self, views: list[np.ndarray]) -> tf.data.Dataset:
+        labels = self._splits["train"].labels
+        if len(views) == 1:
+            return array_dataset(views[0], labels, batch_size=self._batch_size, shuffle=True, seed=self._seed)
+        return view_dataset(views, labels, batch_size=self._batch_size, seed=self._seed)

@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.augmentation import build_augmentation
+from pipeline.augmentation import build_augmentation, cacheable_flip, flip_images
+from pipeline.data.datasets import image_dataset
 
 IMAGES = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)).astype("float32")
 
@@ -57,6 +58,43 @@ def test_switches_chain_in_a_fixed_order() -> None:
 
 
 @pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("horizontal", IMAGES[:, :, ::-1, :]),
+        ("vertical", IMAGES[:, ::-1, :, :]),
+        ("horizontal_and_vertical", IMAGES[:, ::-1, ::-1, :]),
+    ],
+)
+def test_flip_images_is_the_one_other_orientation_random_flip_produces(mode: str, expected: np.ndarray) -> None:
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(flip_images(IMAGES, mode)), expected)
+    outputs = keras.ops.convert_to_numpy(build_augmentation(flip=mode, seed=5)(IMAGES, training=True))
+    outcomes = [
+        "flipped" if np.array_equal(out, flip) else "kept" if np.array_equal(out, image) else "other"
+        for out, image, flip in zip(outputs, IMAGES, expected, strict=True)
+    ]
+    assert "other" not in outcomes
+    assert {"flipped", "kept"} == set(outcomes)
+
+
+def test_only_a_flip_alone_is_cacheable() -> None:
+    assert cacheable_flip(None) is None
+    assert cacheable_flip(build_augmentation(flip="vertical")) == "vertical"
+    assert cacheable_flip(build_augmentation(flip="horizontal_and_vertical")) == "horizontal_and_vertical"
+    assert cacheable_flip(build_augmentation(rotation=0.1)) is None
+    assert cacheable_flip(build_augmentation(flip="horizontal", zoom=0.1)) is None
+
+
+def test_image_dataset_flips_every_image_when_asked() -> None:
+    images = IMAGES.astype("uint8")
+    labels = np.arange(len(images))
+    plain, flipped = (
+        next(iter(image_dataset(images, labels, image_size=16, batch_size=8, flip=flip)))[0].numpy()
+        for flip in ("none", "horizontal")
+    )
+    np.testing.assert_array_equal(flipped, plain[:, :, ::-1, :])
+
+
+@pytest.mark.parametrize(
     ("arguments", "message"),
     [
         ({"flip": "diagonal"}, "unknown flip 'diagonal'; allowed: none, horizontal, vertical"),
@@ -66,3 +104,8 @@ def test_switches_chain_in_a_fixed_order() -> None:
 def test_bad_arguments_are_refused(arguments, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build_augmentation(**arguments)
+
+
+def test_flip_images_refuses_an_unknown_mode() -> None:
+    with pytest.raises(ValueError, match="unknown flip 'diagonal'; allowed: horizontal, vertical"):
+        flip_images(IMAGES, "diagonal")

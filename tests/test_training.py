@@ -330,7 +330,7 @@ def test_label_smoothing_changes_the_loss_on_both_paths(tiny_backbone, cache_byt
 
 def test_augmentation_trains_on_images_and_says_why(tiny_backbone) -> None:
     classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
-    augmentation = build_augmentation(flip="horizontal", seed=0)
+    augmentation = build_augmentation(flip="horizontal", rotation=0.1, seed=0)
     history = _run(classifier, [_phase("frozen", 0, 1, 0.01)], augmentation=augmentation)
     (phase,) = history.phases
     assert phase.cached_features is False
@@ -367,3 +367,75 @@ def test_augmentation_reaches_training_batches_only(tiny_backbone) -> None:
     kept = [np.allclose(after, before) for after, before in zip(flipped_train, plain_train, strict=True)]
     assert all(m or k for m, k in zip(mirrored, kept, strict=True))
     assert any(mirrored)
+
+
+def _flip_factory(classifier, train, val, *, deepest: int, cache_bytes: int = 1 << 30):
+    from pipeline.features import PhaseDataFactory
+
+    return PhaseDataFactory(
+        classifier,
+        train=train,
+        val=val,
+        deepest_trainable_blocks=deepest,
+        preprocessing=classifier.backbone.make_preprocessing(),
+        image_size=IMAGE_SIZE,
+        batch_size=32,
+        seed=0,
+        cache_limit_bytes=cache_bytes,
+        augmentation=build_augmentation(flip="horizontal", seed=0),
+    )
+
+
+@pytest.mark.parametrize("trainable_blocks", [0, 1])
+def test_flip_alone_caches_both_orientations_and_draws_one_per_epoch(tiny_backbone, trainable_blocks: int) -> None:
+    from pipeline.data.datasets import to_model_input
+
+    classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    train, val = _splits()
+    factory = _flip_factory(classifier, train, val, deepest=2)
+    data = factory.for_phase(trainable_blocks)
+    assert data.cached is True
+    assert "both orientations of the horizontal flip" in data.note
+    cut = cut_tensor(classifier, 2)
+    assert factory.estimated_cache_bytes == int(np.prod(cut.shape[1:])) * 4 * (2 * 96 + 30)
+
+    # What the phase's sub-model should see: the frozen part applied to each image and to its mirror.
+    prefix = keras.Model(classifier.model.input, cut_tensor(classifier, trainable_blocks))
+    preprocessing = classifier.backbone.make_preprocessing()
+    pixels = keras.ops.convert_to_numpy(to_model_input(train.images, image_size=IMAGE_SIZE))
+    views = [
+        prefix.predict(keras.ops.convert_to_numpy(preprocessing(images)), verbose=0).reshape(96, -1)
+        for images in (pixels, pixels[:, :, ::-1, :])
+    ]
+    choices = []
+    for _epoch in range(2):
+        seen = {}
+        for features, labels in data.train:
+            for row, label in zip(features.numpy().reshape(len(labels), -1), labels.numpy(), strict=True):
+                distances = [np.abs(view - row).max(axis=1) for view in views]
+                view, index = min(
+                    ((v, int(np.argmin(d))) for v, d in enumerate(distances)), key=lambda x: distances[x[0]][x[1]]
+                )
+                assert distances[view][index] < 1e-4
+                assert label == train.labels[index]
+                seen[index] = view
+        assert sorted(seen) == list(range(96))
+        assert set(seen.values()) == {0, 1}
+        choices.append([seen[index] for index in range(96)])
+    assert choices[0] != choices[1]
+
+    val_prefix = prefix.predict(
+        keras.ops.convert_to_numpy(preprocessing(to_model_input(val.images, image_size=IMAGE_SIZE))), verbose=0
+    )
+    val_features = np.concatenate([features.numpy() for features, _ in data.val])
+    np.testing.assert_allclose(val_features, val_prefix, atol=1e-5)
+
+
+def test_flip_cache_counts_both_orientations_against_the_budget(tiny_backbone) -> None:
+    classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    train, val = _splits()
+    per_example = int(np.prod(cut_tensor(classifier, 2).shape[1:])) * 4
+    fits_without_flip = per_example * (96 + 30)
+    factory = _flip_factory(classifier, train, val, deepest=2, cache_bytes=fits_without_flip)
+    assert factory.caching is False
+    assert "over train.feature_cache_mb" in factory.for_phase(0).note

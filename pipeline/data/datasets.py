@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.augmentation import flip_images
+
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
@@ -44,6 +46,7 @@ def image_dataset(
     batch_size: int,
     preprocessing: keras.layers.Layer | None = None,
     augmentation: keras.layers.Layer | None = None,
+    flip: str = "none",
     shuffle: bool = False,
     seed: int = 0,
 ) -> tf.data.Dataset:
@@ -58,6 +61,8 @@ def image_dataset(
             that holds its preprocessing).
         augmentation: Random layers applied (in training mode) to the 0..255 images before the
             preprocessing; None for none (validation, test and prediction data).
+        flip: Flip every image this way ("none" keeps them): the second orientation of a cached flip,
+            see `pipeline.augmentation`.
         shuffle: Reshuffle every epoch (training data).
         seed: Seed of the shuffle.
 
@@ -73,6 +78,8 @@ def image_dataset(
 
     def prepare(batch_images: tf.Tensor, batch_labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         batch_images = to_model_input(batch_images, image_size=image_size)
+        if flip != "none":
+            batch_images = flip_images(batch_images, flip)
         if augmentation is not None:
             batch_images = augmentation(batch_images, training=True)
         if preprocessing is not None:
@@ -92,3 +99,35 @@ def array_dataset(
     if shuffle:
         dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def view_dataset(views: list[np.ndarray], labels: np.ndarray, *, batch_size: int, seed: int) -> tf.data.Dataset:
+    """Builds shuffled training batches in which every example is one of its cached views, drawn anew each epoch.
+
+    Why: a flip-only augmentation has two possible inputs per image (see `pipeline.augmentation`); their
+    frozen activations are cached side by side, and drawing one per example and epoch reproduces the
+    random flip. `Dataset.random` with `rerandomize_each_iteration` gives new draws on every pass
+    while staying reproducible from the seed.
+
+    Args:
+        views: Activations of each view, all of the same shape (N, ...), in the same example order.
+        labels: Integer labels (N,).
+        batch_size: Examples per batch.
+        seed: Seed of the shuffle and of the draws.
+
+    Returns:
+        A dataset yielding (float activations, int64 labels) batches.
+    """
+    import tensorflow as tf
+
+    examples = tf.data.Dataset.from_tensor_slices((tuple(views), labels.astype(np.int64)))
+    draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    dataset = tf.data.Dataset.zip(examples, draws)
+    dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+
+    def pick(example: tuple[tuple[tf.Tensor, ...], tf.Tensor], draw: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        batch_views, batch_labels = example
+        stacked = tf.stack(batch_views, axis=1)
+        return tf.gather(stacked, draw % len(views), axis=1, batch_dims=1), batch_labels
+
+    return dataset.map(pick, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -24,8 +24,10 @@ class EarlyStoppingParams(Section):
 
 
 class AugmentationParams(Section):
-    """Random image changes while training only (Keras preprocessing layers); any of them on disables the
-    frozen-feature cache, since the backbone then sees different pixels every epoch."""
+    """Random image changes while training only (Keras preprocessing layers).
+
+    A flip alone keeps the frozen-feature cache (both orientations are cached and each epoch draws one per
+    image); anything else disables it, since the backbone then sees different pixels every epoch."""
 
     flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = "none"
     rotation: Annotated[float, Field(ge=0.0, le=0.5)] = Field(default=0.0, description="Fraction of a full turn.")
