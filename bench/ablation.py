@@ -23,33 +23,49 @@ import sys
 import time
 from pathlib import Path
 
+# The techniques are measured against the recipe that was the default before them (40,000 images, a
+# pooling + dropout head, BatchNorm frozen, top 2 blocks for 3 epochs at 0.5x then 1 at 0.05x), so that
+# each row changes one thing; "default" is whatever params.yaml holds today.
+BEFORE = [
+    "data.subset_size=40000",
+    "head.hidden_units=[]",
+    "head.batch_norm=none",
+    "head.hidden_dropout=0.0",
+    "train.bn_policy=frozen",
+    "train.unfreeze=[{blocks: 2, epochs: 3, lr_factor: 0.5}, {blocks: 2, epochs: 1, lr_factor: 0.05}]",
+]
 # One 256-unit hidden layer is the common ground of the head variants.
 HIDDEN = ["head.hidden_units=[256]", "head.dropout=0.2", "head.hidden_dropout=0.2"]
 VARIANTS: dict[str, list[str]] = {
-    "baseline": [],
-    "head-relu": [*HIDDEN, "head.activation=relu"],
-    "head-selu-alpha-dropout": [*HIDDEN, "head.activation=selu"],
-    "head-gelu": [*HIDDEN, "head.activation=gelu"],
-    "head-relu-bn": [*HIDDEN, "head.activation=relu", "head.batch_norm=before"],
-    "onecycle": ["train.schedule=onecycle"],
-    "cosine": ["train.schedule=cosine"],
-    "discriminative-lr": ["train.lr_decay_per_block=2.6"],
-    "bn-affine": ["train.bn_policy=affine"],
-    "bn-trainable": ["train.bn_policy=trainable"],
-    "label-smoothing": ["train.label_smoothing=0.1"],
+    "baseline": BEFORE,
+    "head-relu": [*BEFORE, *HIDDEN, "head.activation=relu"],
+    "head-selu-alpha-dropout": [*BEFORE, *HIDDEN, "head.activation=selu"],
+    "head-gelu": [*BEFORE, *HIDDEN, "head.activation=gelu"],
+    "head-relu-bn": [*BEFORE, *HIDDEN, "head.activation=relu", "head.batch_norm=before"],
+    "onecycle": [*BEFORE, "train.schedule=onecycle"],
+    "cosine": [*BEFORE, "train.schedule=cosine"],
+    "discriminative-lr": [*BEFORE, "train.lr_decay_per_block=2.6"],
+    "bn-affine": [*BEFORE, "train.bn_policy=affine"],
+    "bn-trainable": [*BEFORE, "train.bn_policy=trainable"],
+    "label-smoothing": [*BEFORE, "train.label_smoothing=0.1"],
 }
-# Candidates for the default recipe: the best head and BN policy above, and one longer unfrozen phase
-# whose schedule anneals the LR (the baseline's jump on its 0.05x epoch says the LR should come down).
-RECIPE = [*HIDDEN, "head.activation=relu", "head.batch_norm=before", "train.bn_policy=trainable"]
+# Candidates for the new default: the best head and BN policy above, then one lever each against the
+# overfitting the unfrozen epochs show (train accuracy 0.97 against 0.92 on val): a longer annealed phase,
+# a larger input, flips (cheap with the feature cache), and all the data.
+RECIPE = [*BEFORE, *HIDDEN, "head.activation=relu", "head.batch_norm=before", "train.bn_policy=trainable"]
 VARIANTS |= {
     "recipe-cosine": [
         *RECIPE,
         "train.unfreeze=[{blocks: 2, epochs: 6, lr_factor: 0.5, schedule: {name: cosine, warmup_fraction: 0.1}}]",
     ],
-    "recipe-onecycle": [
+    "recipe-112": [*RECIPE, "backbone.image_size=112"],
+    "recipe-flip": [*RECIPE, "train.augmentation.flip=horizontal"],
+    "recipe-full-data": [
         *RECIPE,
-        "train.unfreeze=[{blocks: 2, epochs: 6, lr_factor: 0.5, schedule: {name: onecycle, pct_start: 0.25}}]",
+        "data.subset_size=null",
+        "train.unfreeze=[{blocks: 2, epochs: 2, lr_factor: 0.5}, {blocks: 2, epochs: 1, lr_factor: 0.05}]",
     ],
+    "default": [],
 }
 RESULTS = Path("reports/ablation.csv")
 COLUMNS = ("variant", "settings", "test_accuracy", "test_macro_f1", "train_seconds", "run_id")
