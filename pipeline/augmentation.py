@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import keras
-    import tensorflow as tf
 
 FLIP_MODES = ("none", "horizontal", "vertical", "horizontal_and_vertical")
 
@@ -97,29 +96,3 @@ def cacheable_flip(augmentation: keras.layers.Layer | None) -> str | None:
     if len(layers) == 1 and isinstance(layers[0], keras.layers.RandomFlip):
         return str(layers[0].mode)
     return None
-
-
-def flip_images(images: tf.Tensor, mode: str) -> tf.Tensor:
-    """Flips a batch of channels-last images the way RandomFlip does when it flips.
-
-    Why: Keras' RandomFlip in `horizontal_and_vertical` mode flips both axes together with one draw
-    (a half turn), not each axis on its own; the cached second orientation must be that image.
-
-    Args:
-        images: Batch (batch, height, width, channels).
-        mode: One of `FLIP_MODES` other than "none".
-
-    Returns:
-        The flipped batch.
-
-    Raises:
-        ValueError: An unknown mode.
-    """
-    import keras
-
-    axes = {"horizontal": (-2,), "vertical": (-3,), "horizontal_and_vertical": (-2, -3)}
-    if mode not in axes:
-        raise ValueError(f"unknown flip {mode!r}; allowed: {', '.join(axes)}")
-    for axis in axes[mode]:
-        images = keras.ops.flip(images, axis=axis)
-    return images

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.augmentation import build_augmentation, cacheable_flip, flip_images
-from pipeline.data.datasets import image_dataset
+from pipeline.augmentation import build_augmentation, cacheable_flip
+from pipeline.data.datasets import flip_images, image_dataset
 
 IMAGES = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)).astype("float32")
 

@@ -11,8 +11,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.augmentation import flip_images
-
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
@@ -36,6 +34,33 @@ def to_model_input(images: tf.Tensor, *, image_size: int) -> tf.Tensor:
     if images.shape[-1] == 1:
         images = tf.image.grayscale_to_rgb(images)
     return tf.image.resize(images, (image_size, image_size), method="bilinear")
+
+
+def flip_images(images: tf.Tensor, mode: str) -> tf.Tensor:
+    """Flips a batch of channels-last images the way RandomFlip does when it flips.
+
+    Why: this is the second orientation the frozen-feature cache holds for a flip-only augmentation
+    (see `pipeline.augmentation`), so it must be exactly what RandomFlip outputs when it flips; in
+    `horizontal_and_vertical` mode RandomFlip flips both axes together with one draw (a half turn).
+
+    Args:
+        images: Batch (batch, height, width, channels).
+        mode: "horizontal", "vertical" or "horizontal_and_vertical".
+
+    Returns:
+        The flipped batch.
+
+    Raises:
+        ValueError: An unknown mode.
+    """
+    import keras
+
+    axes = {"horizontal": (-2,), "vertical": (-3,), "horizontal_and_vertical": (-2, -3)}
+    if mode not in axes:
+        raise ValueError(f"unknown flip {mode!r}; allowed: {', '.join(axes)}")
+    for axis in axes[mode]:
+        images = keras.ops.flip(images, axis=axis)
+    return images
 
 
 def image_dataset(
