@@ -10,6 +10,8 @@ row to `reports/ablation.csv` as it goes (a long ablation can be resumed with `-
 
 The workspace's params.yaml is restored before every variant and at the end; the workspace's outputs
 are those of the last variant afterwards (`dvc exp apply` or `dvc repro` brings back what you want).
+Run it in a clone (`git clone . /tmp/ablate`, MLFLOW_TRACKING_URI pointing at the shared store): an
+interrupted `dvc exp run` can leave the workspace's git on a detached HEAD.
 """
 
 from __future__ import annotations
