@@ -412,13 +412,12 @@ def test_flip_alone_caches_both_orientations_and_draws_one_per_epoch(tiny_backbo
         seen = {}
         for features, labels in data.train:
             for row, label in zip(features.numpy().reshape(len(labels), -1), labels.numpy(), strict=True):
-                distances = [np.abs(view - row).max(axis=1) for view in views]
-                view, index = min(
-                    ((v, int(np.argmin(d))) for v, d in enumerate(distances)), key=lambda x: distances[x[0]][x[1]]
-                )
-                assert distances[view][index] < 1e-4
+                # (orientation, image) whose expected features this row is.
+                distances = np.stack([np.abs(view - row).max(axis=1) for view in views])
+                view, index = np.unravel_index(np.argmin(distances), distances.shape)
+                assert distances[view, index] < 1e-4
                 assert label == train.labels[index]
-                seen[index] = view
+                seen[int(index)] = int(view)
         assert sorted(seen) == list(range(96))
         assert set(seen.values()) == {0, 1}
         choices.append([seen[index] for index in range(96)])
