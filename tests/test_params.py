@@ -212,6 +212,40 @@ def test_fractions_leaving_too_little_training_data(val: float, test: float) -> 
     assert "below 0.9" in message
 
 
+@pytest.mark.parametrize(
+    ("kind", "what"), [("folder", "a folder of class subfolders"), ("csv", "a CSV file of path,label rows")]
+)
+def test_image_file_kinds_need_a_path(kind: str, what: str) -> None:
+    message = _error_message({"data": {"kind": kind}})
+
+    assert f"kind is '{kind}', so path must name {what}; received path None" in message
+
+
+def test_idx_kind_refuses_a_path() -> None:
+    message = _error_message({"data": {"path": "photos"}})
+
+    assert "path is 'photos' but kind is 'idx'" in message
+
+
+def test_unknown_data_kind_lists_the_kinds() -> None:
+    message = _error_message({"data": {"kind": "zip"}})
+
+    assert "data.kind: received 'zip'; Input should be 'idx', 'folder' or 'csv'" in message
+
+
+@pytest.mark.parametrize("size", [7, 1025])
+def test_stored_size_out_of_range(size: int) -> None:
+    message = _error_message({"data": {"kind": "folder", "path": "photos", "stored_size": size}})
+
+    assert f"data.stored_size: received {size}" in message
+
+
+def test_folder_kind_accepted() -> None:
+    data = parse({"data": {"kind": "folder", "path": "photos", "stored_size": 64, "color": "grey"}}).data
+
+    assert (data.kind, data.path, data.stored_size, data.color) == ("folder", "photos", 64, "grey")
+
+
 def test_missing_file(tmp_path: Path) -> None:
     missing = tmp_path / "absent.yaml"
 
@@ -263,7 +297,12 @@ def test_flatten_gives_dotted_keys() -> None:
     flat = flatten(params)
 
     assert {key: flat[key] for key in flat if key.startswith(("data.", "train.optimizer", "train.unfreeze.1"))} == {
+        "data.kind": "idx",
         "data.source_dir": "/usr/share/datasets/fashion-mnist",
+        "data.path": "null",
+        "data.stored_size": "96",
+        "data.color": "rgb",
+        "data.max_image_pixels": "40000000",
         "data.subset_size": "1000",
         "data.val_fraction": "0.1",
         "data.test_fraction": "0.1",

@@ -127,6 +127,9 @@ def select(source: ImageSource, rows: list[ManifestRow], split: str) -> tuple[np
             raise ValueError(f"manifest row {row} does not match the source images: rerun the prepare stage")
         positions.append(position)
     chosen = np.asarray(positions, dtype=np.int64)
+    if chosen.size and np.array_equal(chosen, np.arange(chosen[0], chosen[0] + chosen.size)):
+        # A contiguous block (each split of an image cache is one) stays a view: a memmap is not read.
+        return source.images[chosen[0] : chosen[0] + chosen.size], source.labels[chosen]
     return source.images[chosen], source.labels[chosen]
 
 
