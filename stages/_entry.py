@@ -14,6 +14,7 @@ from pathlib import Path
 
 PARAMS = Path("params.yaml")
 MANIFEST = Path("data/manifest.csv")
+IMAGE_CACHE = Path("data/cache")
 DATA_REPORT = Path("reports/data_report.json")
 PARAMS_CHECKED = Path("build/params.checked")
 TRAINED_MODEL = Path("build/model.keras")

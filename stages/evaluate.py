@@ -27,11 +27,11 @@ def main() -> None:
     )
 
     from pipeline import export, plots, tracking
-    from pipeline.data.sources import load_idx_dataset
     from pipeline.data.split import read_manifest, select
     from pipeline.evaluation import evaluate_classifier
+    from stages._data import load_source
 
-    source = load_idx_dataset(config.data.source_dir)
+    source = load_source(config.data)
     test_images, test_labels = select(source, read_manifest(MANIFEST), "test")
     model = export.load_model(TRAINED_MODEL)
     reference = tracking.RunReference.read(RUN_REFERENCE)

@@ -37,15 +37,15 @@ def main() -> None:
     import numpy as np
 
     from pipeline.augmentation import build_augmentation
-    from pipeline.data.sources import load_idx_dataset
     from pipeline.data.split import read_manifest, select
     from pipeline.features import ImageSplit, PhaseDataFactory
     from pipeline.losses import classification_loss, needs_one_hot
     from pipeline.lr_finder import lr_range_test
     from pipeline.optimizers import make_optimizer
+    from stages._data import load_source
 
     keras.utils.set_random_seed(config.train.seed)
-    source = load_idx_dataset(config.data.source_dir)
+    source = load_source(config.data)
     images, labels = select(source, read_manifest(MANIFEST), "train")
     chosen = np.random.default_rng(config.train.seed).permutation(len(labels))[: settings.images]
     sample = ImageSplit(images[chosen], labels[chosen])

@@ -1,41 +1,71 @@
-"""DVC stage `prepare`: stratified train/val/test split of the source images, as a manifest."""
+"""DVC stage `prepare`: train/val/test split of the source images as a manifest, and the data report.
+
+For image files (data.kind folder or csv) it also decodes every image once into the memmap cache that
+the later stages read.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 from pipeline import params
-from stages._entry import DATA_REPORT, MANIFEST, PARAMS, run_stage
+from stages._entry import DATA_REPORT, IMAGE_CACHE, MANIFEST, PARAMS, run_stage
 
 
 def main() -> None:
     data = params.load(PARAMS).data
 
-    from pipeline.data.sources import load_idx_dataset
     from pipeline.data.split import class_counts, manifest_rows, stratified_split, write_manifest
 
-    source = load_idx_dataset(data.source_dir)
-    split = stratified_split(
-        source.labels,
-        subset_size=data.subset_size,
-        val_fraction=data.val_fraction,
-        test_fraction=data.test_fraction,
-        seed=data.seed,
-    )
-    rows = manifest_rows(source, split)
+    # DVC declares the cache folder as an output: it exists for every kind, and never holds a stale cache.
+    shutil.rmtree(IMAGE_CACHE, ignore_errors=True)
+    IMAGE_CACHE.mkdir(parents=True)
+    if data.kind == "idx":
+        from pipeline.data.sources import load_idx_dataset
+
+        source = load_idx_dataset(data.source_dir)
+        split = stratified_split(
+            source.labels,
+            subset_size=data.subset_size,
+            val_fraction=data.val_fraction,
+            test_fraction=data.test_fraction,
+            seed=data.seed,
+        )
+        (IMAGE_CACHE / "info.json").write_text(json.dumps({"kind": "idx"}) + "\n", encoding="utf-8")
+        rows = manifest_rows(source, split)
+        counts = class_counts(rows, source.class_names)
+        report = {
+            "source_dir": data.source_dir,
+            "source_images": len(source.labels),
+            "image_shape": list(source.images.shape[1:]),
+            "class_names": list(source.class_names),
+            "split_sizes": {name: sum(per_class.values()) for name, per_class in counts.items()},
+            "class_counts": counts,
+        }
+    else:
+        from pipeline.data.images import build_cache, scan_csv, scan_folder
+
+        scan = scan_folder(data.path) if data.kind == "folder" else scan_csv(data.path)
+        cached = build_cache(
+            scan,
+            IMAGE_CACHE,
+            size=data.stored_size,
+            color=data.color,
+            max_pixels=data.max_image_pixels,
+            val_fraction=data.val_fraction,
+            test_fraction=data.test_fraction,
+            seed=data.seed,
+            subset_size=data.subset_size,
+        )
+        rows = manifest_rows(cached.source, cached.split)
+        report = {"kind": data.kind, "path": data.path, "cache_dir": str(IMAGE_CACHE), **cached.report}
+        report["source_images"] = report["images_used"]
     write_manifest(rows, MANIFEST)
-    counts = class_counts(rows, source.class_names)
-    report = {
-        "source_dir": data.source_dir,
-        "source_images": len(source.labels),
-        "image_shape": list(source.images.shape[1:]),
-        "class_names": list(source.class_names),
-        "split_sizes": {name: sum(per_class.values()) for name, per_class in counts.items()},
-        "class_counts": counts,
-    }
     DATA_REPORT.parent.mkdir(parents=True, exist_ok=True)
-    DATA_REPORT.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"split {report['split_sizes']} of {report['source_images']} images -> {MANIFEST}")
+    DATA_REPORT.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    skipped = len(report.get("skipped", []))
+    print(f"split {report['split_sizes']} of {report['source_images']} images -> {MANIFEST} ({skipped} files skipped)")
 
 
 if __name__ == "__main__":

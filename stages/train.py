@@ -9,6 +9,7 @@ from pathlib import Path
 from pipeline import params
 from stages._classifier import build_classifier
 from stages._entry import (
+    DATA_REPORT,
     HISTORY_CSV,
     HISTORY_JSON,
     HISTORY_PNG,
@@ -51,16 +52,16 @@ def main() -> None:
 
     from pipeline import export, plots, tracking
     from pipeline.augmentation import build_augmentation
-    from pipeline.data.sources import load_idx_dataset
     from pipeline.data.split import read_manifest, select
     from pipeline.features import ImageSplit
     from pipeline.freezing import save_layer_map
     from pipeline.training import fine_tune, plan_phases
+    from stages._data import load_source
 
     keras.utils.set_random_seed(config.train.seed)
     tf.config.experimental.enable_op_determinism()
 
-    source = load_idx_dataset(config.data.source_dir)
+    source = load_source(config.data)
     rows = read_manifest(MANIFEST)
     train_split = ImageSplit(*select(source, rows, "train"))
     val_split = ImageSplit(*select(source, rows, "val"))
@@ -82,10 +83,11 @@ def main() -> None:
         run.log_dataset(
             rows=[asdict(row) for row in rows],
             name="fashion-mnist-split",
-            source=str(Path(config.data.source_dir).resolve()),
+            source=str(Path(config.data.path or config.data.source_dir).resolve()),
             context="training",
         )
         run.log_artifact(MANIFEST, "data")
+        run.log_artifact(DATA_REPORT, "data")
 
         classifier = build_classifier(config, num_classes=len(source.class_names))
         backbone = classifier.backbone
