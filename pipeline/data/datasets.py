@@ -96,10 +96,13 @@ def image_dataset(
     """
     import tensorflow as tf
 
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int64))).cache()
-    if shuffle:
-        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
+    if isinstance(images, np.memmap):
+        dataset = _memmap_batches(images, labels, batch_size=batch_size, shuffle=shuffle, seed=seed)
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int64))).cache()
+        if shuffle:
+            dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.batch(batch_size)
 
     def prepare(batch_images: tf.Tensor, batch_labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         batch_images = to_model_input(batch_images, image_size=image_size)
@@ -156,3 +159,32 @@ def view_dataset(views: list[np.ndarray], labels: np.ndarray, *, batch_size: int
         return tf.gather(stacked, draw % len(views), axis=1, batch_dims=1), batch_labels
 
     return dataset.map(pick, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _memmap_batches(
+    images: np.memmap, labels: np.ndarray, *, batch_size: int, shuffle: bool, seed: int
+) -> tf.data.Dataset:
+    """Batches of (uint8 images, int64 labels) read from a memmap one batch at a time.
+
+    Why: `from_tensor_slices` would copy the whole array into one tensor; an image cache that the
+    prepare stage wrote can be larger than RAM. Only positions are shuffled (the same permutation as
+    shuffling the images themselves with this seed), and each batch reads just its rows from disk.
+    """
+    import tensorflow as tf
+
+    positions = tf.data.Dataset.from_tensor_slices(np.arange(len(labels), dtype=np.int64))
+    if shuffle:
+        positions = positions.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    label_table = tf.constant(labels.astype(np.int64))
+    image_shape = images.shape[1:]
+
+    def read(batch: np.ndarray) -> np.ndarray:
+        # Fancy indexing of a memmap reads only these rows.
+        return np.ascontiguousarray(images[batch])
+
+    def gather(batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        batch_images = tf.numpy_function(read, [batch], tf.uint8, stateful=False)
+        batch_images = tf.ensure_shape(batch_images, (None, *image_shape))
+        return batch_images, tf.gather(label_table, batch)
+
+    return positions.batch(batch_size).map(gather)
