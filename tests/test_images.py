@@ -323,10 +323,18 @@ def test_messy_folder_report(tmp_path: Path) -> None:
 
 def test_only_one_class_is_refused(tmp_path: Path) -> None:
     root = _class_folder(tmp_path / "set", {"a": 5})
-    (root / "b").mkdir()
 
-    with pytest.raises(DatasetFormatError, match=r"^only 1 class with usable images \(a\): classification needs"):
+    (root / "b").mkdir()
+    (root / "b" / "x.png").write_bytes(b"")
+    (root / "b" / "y.png").write_bytes(b"")
+
+    with pytest.raises(
+        DatasetFormatError,
+        match=r"^only 1 class with usable images \(a\): classification needs at least 2; "
+        r"2 files skipped: 2 empty file \(0 bytes\)$",
+    ):
         _build(scan_folder(root), tmp_path)
+    assert list((tmp_path / "cache").iterdir()) == []
 
 
 def test_class_too_small_for_the_split_is_refused(tmp_path: Path) -> None:

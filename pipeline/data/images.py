@@ -346,23 +346,29 @@ def build_cache(
 
     duplicates, usable = _deduplicate(kept, hashes, user_splits=scan.user_splits)
     class_names = tuple(sorted({kept[position].label for position in usable}))
-    if len(class_names) < 2:
-        raise DatasetFormatError(
-            f"only {len(class_names)} class with usable images ({', '.join(class_names) or 'none'}): "
-            f"classification needs at least 2 ({len(skipped)} files skipped, see the reasons in the data report)"
-        )
     label_of = {name: index for index, name in enumerate(class_names)}
-    labels = np.array([label_of[kept[position].label] for position in usable], dtype=np.int64)
-    positions = _split(
-        [kept[position] for position in usable],
-        labels,
-        class_names,
-        user_splits=scan.user_splits,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        seed=seed,
-        subset_size=subset_size,
-    )
+    try:
+        if len(class_names) < 2:
+            raise DatasetFormatError(
+                f"only {len(class_names)} class with usable images ({', '.join(class_names) or 'none'}): "
+                f"classification needs at least 2; {_skip_summary(skipped)}"
+            )
+        labels = np.array([label_of[kept[position].label] for position in usable], dtype=np.int64)
+        positions = _split(
+            [kept[position] for position in usable],
+            labels,
+            class_names,
+            user_splits=scan.user_splits,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+            subset_size=subset_size,
+        )
+    except DatasetFormatError:
+        # A refused dataset leaves no half-written cache behind.
+        del staging
+        staging_path.unlink()
+        raise
 
     order = [usable[position] for name in USER_SPLITS for position in positions[name]]
     images_path = cache_dir / CACHE_IMAGES
@@ -405,6 +411,14 @@ def build_cache(
         "duplicates": duplicates,
     }
     return CachedDataset(source=source, split=split, report=report)
+
+
+def _skip_summary(skipped: list[tuple[str, str]]) -> str:
+    """The skip reasons and their counts in one phrase, since a refused dataset writes no report."""
+    if not skipped:
+        return "no file was skipped"
+    reasons = Counter(reason for _, reason in skipped)
+    return f"{len(skipped)} files skipped: " + ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
 
 
 def _deduplicate(
