@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -421,3 +423,31 @@ def test_symlinked_file_is_read_through(tmp_path: Path) -> None:
 
     assert sum(report["class_counts"][name]["a"] for name in ("train", "val", "test")) == 5
     assert report["skipped"] == []
+
+
+def test_huge_jpeg_decodes_without_a_memory_spike(tmp_path: Path) -> None:
+    path = tmp_path / "big.jpg"
+    Image.new("L", (10_000, 10_000), 90).save(path, quality=50)
+    # A fresh process, so the 100 MB the test needed to write the file do not count; ru_maxrss is in KiB.
+    script = (
+        "import resource, sys\n"
+        "from pathlib import Path\n"
+        "from pipeline.data.images import decode_image\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "decoded = decode_image(Path(sys.argv[1]), size=8, color='rgb', max_pixels=40_000_000)\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(decoded.original_size, decoded.pixels.shape, after - before)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+    assert result.stdout.startswith("(10000, 10000) (8, 8, 3) ")
+    # Decoded at full scale the greys alone would take 100 MB (300 MB as RGB); at 1/8 scale about 1.5 MB.
+    growth_kib = int(result.stdout.split()[-1])
+    assert growth_kib < 20 * 1024, f"decoding grew the peak RSS by {growth_kib} KiB"
