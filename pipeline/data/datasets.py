@@ -7,6 +7,7 @@ float images (about 110 KB each at 96 px), so memory stays flat while the work p
 
 from __future__ import annotations
 
+import mmap
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -178,9 +179,17 @@ def _memmap_batches(
     label_table = tf.constant(labels.astype(np.int64))
     image_shape = images.shape[1:]
 
+    # Only a read-only map may drop its pages: a copy-on-write one ("c") would lose its changes.
+    mapping = getattr(images, "_mmap", None) if getattr(images, "mode", None) == "r" else None
+
     def read(batch: np.ndarray) -> np.ndarray:
         # Fancy indexing of a memmap reads only these rows.
-        return np.ascontiguousarray(images[batch])
+        rows = np.ascontiguousarray(images[batch])
+        if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+            # The pages read stay in the kernel's page cache but leave this process's RSS, which would
+            # otherwise grow to the size of the split over an epoch.
+            mapping.madvise(mmap.MADV_DONTNEED)
+        return rows
 
     def gather(batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         batch_images = tf.numpy_function(read, [batch], tf.uint8, stateful=False)

@@ -297,7 +297,7 @@ def build_cache(
 ) -> CachedDataset:
     """Decodes every scanned image once into a memmap, splits it, and reports what happened.
 
-    Why: the memmap is written one image at a time and in split order (train, val, test), so each split is
+    Why: the cache is written one image at a time and in split order (train, val, test), so each split is
     one contiguous block that later stages map without copying. Files with the same bytes are kept
     once: with a given split, a copy in train or val removes the one in test; otherwise only the first
     copy takes part in the split, so no image can sit in both train and test.
@@ -323,10 +323,11 @@ def build_cache(
     cache_dir.mkdir(parents=True, exist_ok=True)
     shape = (size, size, 3) if color == "rgb" else (size, size)
     skipped = list(scan.skipped)
+    row_bytes = int(np.prod(shape))
     staging_path = cache_dir / (CACHE_IMAGES + ".staging")
-    staging = np.lib.format.open_memmap(
-        staging_path, mode="w+", dtype=np.uint8, shape=(max(len(scan.files), 1), *shape)
-    )
+    # Plain file writes, not a writable memmap: the pages of a mapped file count in the process's RSS,
+    # which would then grow with the dataset.
+    staging = staging_path.open("w+b")
     kept: list[ImageFile] = []
     hashes: list[str] = []
     widths: list[int] = []
@@ -337,7 +338,7 @@ def build_cache(
         if decoded.pixels is None:
             skipped.append((str(item.path), decoded.reason or "unreadable"))
             continue
-        staging[len(kept)] = decoded.pixels
+        staging.write(decoded.pixels.tobytes())
         kept.append(item)
         hashes.append(hashlib.sha256(item.path.read_bytes()).hexdigest())
         widths.append(decoded.original_size[0])
@@ -366,17 +367,17 @@ def build_cache(
         )
     except DatasetFormatError:
         # A refused dataset leaves no half-written cache behind.
-        del staging
+        staging.close()
         staging_path.unlink()
         raise
 
     order = [usable[position] for name in USER_SPLITS for position in positions[name]]
     images_path = cache_dir / CACHE_IMAGES
-    cache = np.memmap(images_path, mode="w+", dtype=np.uint8, shape=(max(len(order), 1), *shape))
-    for row, position in enumerate(order):
-        cache[row] = staging[position]
-    cache.flush()
-    del cache, staging
+    with images_path.open("wb") as cache:
+        for position in order:
+            staging.seek(position * row_bytes)
+            cache.write(staging.read(row_bytes))
+    staging.close()
     staging_path.unlink()
     ordered_labels = np.array([label_of[kept[position].label] for position in order], dtype=np.int64)
     split: dict[str, np.ndarray] = {}
