@@ -451,3 +451,18 @@ def test_huge_jpeg_decodes_without_a_memory_spike(tmp_path: Path) -> None:
     # Decoded at full scale the greys alone would take 100 MB (300 MB as RGB); at 1/8 scale about 1.5 MB.
     growth_kib = int(result.stdout.split()[-1])
     assert growth_kib < 20 * 1024, f"decoding grew the peak RSS by {growth_kib} KiB"
+
+
+def test_mixed_modes_in_one_folder_share_one_stored_shape(tmp_path: Path) -> None:
+    root = _class_folder(tmp_path / "set", {"a": 3, "b": 3})
+    _save(root / "a" / "grey.png", 40, mode="L")
+    _save(root / "a" / "alpha.png", 50, mode="RGBA")
+    _save(root / "b" / "palette.gif", 60, mode="P")
+    Image.fromarray(np.full((5, 7), 30000, dtype=np.uint16)).save(root / "b" / "deep.png")
+
+    cached = _build(scan_folder(root), tmp_path)
+
+    assert cached.source.images.shape == (10, SIZE, SIZE, 3)
+    assert cached.report["original_modes"] == {"I;16": 1, "L": 1, "P": 1, "RGB": 6, "RGBA": 1}
+    assert cached.report["original_width"] == {"min": 7, "max": 12, "mean": 12}
+    assert cached.report["skipped"] == []
