@@ -19,7 +19,10 @@ def build_classifier(config: PipelineParams, *, num_classes: int) -> Classifier:
     from pipeline.head import attach_head
 
     backbone = load_backbone(
-        config.backbone.name, image_size=config.backbone.image_size, cache_dir=config.backbone.cache_dir
+        config.backbone.name,
+        image_size=config.backbone.image_size,
+        cache_dir=config.backbone.cache_dir,
+        weights=config.backbone.weights,
     )
     head = config.head
     return attach_head(

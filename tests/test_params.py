@@ -165,10 +165,21 @@ def test_every_problem_is_reported_on_its_own_line() -> None:
 
 
 def test_unknown_backbone_lists_registered_names() -> None:
-    message = _error_message({"backbone": {"name": "resnet50"}})
+    message = _error_message({"backbone": {"name": "resnet5"}})
 
-    assert "backbone.name: received 'resnet50'" in message
-    assert "registered backbones: efficientnet_lite0" in message
+    assert "backbone.name: received 'resnet5'" in message
+    assert "registered backbones: efficientnet_lite0, mobilenet, mobilenet_v2" in message
+    assert "resnet50, resnet50_v2" in message
+
+
+def test_backbone_input_size_and_weights_are_checked() -> None:
+    message = _error_message({"backbone": {"name": "inception_v3", "image_size": 64}})
+    assert "backbone.image_size: received 64; inception_v3 takes inputs of at least 75 px" in message
+    message = _error_message({"backbone": {"name": "resnet50", "weights": "/no/such.weights.h5"}})
+    assert (
+        "backbone.weights: received '/no/such.weights.h5'; not a file; allowed: imagenet, none, or the path of a "
+        "Keras weights file" in message
+    )
 
 
 @pytest.mark.parametrize("value", ["lion", {"name": "lion", "beta_1": 0.9}])

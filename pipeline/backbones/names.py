@@ -9,9 +9,16 @@ built model has exactly these groups.
 from __future__ import annotations
 
 from pipeline.backbones import efficientnet_lite
+from pipeline.backbones.applications import APPLICATIONS
 
 # name -> block groups top-down, as the registry builds them.
 BACKBONE_BLOCKS: dict[str, tuple[str, ...]] = {
     "efficientnet_lite0": tuple(group for group, _prefix in efficientnet_lite.block_groups()),
+    **{name: spec.block_names for name, spec in APPLICATIONS.items()},
+}
+# name -> smallest square input the backbone takes.
+BACKBONE_MIN_SIZES: dict[str, int] = {
+    "efficientnet_lite0": 32,
+    **{name: spec.min_size for name, spec in APPLICATIONS.items()},
 }
 BACKBONE_NAMES: tuple[str, ...] = tuple(BACKBONE_BLOCKS)

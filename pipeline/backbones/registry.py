@@ -6,11 +6,21 @@ has its own preprocessing; a `Backbone` carries both so the rest of the pipeline
 
 from __future__ import annotations
 
+import functools
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.backbones.applications import (
+    APPLICATIONS,
+    CAFFE_MEAN_BGR,
+    IMAGENET_MEAN_RGB,
+    IMAGENET_STD_RGB,
+    ApplicationSpec,
+)
 from pipeline.backbones.names import BACKBONE_BLOCKS, BACKBONE_NAMES
 
 if TYPE_CHECKING:
@@ -73,7 +83,187 @@ def group_layers(model: keras.Model, prefixes: list[tuple[str, str]]) -> tuple[B
     return tuple(BlockGroup(name=group, layer_names=tuple(members[group])) for group, _ in prefixes)
 
 
-def _efficientnet_lite0(*, image_size: int, cache_dir: Path) -> Backbone:
+def single_tensor_cuts(model: keras.Model) -> list[bool]:
+    """Which layers' outputs separate the graph: nothing after them reads anything before them.
+
+    Why: a block boundary must be such a cut, so that freezing everything below it leaves one tensor
+    for the upper blocks to start from (the frozen-feature cache fits a sub-model from that tensor).
+    The walk covers every operation, not only layers: `inputs + x` in a Keras model is an operation
+    of its own that reads a tensor from far below.
+
+    Args:
+        model: A functional model with one input and one output.
+
+    Returns:
+        One flag per layer of `model.layers`, in that order.
+    """
+    import keras
+
+    operations = model.operations
+    position = {id(operation): index for index, operation in enumerate(operations)}
+    # Keras 3 has no public accessor for an operation's producers; `_inbound_nodes` and
+    # `_keras_history` are what Functional itself walks.
+    inbound = [
+        [
+            position[id(tensor._keras_history.operation)]
+            for node in operation._inbound_nodes
+            for tensor in node.input_tensors
+            if id(tensor._keras_history.operation) in position
+        ]
+        for operation in operations
+    ]
+    cuts = [False] * len(operations)
+    earliest_read_after = len(operations)
+    for index in range(len(operations) - 1, -1, -1):
+        cuts[index] = earliest_read_after >= index
+        earliest_read_after = min([earliest_read_after, *inbound[index]])
+    return [cut for cut, operation in zip(cuts, operations, strict=True) if isinstance(operation, keras.layers.Layer)]
+
+
+def group_layers_at_cuts(model: keras.Model, blocks: tuple[tuple[str, str], ...]) -> tuple[BlockGroup, ...]:
+    """Splits `model` into blocks that end at single-tensor cuts, named by the patterns of their last layers.
+
+    Each block but the top one ends at the first cut at or after the last layer whose name fully matches
+    its pattern; the top block ends at the model's output and `stem` takes everything below the lowest
+    named block. Layers Keras names generically fall into the block their position puts them in.
+
+    Args:
+        model: The backbone.
+        blocks: (block name, name pattern), top-down, without `stem`.
+
+    Returns:
+        The groups, top-down, `stem` last; every layer but the input is in exactly one.
+
+    Raises:
+        ValueError: A pattern matches no layer, a block would be empty, or a layer whose name matches a
+            block's pattern falls into another block (the map is wrong for this model).
+    """
+    import keras
+
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    offset = len(model.layers) - len(layers)
+    cuts = single_tensor_cuts(model)[offset:]
+    names = [layer.name for layer in layers]
+    ends: list[int] = []
+    first_match = 0
+    for position, (block, pattern) in enumerate(blocks):
+        matches = [index for index, name in enumerate(names) if re.fullmatch(pattern, name)]
+        if not matches:
+            raise ValueError(f"block {block!r} of {model.name}: no layer matches {pattern!r}")
+        first_match = matches[0]
+        if position == 0:
+            ends.append(len(layers) - 1)
+            continue
+        end = next((index for index in range(matches[-1], len(layers)) if cuts[index]), None)
+        if end is None or end >= ends[-1]:
+            raise ValueError(f"block {block!r} of {model.name} has no single-tensor cut below the block above it")
+        ends.append(end)
+    # The stem ends at the last cut below the lowest named block's first layer.
+    stem_end = next((index for index in range(first_match - 1, -1, -1) if cuts[index]), None)
+    if stem_end is None:
+        raise ValueError(f"{model.name} has no single-tensor cut below block {blocks[-1][0]!r}: no stem")
+    ends.append(stem_end)
+    names_top_down = [*(block for block, _ in blocks), "stem"]
+    starts = [*(end + 1 for end in ends[1:]), 0]
+    groups = [
+        BlockGroup(name=block, layer_names=tuple(names[start : end + 1]))
+        for block, start, end in zip(names_top_down, starts, ends, strict=True)
+    ]
+    for group, (block, pattern) in zip(groups, blocks, strict=False):
+        if not group.layer_names:
+            raise ValueError(f"block {block!r} of {model.name} is empty")
+        strays = [
+            name for other in groups if other is not group for name in other.layer_names if re.fullmatch(pattern, name)
+        ]
+        if strays:
+            raise ValueError(f"layers {strays[:3]} match block {block!r} of {model.name} but fall in another block")
+    return tuple(groups)
+
+
+def application_preprocessing(mode: str) -> keras.layers.Layer:
+    """The Keras layer doing what `keras.applications.<family>.preprocess_input` does, for 0..255 RGB.
+
+    Why layers, not the family's function: the exported model holds its preprocessing, and a Lambda
+    around a Python function would need `safe_mode=False` to load. Caffe's RGB-to-BGR swap and mean
+    subtraction is one fixed 1x1 convolution (a permutation kernel and the negated mean as bias).
+
+    Args:
+        mode: One of `pipeline.backbones.applications.PREPROCESSING_MODES`.
+
+    Returns:
+        A fresh, non-trainable layer.
+
+    Raises:
+        ValueError: An unknown mode.
+    """
+    import keras
+    import numpy as np
+
+    if mode == "tf":
+        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocessing")
+    if mode == "torch":
+        mean = np.array(IMAGENET_MEAN_RGB) * 255.0
+        std = np.array(IMAGENET_STD_RGB) * 255.0
+        layer = keras.layers.Normalization(mean=mean, variance=std**2, name="preprocessing")
+        # Built now: built lazily inside a tf.data map, it would keep graph tensors as its statistics.
+        layer.build((None, None, None, 3))
+        return layer
+    if mode == "caffe":
+        swap = np.eye(3, dtype="float32")[::-1].reshape(1, 1, 3, 3)
+        layer = keras.layers.Conv2D(
+            3,
+            1,
+            kernel_initializer=keras.initializers.Constant(swap),
+            bias_initializer=keras.initializers.Constant(-np.array(CAFFE_MEAN_BGR, dtype="float32")),
+            trainable=False,
+            name="preprocessing",
+        )
+        layer.build((None, None, None, 3))
+        return layer
+    if mode == "builtin":
+        return keras.layers.Identity(name="preprocessing")
+    raise ValueError(f"unknown preprocessing {mode!r}")
+
+
+def keras_models_dir() -> Path:
+    """Where keras.applications looks for and stores ImageNet weight files (KERAS_HOME/models)."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+
+
+def _build_application(name: str, spec: ApplicationSpec, *, image_size: int, weights: str) -> keras.Model:
+    import keras
+
+    constructor = getattr(keras.applications, spec.constructor)
+    keras_weights = "imagenet" if weights == "imagenet" else None
+    try:
+        model = constructor(include_top=False, weights=keras_weights, input_shape=(image_size, image_size, 3))
+    except Exception as error:
+        failure = re.search(r"URL fetch failure on (\S+): ", str(error))
+        if failure is None:
+            raise
+        origin = failure.group(1)
+        raise FileNotFoundError(
+            f"the ImageNet weights of {name} are not on this machine and could not be downloaded: place "
+            f"{origin.rsplit('/', 1)[-1]} (from {origin}) in {keras_models_dir()} (KERAS_HOME/models)"
+        ) from None
+    if weights not in ("imagenet", "none"):
+        model.load_weights(weights)
+    return model
+
+
+def _application(name: str, *, image_size: int, cache_dir: Path, weights: str) -> Backbone:
+    del cache_dir  # keras.applications keeps its own cache (KERAS_HOME)
+    spec = APPLICATIONS[name]
+    model = _build_application(name, spec, image_size=image_size, weights=weights)
+    return Backbone(
+        name=name,
+        model=model,
+        blocks_top_down=group_layers_at_cuts(model, spec.blocks),
+        make_preprocessing=lambda: application_preprocessing(spec.preprocessing),
+    )
+
+
+def _efficientnet_lite0(*, image_size: int, cache_dir: Path, weights: str) -> Backbone:
     import keras
 
     from pipeline.backbones import efficientnet_lite
@@ -81,7 +271,10 @@ def _efficientnet_lite0(*, image_size: int, cache_dir: Path) -> Backbone:
     model = efficientnet_lite.build_efficientnet_lite(
         input_shape=(image_size, image_size, 3), include_top=False, name="efficientnet_lite0"
     )
-    efficientnet_lite.load_imagenet_weights(model, cache_dir=cache_dir)
+    if weights == "imagenet":
+        efficientnet_lite.load_imagenet_weights(model, cache_dir=cache_dir)
+    elif weights != "none":
+        model.load_weights(weights)
     scale, offset = efficientnet_lite.preprocess_scale_offset()
     return Backbone(
         name="efficientnet_lite0",
@@ -93,29 +286,32 @@ def _efficientnet_lite0(*, image_size: int, cache_dir: Path) -> Backbone:
 
 _BUILDERS: dict[str, Callable[..., Backbone]] = {
     "efficientnet_lite0": _efficientnet_lite0,
+    **{name: functools.partial(_application, name) for name in APPLICATIONS},
 }
 if tuple(_BUILDERS) != BACKBONE_NAMES:
     raise ImportError("pipeline.backbones.names.BACKBONE_NAMES is out of step with the registry")
 
 
-def load_backbone(name: str, *, image_size: int, cache_dir: str | Path) -> Backbone:
+def load_backbone(name: str, *, image_size: int, cache_dir: str | Path, weights: str = "imagenet") -> Backbone:
     """Builds a registered backbone with its pretrained weights.
 
     Args:
         name: Registry name (see `BACKBONE_NAMES`).
         image_size: Square input size.
         cache_dir: Folder for converted weights.
+        weights: "imagenet", "none" (random initialisation) or the path of a Keras weights file.
 
     Returns:
         The backbone, every layer trainable (freezing is `pipeline.freezing`'s job).
 
     Raises:
         ValueError: `name` is not registered; the message lists the registered names.
-        FileNotFoundError: The pretrained weights are not installed.
+        FileNotFoundError: The pretrained weights are not installed, or cannot be downloaded; the
+            message names the file and the folder to place it in.
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown backbone {name!r}; registered: {', '.join(BACKBONE_NAMES)}")
-    backbone = _BUILDERS[name](image_size=image_size, cache_dir=Path(cache_dir))
+    backbone = _BUILDERS[name](image_size=image_size, cache_dir=Path(cache_dir), weights=weights)
     if backbone.block_names != BACKBONE_BLOCKS[name]:
         raise RuntimeError(f"{name} builds blocks {backbone.block_names}, names.py declares {BACKBONE_BLOCKS[name]}")
     return backbone
