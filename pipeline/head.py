@@ -5,10 +5,11 @@ classes. The head is attached to the backbone's own output tensor, so the result
 functional model in which every backbone layer can be found by name and a sub-model can start at
 any block boundary (see `pipeline.features`).
 
-The head is: global pooling, dropout on the pooled features, then any number of hidden Dense layers
-(each with its activation, optional BatchNormalization before or after it, and dropout), then a
-float32 softmax. Every Dense kernel gets the configured L1/L2 penalty and max-norm constraint. Only
-Keras' built-in layers are used, so an exported model reloads in safe mode without this repository.
+The head is: global pooling (none when the backbone already gives a vector), dropout on the pooled
+features, then any number of hidden Dense layers (each with its activation, optional
+BatchNormalization before or after it, and dropout), then a float32 softmax. Every Dense kernel gets
+the configured L1/L2 penalty and max-norm constraint. Only Keras' built-in layers are used, so an
+exported model reloads in safe mode without this repository.
 """
 
 from __future__ import annotations
@@ -137,7 +138,8 @@ def attach_head(
         backbone: The pretrained feature extractor.
         num_classes: Number of classes of the new task.
         seed: Seed of the initialisers and dropout masks (each layer gets its own offset).
-        pooling: "avg" or "max" global pooling of the last feature map.
+        pooling: "avg" or "max" global pooling of the last feature map; a backbone ending in a feature
+            vector is not pooled.
         dropout: Dropout rate on the pooled features, the head's input (0 disables it).
         hidden_units: Units of each hidden Dense layer; empty for a linear head.
         activation: One of `pipeline.activations.ACTIVATION_NAMES`.
@@ -194,8 +196,20 @@ def attach_head(
     regularizer = kernel_regularizer(l1=l1, l2=l2)
     constraint = kernel_constraint(max_norm=max_norm, axis=max_norm_axis)
 
-    pooling_layers = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}
-    pooled = pooling_layers[pooling](name=HEAD_POOL)(backbone.model.output)
+    features = backbone.model.output
+    if len(features.shape) == 2:
+        # A backbone that already ends in a feature vector (a TF Hub feature-vector SavedModel, a .keras
+        # model cut after its own pooling) has nothing left to pool; the layer keeps its name so the
+        # feature cache and the layer map find the head's input where they always do.
+        pooled = keras.layers.Identity(name=HEAD_POOL)(features)
+    elif len(features.shape) == 4:
+        pooling_layers = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}
+        pooled = pooling_layers[pooling](name=HEAD_POOL)(features)
+    else:
+        raise ValueError(
+            f"{backbone.name} outputs features of shape {tuple(features.shape)}; the head takes a feature map "
+            "(batch, height, width, channels) or a feature vector (batch, features)"
+        )
     tensor = _dropout(dropout, kind=dropout_kind, seed=seed, name=HEAD_DROPOUT)(pooled)
     # Hidden layer i is seeded with seed + i so that layers of one shape still draw different weights; the
     # output layer keeps `seed`, so a head without hidden layers starts exactly as it always has.

@@ -72,6 +72,32 @@ def test_same_seed_same_head_weights(tiny_backbone) -> None:
         np.testing.assert_array_equal(left, right)
 
 
+def _vector_backbone(rank: int) -> Backbone:
+    """A backbone ending in a feature vector (rank 2) or in a rank-3 sequence."""
+    inputs = keras.Input((16, 16, 3))
+    tensor = keras.layers.Conv2D(4, 3, name="stem_conv")(inputs)
+    tensor = keras.layers.GlobalAveragePooling2D(name="top_pool")(tensor)
+    if rank == 3:
+        tensor = keras.layers.Reshape((2, 2), name="top_reshape")(tensor)
+    model = keras.Model(inputs, tensor, name="vector")
+    return Backbone(name="vector", model=model, blocks_top_down=(), make_preprocessing=keras.layers.Identity)
+
+
+def test_a_feature_vector_goes_to_the_head_unpooled() -> None:
+    backbone = _vector_backbone(rank=2)
+    classifier = attach_head(backbone, num_classes=3, pooling="max", dropout=0.0, seed=0)
+    assert type(classifier.model.get_layer(HEAD_POOL)).__name__ == "Identity"
+    images = np.random.default_rng(0).uniform(0, 1, (2, 16, 16, 3)).astype("float32")
+    features = backbone.model.predict(images, verbose=0)
+    pooled = keras.Model(classifier.model.input, classifier.pooled).predict(images, verbose=0)
+    np.testing.assert_array_equal(pooled, features)
+
+
+def test_features_of_another_rank_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"vector outputs features of shape \(None, 2, 2\); the head takes"):
+        attach_head(_vector_backbone(rank=3), num_classes=3, seed=0)
+
+
 def test_unknown_pooling_lists_the_allowed_ones(tiny_backbone) -> None:
     with pytest.raises(ValueError, match="unknown pooling 'median'; allowed: avg, max"):
         attach_head(tiny_backbone(), num_classes=3, pooling="median", dropout=0.0, seed=0)
