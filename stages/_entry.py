@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from stages import _native_log
+
 PARAMS = Path("params.yaml")
 MANIFEST = Path("data/manifest.csv")
 IMAGE_CACHE = Path("data/cache")
@@ -42,15 +44,23 @@ def quiet_libraries() -> None:
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Runs a stage's `main`, turning user-fixable errors into one message and exit code 2."""
+    """Runs a stage's `main`, turning user-fixable errors into one message and exit code 2.
+
+    TensorFlow's harmless C++ start-up lines are filtered from stderr meanwhile (`stages._native_log`;
+    `PIPELINE_RAW_STDERR=1` shows them).
+    """
     from pipeline.data.sources import DatasetFormatError, DatasetNotFoundError
     from pipeline.devices import DeviceSelectionError
     from pipeline.params import ParamsError
 
     quiet_libraries()
+    native_log = _native_log.install()
     user_errors = (ParamsError, DatasetNotFoundError, DatasetFormatError, DeviceSelectionError)
     try:
         main()
     except user_errors as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
+    finally:
+        if native_log is not None:
+            native_log.uninstall()
