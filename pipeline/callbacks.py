@@ -80,8 +80,9 @@ class TrainingHistory:
 class HistoryRecorder(keras.callbacks.Callback):
     """Records every epoch of every phase into one `TrainingHistory`.
 
-    It must come first in the callback list: it adds `lr` and `phase` to `logs` for the callbacks
-    that follow.
+    It must come first in the callback list: it adds `lr` to `logs` for the callbacks that follow.
+    The phase goes into the history rows, not into `logs`: Keras prints `logs` on every epoch line,
+    where a float `phase: 1.0000` means nothing; callbacks that need the phase define `begin_phase`.
     """
 
     def __init__(self, history: TrainingHistory) -> None:
@@ -99,8 +100,7 @@ class HistoryRecorder(keras.callbacks.Callback):
         if logs is None:
             logs = {}
         logs["lr"] = learning_rate_used(self.model.optimizer)
-        logs["phase"] = float(self._phase.index)
-        row: dict[str, Any] = {"epoch": epoch, "phase_name": self._phase.name}
+        row: dict[str, Any] = {"epoch": epoch, "phase": float(self._phase.index), "phase_name": self._phase.name}
         row.update({key: float(value) for key, value in logs.items()})
         self.history.rows.append(row)
 

@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import mlflow
@@ -30,6 +30,9 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
+
+if TYPE_CHECKING:
+    from pipeline.callbacks import PhaseRecord
 
 CHAMPION_ALIAS = "champion"
 # MLflow's log_batch limits: at most 1000 metrics or 100 params or 100 tags per call.
@@ -135,10 +138,18 @@ class EpochLogger(keras.callbacks.Callback):
     def __init__(self, run: TrackedRun) -> None:
         super().__init__()
         self._run = run
+        self._phase_index: int | None = None
+
+    def begin_phase(self, phase: PhaseRecord) -> None:
+        """Remembers the phase, logged as metric `phase` with each of its epochs (`pipeline.training` calls it)."""
+        self._phase_index = phase.index
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if logs:
-            self._run.log_metrics({key: float(value) for key, value in logs.items()}, step=epoch)
+        metrics = {key: float(value) for key, value in (logs or {}).items()}
+        if self._phase_index is not None:
+            metrics["phase"] = float(self._phase_index)
+        if metrics:
+            self._run.log_metrics(metrics, step=epoch)
 
 
 def _now_ms() -> int:

@@ -150,7 +150,8 @@ def fine_tune(
         feature_cache_bytes: Memory budget for cached frozen activations; 0 always trains on images.
         label_smoothing: Label smoothing of the cross-entropy (0: none).
         augmentation: Random layers for the training images (see `pipeline.augmentation`), or None.
-        callbacks: Extra callbacks (tracking); they receive `lr` and `phase` in their logs.
+        callbacks: Extra callbacks (tracking); they receive `lr` in their logs, and those with a
+            `begin_phase(record)` method are told each phase before its first epoch.
         verbose: Keras' `fit` verbosity.
 
     Returns:
@@ -221,6 +222,9 @@ def fine_tune(
             data_note=phase_data.note,
         )
         recorder.begin_phase(record)
+        for callback in callbacks:
+            if callable(getattr(callback, "begin_phase", None)):
+                callback.begin_phase(record)
         stopper = early_stopping(**phase.early_stopping.model_dump()) if phase.early_stopping is not None else None
         phase_data.model.fit(
             phase_data.train,

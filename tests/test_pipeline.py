@@ -91,7 +91,17 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert result.returncode == 0, result.stdout + result.stderr
     for stage in STAGES:
         assert f"Running stage '{stage}'" in result.stdout
+    (workdir / "repro.log").write_text(result.stdout + result.stderr)
     return workdir
+
+
+def test_the_log_reads_calmly(project: Path) -> None:
+    log = (project / "repro.log").read_text()
+    epoch_lines = [line for line in log.splitlines() if " - loss: " in line]
+    assert len(epoch_lines) == 4
+    assert [line for line in epoch_lines if "phase" in line] == []
+    for noise in ("absl::InitializeLog", "oneDNN custom operations", "cudart_stub", "use_unbounded_threadpool"):
+        assert noise not in log
 
 
 def test_outputs_with_fixed_names(project: Path) -> None:
