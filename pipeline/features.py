@@ -96,6 +96,8 @@ class PhaseDataFactory:
         augmentation: Random layers for the training images, or None; anything but a flip alone
             disables caching (a flip alone doubles the training part of the cache).
         one_hot_classes: Number of classes when the loss wants one-hot labels (label smoothing), else None.
+        verbose: Keras' `predict` verbosity for the passes that fill the cache (0: silent); above 0 a
+            line says what each pass computes, since the first takes minutes on a large dataset.
     """
 
     def __init__(
@@ -112,8 +114,10 @@ class PhaseDataFactory:
         cache_limit_bytes: int,
         augmentation: keras.layers.Layer | None = None,
         one_hot_classes: int | None = None,
+        verbose: int = 0,
     ) -> None:
         self._classifier = classifier
+        self._verbose = verbose
         self._splits = {"train": train, "val": val}
         self._preprocessing = preprocessing
         self._image_size = image_size
@@ -170,10 +174,26 @@ class PhaseDataFactory:
             prefix = keras.Model(self._classifier.model.input, self._base_cut)
             views = {"train": self._train_views, "val": ("none",)}
             self._base_activations = {
-                split: [prefix.predict(self._images(split, shuffle=False, flip=flip), verbose=0) for flip in flips]
+                split: [
+                    self._predict(prefix, self._images(split, shuffle=False, flip=flip), split, flip) for flip in flips
+                ]
                 for split, flips in views.items()
             }
         return self._base_activations
+
+    def _predict(self, model: keras.Model, inputs: tf.data.Dataset | np.ndarray, split: str, flip: str) -> np.ndarray:
+        """One pass that fills the cache, announced when verbose."""
+        if self._verbose:
+            orientation = "" if flip == "none" else f", {flip} flipped"
+            # The layer that produced the cut tensor is what a user can find in the layer map.
+            layer = model.output._keras_history.operation.name
+            print(
+                f"frozen layers up to {layer}: {len(self._splits[split].labels)} {split} images{orientation}, "
+                "computed once for every epoch of the phase",
+                flush=True,
+            )
+        batch_size = self._batch_size if isinstance(inputs, np.ndarray) else None
+        return model.predict(inputs, batch_size=batch_size, verbose=self._verbose)
 
     def for_phase(self, trainable_blocks: int) -> PhaseData:
         """Model and data for a phase; call after the phase's `trainable` flags are set.
@@ -201,8 +221,11 @@ class PhaseDataFactory:
             # The layers between the base cut and this cut may have trained in an earlier phase
             # and are frozen now: recompute from the base with today's weights.
             segment = keras.Model(self._base_cut, cut)
+            flips = {"train": self._train_views, "val": ("none",)}
             activations = {
-                split: [segment.predict(view, batch_size=self._batch_size, verbose=0) for view in views]
+                split: [
+                    self._predict(segment, view, split, flip) for view, flip in zip(views, flips[split], strict=True)
+                ]
                 for split, views in base.items()
             }
         return PhaseData(

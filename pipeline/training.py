@@ -173,6 +173,7 @@ def fine_tune(
         cache_limit_bytes=feature_cache_bytes,
         augmentation=augmentation,
         one_hot_classes=num_classes if needs_one_hot(label_smoothing=label_smoothing) else None,
+        verbose=verbose,
     )
     for index, phase in enumerate(phases):
         started = time.perf_counter()

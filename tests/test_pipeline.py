@@ -100,6 +100,7 @@ def test_the_log_reads_calmly(project: Path) -> None:
     epoch_lines = [line for line in log.splitlines() if " - loss: " in line]
     assert len(epoch_lines) == 4
     assert [line for line in epoch_lines if "phase" in line] == []
+    assert "frozen layers up to " in log  # the one-time pass announces itself
     for noise in ("absl::InitializeLog", "oneDNN custom operations", "cudart_stub", "use_unbounded_threadpool"):
         assert noise not in log
 
