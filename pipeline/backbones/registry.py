@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.backbones import efficientnet_lite
 from pipeline.backbones.applications import (
     APPLICATIONS,
     CAFFE_MEAN_BGR,
@@ -263,29 +264,28 @@ def _application(name: str, *, image_size: int, cache_dir: Path, weights: str) -
     )
 
 
-def _efficientnet_lite0(*, image_size: int, cache_dir: Path, weights: str) -> Backbone:
+def _efficientnet_lite(name: str, *, image_size: int, cache_dir: Path, weights: str) -> Backbone:
     import keras
 
-    from pipeline.backbones import efficientnet_lite
-
+    variant = efficientnet_lite.LITE_VARIANTS[name]
     model = efficientnet_lite.build_efficientnet_lite(
-        input_shape=(image_size, image_size, 3), include_top=False, name="efficientnet_lite0"
+        input_shape=(image_size, image_size, 3), include_top=False, variant=variant
     )
     if weights == "imagenet":
-        efficientnet_lite.load_imagenet_weights(model, cache_dir=cache_dir)
+        efficientnet_lite.load_imagenet_weights(model, cache_dir=cache_dir, variant=variant)
     elif weights != "none":
         model.load_weights(weights)
     scale, offset = efficientnet_lite.preprocess_scale_offset()
     return Backbone(
-        name="efficientnet_lite0",
+        name=name,
         model=model,
-        blocks_top_down=group_layers(model, efficientnet_lite.block_groups()),
+        blocks_top_down=group_layers(model, efficientnet_lite.block_groups(variant.stages)),
         make_preprocessing=lambda: keras.layers.Rescaling(scale, offset, name="preprocessing"),
     )
 
 
 _BUILDERS: dict[str, Callable[..., Backbone]] = {
-    "efficientnet_lite0": _efficientnet_lite0,
+    **{name: functools.partial(_efficientnet_lite, name) for name in efficientnet_lite.LITE_VARIANTS},
     **{name: functools.partial(_application, name) for name in APPLICATIONS},
 }
 if tuple(_BUILDERS) != BACKBONE_NAMES:
