@@ -27,16 +27,19 @@ setup: $(INSTALLED)
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))' \
 		|| { echo "Python 3.11 or newer is needed: make PYTHON=python3.11"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $@
+	@echo "setting up $(VENV): pip install -e '.[dev]' (a few minutes the first time; log in $(VENV)/install.log)"
+	@$(PYTHON) -m venv $(VENV)
+	@# pip's and setuptools' banners (index locations, the editable-install notice) go to the log; a failure shows its end.
+	@{ $(BIN)/pip install --upgrade pip && $(BIN)/pip install -e '.[dev]'; } > $(VENV)/install.log 2>&1 \
+		|| { tail -n 40 $(VENV)/install.log; echo "pip install failed: see $(VENV)/install.log"; exit 1; }
+	@touch $@
 
 data: $(FASHION_MNIST)
 
 $(FASHION_MNIST):
-	$(SUDO) apt-get update -qq
-	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+	@echo "installing Debian's dataset-fashion-mnist (apt-get; log in .apt-install.log)"
+	@{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; } > .apt-install.log 2>&1 \
+		|| { tail -n 20 .apt-install.log; echo "apt-get install failed: see .apt-install.log"; exit 1; }
 
 lint: setup
 	ruff check pipeline stages tests bench
