@@ -6,8 +6,11 @@ tracking store, and MLflow's quirks on this stack are handled in one place:
   on every `fit`, so phases would overwrite each other: `EpochLogger` logs the global epoch instead.
 - `log_model(..., input_example=...)` fails on Keras 3 (upstream #16183): the signature is built
   from shapes instead, and pip requirements are given, since inferring them costs seconds.
-- A run must never stay RUNNING: `tracked_run` ends it FAILED on any exception and on SIGTERM
-  (which `dvc` sends when interrupted).
+- A run's status tells the truth: RUNNING while a stage works on it (a fluent-API call borrows the
+  run and `mlflow.end_run()` would mark it FINISHED, so `_active` puts RUNNING back); FAILED on an
+  exception, with its one-line reason in tag `pipeline.error`; KILLED on Ctrl-C or SIGTERM (which
+  `dvc` sends when interrupted); and a run whose process died without a word (SIGKILL, out of memory)
+  is closed as KILLED by the next run of the same experiment (`close_orphaned_runs`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import time
 import warnings
 from collections.abc import Iterator
@@ -158,7 +162,11 @@ def _now_ms() -> int:
 
 @contextlib.contextmanager
 def _active(run_id: str) -> Iterator[None]:
-    """Makes `run_id` the active run for fluent-API calls without ending it afterwards."""
+    """Makes `run_id` the active run for fluent-API calls, and leaves it RUNNING afterwards.
+
+    Why the status is put back: `mlflow.end_run()` is the only public way to release the fluent run,
+    and it marks the run FINISHED while the stage is still working on it.
+    """
     active = mlflow.active_run()
     if active is not None and active.info.run_id == run_id:
         yield
@@ -168,6 +176,7 @@ def _active(run_id: str) -> Iterator[None]:
         yield
     finally:
         mlflow.end_run()
+        MlflowClient().update_run(run_id, status="RUNNING")
 
 
 def _experiment_id(client: MlflowClient, name: str, artifact_dir: Path) -> str:
@@ -178,7 +187,62 @@ def _experiment_id(client: MlflowClient, name: str, artifact_dir: Path) -> str:
 
 
 class _TerminatedError(Exception):
-    """Raised from the SIGTERM handler so that the run ends FAILED and outputs stay untouched."""
+    """Raised from the SIGTERM handler so that the run ends KILLED and outputs stay untouched."""
+
+
+# Tags of the process working on a run, so that the next run can tell a run whose process died.
+PID_TAG = "pipeline.pid"
+HOST_TAG = "pipeline.host"
+ERROR_TAG = "pipeline.error"
+END_REASON_TAG = "pipeline.end_reason"
+_TAG_VALUE_LIMIT = 5000
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Ends as KILLED the RUNNING runs of this host whose process is gone.
+
+    Why: a process killed by SIGKILL or the out-of-memory killer cannot end its own run, which would
+    show RUNNING forever (or FINISHED, holding half a history, before this module kept status honest).
+
+    Args:
+        client: The tracking client.
+        experiment_id: Experiment to sweep.
+
+    Returns:
+        The ids of the runs closed.
+    """
+    host = socket.gethostname()
+    closed = []
+    for orphan in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        tags = orphan.data.tags
+        pid = tags.get(PID_TAG)
+        if tags.get(HOST_TAG) != host or pid is None or not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        client.set_tag(
+            orphan.info.run_id,
+            END_REASON_TAG,
+            f"process {pid} on {host} died without ending the run (SIGKILL or out of memory); "
+            "closed by the next pipeline run",
+        )
+        client.set_terminated(orphan.info.run_id, status="KILLED")
+        closed.append(orphan.info.run_id)
+    return closed
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    reason = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    return reason[:_TAG_VALUE_LIMIT]
 
 
 @contextlib.contextmanager
@@ -190,7 +254,9 @@ def tracked_run(
     run_name: str | None = None,
     resume: RunReference | None = None,
 ) -> Iterator[TrackedRun]:
-    """Opens a new run, or reopens one, and ends it FINISHED, or FAILED on any error.
+    """Opens a new run, or reopens one, and ends it FINISHED; FAILED on an error, KILLED when interrupted.
+
+    Before opening, runs of the experiment left RUNNING by a process that died are closed as KILLED.
 
     Args:
         tracking_uri: Where MLflow stores runs (already resolved with `resolve_tracking_uri`).
@@ -209,12 +275,17 @@ def tracked_run(
     client = MlflowClient(tracking_uri)
     if resume is not None:
         run_id = resume.run_id
-        client.update_run(run_id, status="RUNNING")
+        experiment_id = resume.experiment_id
     elif experiment is not None:
         experiment_id = _experiment_id(client, experiment, artifact_dir or Path("mlartifacts"))
-        run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
     else:
         raise ValueError("tracked_run needs an experiment for a new run or a run to resume")
+    close_orphaned_runs(client, experiment_id)
+    if resume is None:
+        run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
+    else:
+        client.update_run(run_id, status="RUNNING")
+    client.log_batch(run_id, tags=[RunTag(PID_TAG, str(os.getpid())), RunTag(HOST_TAG, socket.gethostname())])
 
     def on_sigterm(signum: int, frame: object) -> None:
         raise _TerminatedError(f"terminated by signal {signum}")
@@ -222,7 +293,13 @@ def tracked_run(
     previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield TrackedRun(run_id, client)
-    except BaseException:
+    except (KeyboardInterrupt, _TerminatedError) as error:
+        reason = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else str(error)
+        client.set_tag(run_id, END_REASON_TAG, reason)
+        client.set_terminated(run_id, status="KILLED")
+        raise
+    except BaseException as error:
+        client.set_tag(run_id, ERROR_TAG, _one_line(error))
         client.set_terminated(run_id, status="FAILED")
         raise
     else:

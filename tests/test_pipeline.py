@@ -218,3 +218,49 @@ def test_dvc_exp_run_with_a_set_param(project: Path) -> None:
     shown = _dvc(project, "exp", "show", "--no-pager", "--csv")
     assert shown.returncode == 0, shown.stderr
     assert "e2e-experiment" in shown.stdout
+
+
+def test_a_killed_training_shows_running_then_killed_after_the_next_run(project: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    workdir = tmp_path / "killed"
+    shutil.copytree(project, workdir, symlinks=True)
+    _edit_params(workdir, "train", "frozen_epochs", 1000)
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_TRACKING")}
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name("e2e").experiment_id
+    earlier = {run.info.run_id for run in client.search_runs([experiment_id])}
+    training = subprocess.Popen(
+        [sys.executable, "-m", "stages.train"], cwd=workdir, env=environment, stdout=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and training.poll() is None:
+            runs = [run for run in client.search_runs([experiment_id]) if run.info.run_id not in earlier]
+            if runs and client.get_metric_history(runs[0].info.run_id, "loss"):
+                break
+            time.sleep(0.5)
+        assert training.poll() is None, "training ended before it could be killed"
+        during = client.get_run(runs[0].info.run_id)
+        assert during.info.status == "RUNNING"
+        training.send_signal(signal.SIGKILL)
+        training.wait(timeout=60)
+    finally:
+        training.kill()
+    assert client.get_run(during.info.run_id).info.status == "RUNNING"  # nobody could say otherwise yet
+
+    _edit_params(workdir, "train", "frozen_epochs", 1)
+    _edit_params(workdir, "train", "unfreeze", [])
+    subprocess.run(
+        [sys.executable, "-m", "stages.train"], cwd=workdir, env=environment, check=True, capture_output=True
+    )
+    killed = client.get_run(during.info.run_id)
+    assert killed.info.status == "KILLED"
+    assert "died without ending the run (SIGKILL or out of memory)" in killed.data.tags["pipeline.end_reason"]
+    latest = [
+        run for run in client.search_runs([experiment_id]) if run.info.run_id not in earlier | {killed.info.run_id}
+    ]
+    assert [run.info.status for run in latest] == ["FINISHED"]

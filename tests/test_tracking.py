@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -45,10 +47,58 @@ def test_successful_run_ends_finished(store: str, tmp_path: Path) -> None:
     assert finished.info.run_name == "ok"
 
 
-def test_failing_run_ends_failed_and_reraises(store: str, tmp_path: Path) -> None:
+def test_failing_run_ends_failed_with_its_reason_and_reraises(store: str, tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="boom"), _open(store, tmp_path) as run:
-        raise RuntimeError("boom")
-    assert MlflowClient(store).get_run(run.run_id).info.status == "FAILED"
+        raise RuntimeError("boom\nsecond line of detail")
+    failed = MlflowClient(store).get_run(run.run_id)
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags[tracking.ERROR_TAG] == "RuntimeError: boom"
+
+
+def test_ctrl_c_ends_the_run_killed(store: str, tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt), _open(store, tmp_path) as run:
+        raise KeyboardInterrupt
+    killed = MlflowClient(store).get_run(run.run_id)
+    assert killed.info.status == "KILLED"
+    assert killed.data.tags[tracking.END_REASON_TAG] == "interrupted (Ctrl-C)"
+
+
+def test_a_run_stays_running_while_fluent_calls_borrow_it(store: str, tmp_path: Path) -> None:
+    client = MlflowClient(store)
+    with _open(store, tmp_path) as run:
+        row = {"path": "a.png", "label": 0, "split": "train"}
+        run.log_dataset(rows=[row], name="d", source="/d", context="training")
+        assert client.get_run(run.run_id).info.status == "RUNNING"
+        run.log_keras_model(_tiny_model(), name="model", pip_requirements=["keras"])
+        assert client.get_run(run.run_id).info.status == "RUNNING"
+        assert client.get_run(run.run_id).data.tags[tracking.PID_TAG] == str(os.getpid())
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+
+
+def test_a_run_whose_process_died_is_closed_killed_by_the_next(store: str, tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from pipeline import tracking
+        with tracking.tracked_run(tracking_uri={store!r}, experiment="tests",
+                                  artifact_dir=Path({str(tmp_path)!r})) as run:
+            print(run.run_id, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == -signal.SIGKILL
+    orphan_id = result.stdout.split()[0]
+    client = MlflowClient(store)
+    assert client.get_run(orphan_id).info.status == "RUNNING"
+    with _open(store, tmp_path) as run:
+        pass
+    orphan = client.get_run(orphan_id)
+    assert orphan.info.status == "KILLED"
+    assert orphan.data.tags[tracking.END_REASON_TAG].startswith("process ")
+    assert "died without ending the run (SIGKILL or out of memory)" in orphan.data.tags[tracking.END_REASON_TAG]
+    assert client.get_run(run.run_id).info.status == "FINISHED"
 
 
 def test_resumed_run_failing_ends_failed(store: str, tmp_path: Path) -> None:
@@ -59,7 +109,7 @@ def test_resumed_run_failing_ends_failed(store: str, tmp_path: Path) -> None:
     assert MlflowClient(store).get_run(reference.run_id).info.status == "FAILED"
 
 
-def test_sigterm_ends_the_run_failed(store: str, tmp_path: Path) -> None:
+def test_sigterm_ends_the_run_killed(store: str, tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import os, signal, time
         from pathlib import Path
@@ -75,7 +125,9 @@ def test_sigterm_ends_the_run_failed(store: str, tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     run_id = result.stdout.split()[0]
-    assert MlflowClient(store).get_run(run_id).info.status == "FAILED"
+    terminated = MlflowClient(store).get_run(run_id)
+    assert terminated.info.status == "KILLED"
+    assert terminated.data.tags[tracking.END_REASON_TAG] == "terminated by signal 15"
 
 
 def test_epochs_of_several_fits_share_one_step_axis(store: str, tmp_path: Path) -> None:
