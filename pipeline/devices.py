@@ -7,6 +7,7 @@ itself is a pure function of what was asked and what exists, so it is tested wit
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,29 @@ class DeviceSelection:
             "device.gpu_indices": ",".join(str(gpu.index) for gpu in self.gpus) or "none",
             "device.precision": self.precision,
         }
+
+
+def nvml_indices(selection: DeviceSelection, environment: Mapping[str, str]) -> list[int]:
+    """The NVIDIA driver's indices of the selected GPUs, for per-GPU system metrics.
+
+    Why: TensorFlow numbers the GPUs that `CUDA_VISIBLE_DEVICES` leaves visible from 0; the driver
+    (NVML, which MLflow's monitor reads) numbers every GPU of the machine.
+
+    Args:
+        selection: The devices chosen.
+        environment: The process environment.
+
+    Returns:
+        One index per selected GPU; empty on CPU, or when `CUDA_VISIBLE_DEVICES` names GPUs by UUID
+        (no index to map to, so no GPU is sampled rather than the wrong one).
+    """
+    visible = environment.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return [gpu.index for gpu in selection.gpus]
+    entries = [entry.strip() for entry in visible.split(",") if entry.strip()]
+    if not all(entry.isdigit() for entry in entries):
+        return []
+    return [int(entries[gpu.index]) for gpu in selection.gpus if gpu.index < len(entries)]
 
 
 def select_devices(

@@ -22,7 +22,7 @@ import signal
 import socket
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,6 +96,36 @@ class TrackedRun:
         """Copies a file into the run's artifacts."""
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Stores `text` as the artifact `artifact_file` (e.g. `model/summary.txt`)."""
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    @contextlib.contextmanager
+    def system_metrics(self, *, gpu_indices: Sequence[int] = (), sampling_interval: float = 10.0) -> Iterator[None]:
+        """Samples CPU, memory, disk and network (and the selected GPUs) into `system/*` metrics meanwhile.
+
+        Why MLflow's monitor and not our own: it is the one whose metrics the MLflow UI charts on the
+        run's "System metrics" tab. Its GPU part (present when `pynvml` finds NVIDIA GPUs) watches every
+        GPU of the machine; it is narrowed to the GPUs this run selected.
+
+        Args:
+            gpu_indices: Physical indices of the GPUs the run uses; GPUs are not sampled when empty.
+            sampling_interval: Seconds between samples; 0 samples nothing.
+        """
+        if sampling_interval <= 0:
+            yield
+            return
+        from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=sampling_interval)
+        narrow_gpu_monitors(monitor.monitors, gpu_indices=gpu_indices, gpu_monitor_type=GPUMonitor)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+
     def log_dataset(self, *, rows: list[dict[str, Any]], name: str, source: str, context: str) -> None:
         """Records the data a run used (shown in the UI's Datasets column), digest included."""
         import pandas
@@ -154,6 +184,27 @@ class EpochLogger(keras.callbacks.Callback):
             metrics["phase"] = float(self._phase_index)
         if metrics:
             self._run.log_metrics(metrics, step=epoch)
+
+
+def narrow_gpu_monitors(monitors: list[Any], *, gpu_indices: Sequence[int], gpu_monitor_type: type) -> None:
+    """Keeps only the selected GPUs in MLflow's GPU monitor, or drops it when none is selected.
+
+    Why: MLflow samples every GPU of the machine; a run on GPU 1 of a shared 8-GPU box would chart the
+    other users' GPUs too. `gpu_handles` is the monitor's list of NVML handles, by physical index.
+
+    Args:
+        monitors: The `SystemMetricsMonitor.monitors` list, changed in place.
+        gpu_indices: Physical indices of the GPUs to keep.
+        gpu_monitor_type: MLflow's GPU monitor class.
+    """
+    for monitor in list(monitors):
+        if not isinstance(monitor, gpu_monitor_type):
+            continue
+        if not gpu_indices:
+            monitors.remove(monitor)
+            continue
+        monitor.gpu_handles = [monitor.gpu_handles[index] for index in gpu_indices if index < len(monitor.gpu_handles)]
+        monitor.num_gpus = len(monitor.gpu_handles)
 
 
 def _now_ms() -> int:

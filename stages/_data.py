@@ -6,6 +6,7 @@ how the `ImageSource` is opened differs, and that choice lives here once.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 from stages._entry import IMAGE_CACHE
@@ -34,3 +35,21 @@ def load_source(data: DataParams) -> ImageSource:
     from pipeline.data.images import open_cache
 
     return open_cache(IMAGE_CACHE)
+
+
+def source_sha256(data: DataParams) -> str:
+    """The digest of the data source: the IDX files' bytes, or the image cache's digest of its source files.
+
+    Raises:
+        DatasetNotFoundError: The IDX files or the cache are missing.
+    """
+    from pipeline.provenance import sha256_of_files
+
+    if data.kind == "idx":
+        from pipeline.data.sources import idx_files
+
+        return sha256_of_files(idx_files(data.source_dir))
+    from pipeline.data.images import CACHE_INFO
+
+    info = json.loads((IMAGE_CACHE / CACHE_INFO).read_text(encoding="utf-8"))
+    return str(info["source_sha256"])

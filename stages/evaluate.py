@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from pipeline import params
 from stages._entry import (
@@ -26,7 +27,7 @@ def main() -> None:
         requested=config.device.type, gpu_indices=config.device.gpu_indices, precision=config.device.precision
     )
 
-    from pipeline import export, plots, tracking
+    from pipeline import export, plots, provenance, tracking
     from pipeline.data.split import read_manifest, select
     from pipeline.evaluation import evaluate_classifier
     from stages._data import load_source
@@ -36,6 +37,8 @@ def main() -> None:
     model = export.load_model(TRAINED_MODEL)
     reference = tracking.RunReference.read(RUN_REFERENCE)
     with tracking.tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:
+        # The stage working on the run now: the UI then tells which stage a RUNNING run is in.
+        run.set_tags(provenance.dvc_context(os.environ))
         result = evaluate_classifier(
             model,
             test_images,

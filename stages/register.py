@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 
 from pipeline import params
@@ -15,12 +16,14 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from pipeline import export, tracking
+    from pipeline import export, provenance, tracking
 
     test_metrics = json.loads(METRICS.read_text(encoding="utf-8"))["test"]
     model = export.load_model(TRAINED_MODEL)
     reference = tracking.RunReference.read(RUN_REFERENCE)
     with tracking.tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:
+        # The stage working on the run now: the UI then tells which stage a RUNNING run is in.
+        run.set_tags(provenance.dvc_context(os.environ))
         model_uri = run.log_keras_model(
             model,
             name="model",

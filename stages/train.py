@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from stages._entry import (
     TRAINED_MODEL,
     run_stage,
 )
+
+# What decides a run besides the data: uncommitted changes here make the run's `git.dirty` true.
+CODE_PATHS = ("pipeline", "stages", "dvc.yaml", "params.yaml", "pyproject.toml")
 
 
 def _base_learning_rate(config: params.PipelineParams) -> tuple[float, str]:
@@ -48,15 +52,16 @@ def main() -> None:
     )
 
     import keras
+    import numpy as np
     import tensorflow as tf
 
-    from pipeline import export, plots, tracking
+    from pipeline import export, plots, provenance, tracking
     from pipeline.augmentation import build_augmentation
     from pipeline.data.split import read_manifest, select
     from pipeline.features import ImageSplit
     from pipeline.freezing import save_layer_map
     from pipeline.training import fine_tune, plan_phases
-    from stages._data import load_source
+    from stages._data import load_source, source_sha256
 
     keras.utils.set_random_seed(config.train.seed)
     tf.config.experimental.enable_op_determinism()
@@ -67,13 +72,36 @@ def main() -> None:
     val_split = ImageSplit(*select(source, rows, "val"))
 
     tracking_uri = tracking.resolve_tracking_uri(config.tracking.uri)
-    with tracking.tracked_run(
-        tracking_uri=tracking_uri,
-        experiment=config.tracking.experiment,
-        artifact_dir=Path(config.tracking.artifact_dir),
-        run_name=f"{config.backbone.name}-{config.backbone.image_size}px",
-    ) as run:
+    labels_by_split = {
+        split: np.array([row.label for row in rows if row.split == split], dtype=np.int64)
+        for split in ("train", "val", "test")
+    }
+    with (
+        tracking.tracked_run(
+            tracking_uri=tracking_uri,
+            experiment=config.tracking.experiment,
+            artifact_dir=Path(config.tracking.artifact_dir),
+            run_name=f"{config.backbone.name}-{config.backbone.image_size}px",
+        ) as run,
+        run.system_metrics(
+            gpu_indices=devices.nvml_indices(selection, os.environ),
+            sampling_interval=config.tracking.system_metrics_interval,
+        ),
+    ):
         run.log_params(params.flatten(config))
+        run.log_params(
+            {
+                **provenance.data_fingerprint(manifest=MANIFEST, source_sha256=source_sha256(config.data)),
+                **provenance.class_counts(labels_by_split, source.class_names),
+            }
+        )
+        run.set_tags(
+            {
+                **provenance.git_state(Path.cwd(), paths=CODE_PATHS),
+                **provenance.dvc_context(os.environ),
+                **provenance.library_versions(),
+            }
+        )
         run.log_metrics({"base_learning_rate": base_learning_rate})
         run.set_tags({**selection.as_tags(), "base_learning_rate.source": learning_rate_source})
         print(f"base learning rate {base_learning_rate:g} from {learning_rate_source}")
@@ -90,6 +118,9 @@ def main() -> None:
         run.log_artifact(DATA_REPORT, "data")
 
         classifier = build_classifier(config, num_classes=len(source.class_names))
+        summary: list[str] = []
+        classifier.model.summary(print_fn=lambda line, *_, **__: summary.append(line))
+        run.log_text("\n".join(summary) + "\n", "model/summary.txt")
         backbone = classifier.backbone
         phases = plan_phases(
             config.train, base_learning_rate=base_learning_rate, block_count=len(backbone.blocks_top_down)

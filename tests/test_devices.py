@@ -13,6 +13,7 @@ from pipeline.devices import (
     DeviceSelection,
     DeviceSelectionError,
     GpuInfo,
+    nvml_indices,
     select_devices,
 )
 
@@ -159,3 +160,17 @@ def test_configure_cpu_with_tensorflow() -> None:
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "cpu float32"
+
+
+@pytest.mark.parametrize(
+    ("visible", "expected"),
+    [(None, [1]), ("4,6", [6]), ("4, 6", [6]), ("GPU-5a1c0e7e,GPU-77aa3b21", []), ("3", [])],
+)
+def test_nvml_indices_map_tensorflows_numbering_to_the_drivers(visible: str | None, expected: list[int]) -> None:
+    selection = DeviceSelection(gpus=(GpuInfo(1, "NVIDIA A100", (8, 0)),), precision="float32")
+    environment = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
+    assert nvml_indices(selection, environment) == expected
+
+
+def test_nvml_indices_on_cpu_are_empty() -> None:
+    assert nvml_indices(DeviceSelection(gpus=(), precision="float32"), {"CUDA_VISIBLE_DEVICES": "0"}) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import importlib.metadata
 import json
 import os
 import shutil
@@ -84,7 +85,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ],
     )
     params["lr_find"].update(enabled=True, steps=20, images=64, min_lr=1e-5, max_lr=1.0)
-    params["tracking"].update(experiment="e2e", registered_model="e2e-model")
+    params["tracking"].update(experiment="e2e", registered_model="e2e-model", system_metrics_interval=0.5)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     result = _dvc(workdir, "repro")
@@ -135,7 +136,7 @@ def test_exported_model_takes_raw_pixels(project: Path) -> None:
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
-def test_one_run_holds_everything(project: Path) -> None:
+def test_one_run_holds_everything(project: Path, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
@@ -166,6 +167,15 @@ def test_one_run_holds_everything(project: Path) -> None:
     lr_find = {item.path for item in client.list_artifacts(run.info.run_id, "lr_find")}
     assert lr_find == {"lr_find/lr_find.json", "lr_find/lr_find.png"}
     assert run.inputs.dataset_inputs[0].dataset.name == "fashion-mnist-split"
+    # The run record: data fingerprint and counts, code, stage, versions, model summary, system metrics.
+    assert len(run.data.params["data.fingerprint"]) == 64
+    assert run.data.params["data.class_counts.test"].count(" 4") == 10  # 40 test images, 4 per class
+    assert run.data.tags["git.commit"] == "none"  # the project is a git repository without commits yet
+    assert run.data.tags["dvc.stage"] == "register"  # the last stage that worked on the run
+    assert run.data.tags["versions.tensorflow"] == importlib.metadata.version("tensorflow")
+    summary = client.download_artifacts(run.info.run_id, "model/summary.txt", str(tmp_path))
+    assert "Total params" in Path(summary).read_text()
+    assert run.data.metrics["system/system_memory_usage_megabytes"] > 0
     champion = client.get_model_version_by_alias("e2e-model", "champion")
     assert str(champion.version) == "1"
     assert champion.run_id == run.info.run_id
@@ -218,6 +228,13 @@ def test_dvc_exp_run_with_a_set_param(project: Path) -> None:
     shown = _dvc(project, "exp", "show", "--no-pager", "--csv")
     assert shown.returncode == 0, shown.stderr
     assert "e2e-experiment" in shown.stdout
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])[0]
+    experiment_names = [line.split(",")[0] for line in shown.stdout.splitlines()[1:]]
+    assert run.data.tags["dvc.experiment"] in experiment_names
+    assert run.data.tags["dvc.stage"] == "register"
 
 
 def test_a_killed_training_shows_running_then_killed_after_the_next_run(project: Path, tmp_path: Path) -> None:

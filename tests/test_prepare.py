@@ -3,6 +3,7 @@ the one-line refusals of unusable datasets."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -72,6 +73,29 @@ def test_prepare_folder_writes_cache_manifest_and_report(tmp_path: Path, monkeyp
     images, labels = select(source, rows, "train")
     assert images.shape == (6, 16, 16, 3)
     assert np.bincount(labels).tolist() == [3, 3]
+
+
+def test_the_source_digest_follows_content_and_classes_not_names(tmp_path: Path, monkeypatch: Any) -> None:
+    from stages._data import source_sha256
+
+    root = _folder(tmp_path / "photos", {"cat": 3, "dog": 3})
+    data = {"kind": "folder", "path": str(root), "stored_size": 8, "val_fraction": 0.34, "test_fraction": 0.34}
+    monkeypatch.chdir(tmp_path)
+
+    def digest() -> str:
+        result = _run_prepare(tmp_path, data)
+        assert result.returncode == 0, result.stderr
+        return source_sha256(parse({"data": data}).data)
+
+    first = digest()
+    lines = sorted(
+        f"{path.parent.name}\t{hashlib.sha256(path.read_bytes()).hexdigest()}\n" for path in root.glob("*/*.png")
+    )
+    assert first == hashlib.sha256("".join(lines).encode()).hexdigest()
+    (root / "cat" / "img 0.png").rename(root / "cat" / "renamed.png")
+    assert digest() == first
+    Image.new("L", (10, 6), 200).save(root / "cat" / "renamed.png")
+    assert digest() != first
 
 
 def test_prepare_refuses_one_class_in_one_line(tmp_path: Path) -> None:

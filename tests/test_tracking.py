@@ -181,3 +181,29 @@ def test_champion_gate_and_loading_the_champion(store: str, tmp_path: Path) -> N
     assert signature.inputs.to_dict() == [
         {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 4)}, "name": "pixels"}
     ]
+
+
+class _FakeGpuMonitor:
+    def __init__(self, count: int) -> None:
+        self.gpu_handles = [f"handle-{index}" for index in range(count)]
+        self.num_gpus = count
+
+
+def test_gpu_sampling_is_narrowed_to_the_selected_gpus() -> None:
+    cpu_monitor, gpu_monitor = object(), _FakeGpuMonitor(4)
+    monitors = [cpu_monitor, gpu_monitor]
+    tracking.narrow_gpu_monitors(monitors, gpu_indices=[3, 1], gpu_monitor_type=_FakeGpuMonitor)
+    assert monitors == [cpu_monitor, gpu_monitor]
+    assert (gpu_monitor.gpu_handles, gpu_monitor.num_gpus) == (["handle-3", "handle-1"], 2)
+    tracking.narrow_gpu_monitors(monitors, gpu_indices=[], gpu_monitor_type=_FakeGpuMonitor)
+    assert monitors == [cpu_monitor]
+
+
+def test_system_metrics_are_sampled_on_the_run(store: str, tmp_path: Path) -> None:
+    import time
+
+    with _open(store, tmp_path) as run, run.system_metrics(sampling_interval=0.2):
+        time.sleep(1.0)
+    metrics = MlflowClient(store).get_run(run.run_id).data.metrics
+    assert metrics["system/cpu_utilization_percentage"] >= 0.0
+    assert metrics["system/system_memory_usage_megabytes"] > 0.0

@@ -386,7 +386,18 @@ def build_cache(
         split[name] = np.arange(start, start + len(positions[name]))
         start += len(positions[name])
     np.save(cache_dir / CACHE_LABELS, ordered_labels)
-    info = {"shape": [len(order), *shape], "dtype": "uint8", "class_names": list(class_names)}
+    # The digest of what was used: each file's class and content hash, sorted. Renaming or moving a file
+    # keeps it; changing a pixel, a class or the set of files changes it (which split holds which image
+    # is the manifest's digest).
+    source_digest = hashlib.sha256()
+    for line in sorted(f"{kept[position].label}\t{hashes[position]}\n" for position in order):
+        source_digest.update(line.encode())
+    info = {
+        "shape": [len(order), *shape],
+        "dtype": "uint8",
+        "class_names": list(class_names),
+        "source_sha256": source_digest.hexdigest(),
+    }
     (cache_dir / CACHE_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     source = open_cache(cache_dir)
     counts = {

@@ -108,6 +108,22 @@ def read_idx(path: Path) -> np.ndarray:
     return body.reshape(shape)
 
 
+def idx_files(directory: str | Path) -> list[Path]:
+    """The four IDX files of `directory` that `load_idx_dataset` reads, in its order.
+
+    Raises:
+        DatasetNotFoundError: A file is missing.
+    """
+    directory = Path(directory)
+    found = [(stem, _find(directory, stem)) for stems in IDX_PARTS.values() for stem in stems]
+    missing = [stem for stem, path in found if path is None]
+    if missing:
+        raise DatasetNotFoundError(
+            f"dataset files missing in {directory}: {', '.join(missing)} (.gz or plain); {INSTALL_HINT}"
+        )
+    return [path for _, path in found if path is not None]
+
+
 def load_idx_dataset(directory: str | Path, class_names: tuple[str, ...] = FASHION_MNIST_CLASSES) -> ImageSource:
     """Loads both parts (train and t10k) of an MNIST-style dataset.
 

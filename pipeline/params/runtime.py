@@ -53,3 +53,7 @@ class TrackingParams(Section):
     experiment: Annotated[str, Field(min_length=1)] = "transfer-learning"
     registered_model: Annotated[str, Field(min_length=1)] = "transfer-classifier"
     champion_metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    system_metrics_interval: Annotated[float, Field(ge=0.0, le=3600.0)] = Field(
+        default=10.0,
+        description="Seconds between CPU/memory/GPU samples on the run (system/* metrics); 0 turns them off.",
+    )
