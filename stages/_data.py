@@ -30,7 +30,7 @@ def load_source(data: DataParams) -> ImageSource:
     if data.kind == "idx":
         from pipeline.data.sources import load_idx_dataset
 
-        return load_idx_dataset(data.source_dir)
+        return load_idx_dataset(data.path)
     from pipeline.data.images import open_cache
 
     return open_cache(IMAGE_CACHE)

@@ -83,7 +83,7 @@ def main() -> None:
         run.log_dataset(
             rows=[asdict(row) for row in rows],
             name="fashion-mnist-split",
-            source=str(Path(config.data.path or config.data.source_dir).resolve()),
+            source=str(Path(config.data.path).resolve()),
             context="training",
         )
         run.log_artifact(MANIFEST, "data")

@@ -62,7 +62,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         _write_idx(source / f"{part}-labels-idx1-ubyte.gz", labels)
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"].update(source_dir=str(source), subset_size=None, val_fraction=0.2, test_fraction=0.2)
+    params["data"].update(path=str(source), subset_size=None, val_fraction=0.2, test_fraction=0.2)
     params["backbone"].update(image_size=32)
     # Switches of every kind on, so that the stages' wiring of each is exercised end to end.
     params["head"].update(hidden_units=[16], activation="gelu", batch_norm="after", max_norm={"value": 3.0, "axis": 0})

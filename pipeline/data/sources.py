@@ -7,6 +7,7 @@ or from any folder holding the four standard files, gzipped or not.
 from __future__ import annotations
 
 import gzip
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ IDX_PARTS: dict[str, tuple[str, str]] = {
 }
 INSTALL_HINT = (
     "install them with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu, files land in "
-    "/usr/share/datasets/fashion-mnist), or set data.source_dir to a folder holding "
+    "/usr/share/datasets/fashion-mnist), or set data.path to a folder holding "
     "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
     "t10k-labels-idx1-ubyte (each optionally .gz)"
 )
@@ -106,6 +107,31 @@ def read_idx(path: Path) -> np.ndarray:
     if body.size != expected:
         raise DatasetFormatError(f"{path} holds {body.size} values, its header announces {expected}")
     return body.reshape(shape)
+
+
+def idx_file_digests(directory: str | Path) -> dict[str, str]:
+    """SHA-256 of each IDX file of the dataset, as stored (gzipped or not).
+
+    Why: later stages read the IDX files themselves, not a cache; the prepare stage writes these digests
+    into its output so that a change of the files' content reaches every stage that depends on it.
+
+    Args:
+        directory: Folder holding the four IDX files.
+
+    Returns:
+        File name -> hex digest, in `IDX_PARTS` order.
+
+    Raises:
+        DatasetNotFoundError: A file is missing; the message says how to install the dataset.
+    """
+    directory = Path(directory)
+    digests: dict[str, str] = {}
+    for stem in (stem for stems in IDX_PARTS.values() for stem in stems):
+        path = _find(directory, stem)
+        if path is None:
+            raise DatasetNotFoundError(f"dataset files missing in {directory}: {stem} (.gz or plain); {INSTALL_HINT}")
+        digests[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
 
 
 def load_idx_dataset(directory: str | Path, class_names: tuple[str, ...] = FASHION_MNIST_CLASSES) -> ImageSource:
