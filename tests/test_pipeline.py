@@ -154,7 +154,9 @@ def test_one_run_holds_everything(project: Path) -> None:
     assert {"training/history.png", "training/trainable_layers.csv"} <= artifacts
     lr_find = {item.path for item in client.list_artifacts(run.info.run_id, "lr_find")}
     assert lr_find == {"lr_find/lr_find.json", "lr_find/lr_find.png"}
-    assert run.inputs.dataset_inputs[0].dataset.name == "fashion-mnist-split"
+    # Named after the data folder (the test's IDX folder), not after Fashion-MNIST.
+    dataset = run.inputs.dataset_inputs[0].dataset
+    assert (dataset.name, dataset.source) == ("idx", f'{{"uri": "{project / "idx"}"}}')
     champion = client.get_model_version_by_alias("e2e-model", "champion")
     assert str(champion.version) == "1"
     assert champion.run_id == run.info.run_id

@@ -68,6 +68,31 @@ class ImageSource:
     class_names: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class DatasetIdentity:
+    """What a run's data is, as the tracking store shows it: a name and where it lives."""
+
+    name: str
+    source: str
+
+
+def dataset_identity(path: str | Path) -> DatasetIdentity:
+    """Names the data by its own location, for each kind: the IDX folder, the image folder or the CSV file.
+
+    Why: a run on a user's folder or CSV must not be listed in MLflow as Fashion-MNIST; the folder's or
+    file's name tells runs apart at a glance, and its absolute path says where the data was read.
+
+    Args:
+        path: `data.path` (absolute, or relative to the working folder).
+
+    Returns:
+        The name (the folder's or CSV file's name) and the absolute path as the source.
+    """
+    resolved = Path(path).resolve()
+    # "/" has no name: the path itself is the best name it has.
+    return DatasetIdentity(name=resolved.name or str(resolved), source=str(resolved))
+
+
 def _find(directory: Path, stem: str) -> Path | None:
     for candidate in (directory / stem, directory / f"{stem}.gz"):
         if candidate.is_file():
