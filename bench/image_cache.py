@@ -58,7 +58,7 @@ def _child(script: str, *arguments: str) -> tuple[float, int]:
     return float(rate), int(peak)
 
 
-def _write_images(folder: Path, count: int, side: int) -> None:
+def write_images(folder: Path, count: int, side: int) -> None:
     """Writes `count` random RGB PNGs of `side` pixels in 10 class folders."""
     import numpy as np
     from PIL import Image
@@ -83,7 +83,7 @@ def main() -> None:
     for count in arguments.sizes:
         with tempfile.TemporaryDirectory() as work:
             folder, cache = Path(work) / "images", Path(work) / "cache"
-            _write_images(folder, count, arguments.file_side)
+            write_images(folder, count, arguments.file_side)
             build_rate, build_peak = _child(BUILD, str(folder), str(cache), str(arguments.stored_size))
             stream_rate, stream_peak = _child(STREAM, str(cache), str(arguments.image_size))
         print(f"{count} | {build_rate:.0f} | {build_peak / 1024:.0f} | {stream_rate:.0f} | {stream_peak / 1024:.0f}")

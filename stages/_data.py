@@ -31,25 +31,31 @@ def load_source(data: DataParams) -> ImageSource:
     if data.kind == "idx":
         from pipeline.data.sources import load_idx_dataset
 
-        return load_idx_dataset(data.source_dir)
+        return load_idx_dataset(data.path)
     from pipeline.data.images import open_cache
 
     return open_cache(IMAGE_CACHE)
 
 
 def source_sha256(data: DataParams) -> str:
-    """The digest of the data source: the IDX files' bytes, or the image cache's digest of its source files.
+    """The digest of the data source, from what the prepare stage wrote into the cache folder.
+
+    IDX: one digest over the files' own SHA-256s (the marker's `sha256`); folder and CSV: the cache's
+    digest of its source files' classes and contents (`source_sha256`).
 
     Raises:
-        DatasetNotFoundError: The IDX files or the cache are missing.
+        DatasetNotFoundError: The prepare stage has not written the cache folder.
     """
-    from pipeline.provenance import sha256_of_files
+    import hashlib
 
-    if data.kind == "idx":
-        from pipeline.data.sources import idx_files
-
-        return sha256_of_files(idx_files(data.source_dir))
     from pipeline.data.images import CACHE_INFO
+    from pipeline.data.sources import DatasetNotFoundError
 
-    info = json.loads((IMAGE_CACHE / CACHE_INFO).read_text(encoding="utf-8"))
+    info_path = IMAGE_CACHE / CACHE_INFO
+    if not info_path.is_file():
+        raise DatasetNotFoundError(f"no {info_path}: run the prepare stage first")
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    if data.kind == "idx":
+        lines = "".join(f"{name}\t{digest}\n" for name, digest in info["sha256"].items())
+        return hashlib.sha256(lines.encode()).hexdigest()
     return str(info["source_sha256"])

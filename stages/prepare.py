@@ -22,9 +22,9 @@ def main() -> None:
     shutil.rmtree(IMAGE_CACHE, ignore_errors=True)
     IMAGE_CACHE.mkdir(parents=True)
     if data.kind == "idx":
-        from pipeline.data.sources import load_idx_dataset
+        from pipeline.data.sources import idx_file_digests, load_idx_dataset
 
-        source = load_idx_dataset(data.source_dir)
+        source = load_idx_dataset(data.path)
         split = stratified_split(
             source.labels,
             subset_size=data.subset_size,
@@ -32,11 +32,14 @@ def main() -> None:
             test_fraction=data.test_fraction,
             seed=data.seed,
         )
-        (IMAGE_CACHE / "info.json").write_text(json.dumps({"kind": "idx"}) + "\n", encoding="utf-8")
+        # Later stages read the IDX files, not this folder: the digests make it change when the files do.
+        marker = {"kind": "idx", "sha256": idx_file_digests(data.path)}
+        (IMAGE_CACHE / "info.json").write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         rows = manifest_rows(source, split)
         counts = class_counts(rows, source.class_names)
         report = {
-            "source_dir": data.source_dir,
+            "kind": data.kind,
+            "path": data.path,
             "source_images": len(source.labels),
             "image_shape": list(source.images.shape[1:]),
             "class_names": list(source.class_names),

@@ -57,6 +57,7 @@ def main() -> None:
 
     from pipeline import export, plots, provenance, tracking
     from pipeline.augmentation import build_augmentation
+    from pipeline.data.sources import dataset_identity
     from pipeline.data.split import read_manifest, select
     from pipeline.features import ImageSplit
     from pipeline.freezing import save_layer_map
@@ -108,11 +109,9 @@ def main() -> None:
         if config.train.base_learning_rate == "auto":
             for artifact in (LR_FIND_JSON, LR_FIND_PNG):
                 run.log_artifact(artifact, "lr_find")
+        identity = dataset_identity(config.data.path)
         run.log_dataset(
-            rows=[asdict(row) for row in rows],
-            name="fashion-mnist-split",
-            source=str(Path(config.data.path or config.data.source_dir).resolve()),
-            context="training",
+            rows=[asdict(row) for row in rows], name=identity.name, source=identity.source, context="training"
         )
         run.log_artifact(MANIFEST, "data")
         run.log_artifact(DATA_REPORT, "data")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import urllib.error
 
 import keras
@@ -28,6 +29,7 @@ FAMILIES = (
     "xception",
     "inception_v3",
     "inception_resnet_v2",
+    "nasnet_mobile",
     "vgg16",
     "efficientnet_b0",
     "efficientnet_v2_b0",
@@ -45,13 +47,11 @@ def _build(name: str, tmp_path, **options):
 
 def test_every_family_is_offered() -> None:
     constructors = {spec.constructor for spec in APPLICATIONS.values()}
-    shipped = {name for name in dir(keras.applications) if name[0].isupper() and not name.startswith("NASNet")}
+    shipped = {name for name in dir(keras.applications) if name[0].isupper()}
     assert constructors == shipped
 
 
-@pytest.mark.parametrize("name", FAMILIES)
-def test_block_map_covers_every_layer_once_and_cuts_the_graph(name: str, tmp_path) -> None:
-    backbone = _build(name, tmp_path)
+def _check_covers_every_layer_once_and_cuts_the_graph(name: str, backbone) -> None:
     assert backbone.block_names == BACKBONE_BLOCKS[name]
     bottom_up = [layer for group in reversed(backbone.blocks_top_down) for layer in group.layer_names]
     assert bottom_up == [layer.name for layer in backbone.model.layers[1:]]
@@ -67,17 +67,43 @@ def test_block_map_covers_every_layer_once_and_cuts_the_graph(name: str, tmp_pat
         }
 
 
-@pytest.mark.parametrize("name", FAMILIES)
-def test_top_two_blocks_unfrozen_are_exactly_their_layers(name: str, tmp_path) -> None:
-    backbone = _build(name, tmp_path)
-    set_trainable_blocks(backbone.model, backbone.blocks_top_down, trainable_blocks=2, bn_policy="trainable")
-    expected = {layer for group in backbone.blocks_top_down[:2] for layer in group.layer_names}
+def _check_top_blocks_unfrozen_are_exactly_their_layers(backbone, blocks: int) -> None:
+    set_trainable_blocks(backbone.model, backbone.blocks_top_down, trainable_blocks=blocks, bn_policy="trainable")
+    expected = {layer for group in backbone.blocks_top_down[:blocks] for layer in group.layer_names}
     trainable = {layer.name for layer in backbone.model.layers[1:] if layer.trainable}
     assert trainable == expected
     frozen_weights = [weight for weight in backbone.model.weights if not weight.trainable]
     top_weights = {weight.path for layer in expected for weight in backbone.model.get_layer(layer).trainable_weights}
     assert top_weights
     assert not top_weights & {weight.path for weight in frozen_weights}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_block_map_covers_every_layer_once_and_cuts_the_graph(name: str, tmp_path) -> None:
+    _check_covers_every_layer_once_and_cuts_the_graph(name, _build(name, tmp_path))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_top_two_blocks_unfrozen_are_exactly_their_layers(name: str, tmp_path) -> None:
+    _check_top_blocks_unfrozen_are_exactly_their_layers(_build(name, tmp_path), 2)
+
+
+@pytest.mark.parametrize(("name", "layers"), [("nasnet_mobile", 769), ("nasnet_large", 1039)])
+def test_nasnet_is_one_block_of_cells_above_the_stem_convolution(name: str, layers: int, tmp_path) -> None:
+    # NASNetLarge takes ~8 s to build on 2 cores: one build serves every check.
+    backbone = _build(name, tmp_path)
+    assert APPLICATIONS[name].min_size == 32
+    with pytest.raises(ValueError, match="at least 32x32"):
+        load_backbone(name, image_size=31, cache_dir=tmp_path, weights="none")
+    cells, stem = backbone.blocks_top_down
+    assert (cells.name, stem.name) == ("cells", "stem")
+    assert stem.layer_names == ("stem_conv1", "stem_bn1")
+    assert len(backbone.model.layers) == layers
+    # The stem's ReLU: Keras numbers generic names per session.
+    assert re.fullmatch(r"activation(_\d+)?", cells.layer_names[0])
+    assert cells.layer_names[-1] == backbone.model.layers[-1].name
+    _check_covers_every_layer_once_and_cuts_the_graph(name, backbone)
+    _check_top_blocks_unfrozen_are_exactly_their_layers(backbone, 1)
 
 
 def test_upper_part_from_a_cut_computes_what_the_whole_model_does(tmp_path) -> None:

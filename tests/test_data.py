@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from pipeline.data.sources import (
     DatasetFormatError,
     DatasetNotFoundError,
     ImageSource,
+    idx_file_digests,
     load_idx_dataset,
     read_idx,
 )
@@ -168,6 +170,28 @@ def test_missing_file_says_how_to_install(tmp_path: Path) -> None:
     assert message.startswith(f"dataset files missing in {tmp_path}: t10k-labels-idx1-ubyte (.gz or plain);")
     assert "apt-get install dataset-fashion-mnist" in message
     assert isinstance(caught.value, FileNotFoundError)
+
+
+def test_idx_file_digests_follow_the_bytes_of_each_file(tmp_path: Path) -> None:
+    _write_dataset(tmp_path)
+    names = [
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ]
+    digests = idx_file_digests(tmp_path)
+    assert list(digests) == names
+    assert digests == {name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() for name in names}
+    assert digests["t10k-labels-idx1-ubyte"] == hashlib.sha256(_idx_bytes(T10K_LABELS)).hexdigest()
+
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", T10K_LABELS[::-1].copy())
+    changed = idx_file_digests(tmp_path)
+    assert [name for name in names if changed[name] != digests[name]] == ["t10k-labels-idx1-ubyte"]
+
+    (tmp_path / "train-images-idx3-ubyte.gz").unlink()
+    with pytest.raises(DatasetNotFoundError, match=r"train-images-idx3-ubyte \(\.gz or plain\)"):
+        idx_file_digests(tmp_path)
 
 
 def test_empty_folder_names_both_train_files(tmp_path: Path) -> None:

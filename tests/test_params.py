@@ -249,13 +249,26 @@ def test_fractions_leaving_too_little_training_data(val: float, test: float) -> 
 def test_image_file_kinds_need_a_path(kind: str, what: str) -> None:
     message = _error_message({"data": {"kind": kind}})
 
-    assert f"kind is '{kind}', so path must name {what}; received path None" in message
+    assert (
+        f"kind is '{kind}', so path must name {what}; received path '/usr/share/datasets/fashion-mnist', "
+        "the IDX default"
+    ) in message
 
 
-def test_idx_kind_refuses_a_path() -> None:
-    message = _error_message({"data": {"path": "photos"}})
+def test_path_names_the_idx_folder_too() -> None:
+    assert parse({}).data.path == "/usr/share/datasets/fashion-mnist"
+    assert parse({"data": {"path": "mnist"}}).data.path == "mnist"
+    assert "data.path: received None; Input should be a valid string" in _error_message({"data": {"path": None}})
+    assert "data.path: received ''; String should have at least 1 character" in _error_message({"data": {"path": ""}})
 
-    assert "path is 'photos' but kind is 'idx'" in message
+
+def test_source_dir_says_it_is_now_path() -> None:
+    message = _error_message({"data": {"source_dir": "/data/mnist"}})
+
+    assert (
+        "data.source_dir ('/data/mnist') is now data.path, which names the data of every kind (the IDX folder "
+        "for kind idx)"
+    ) in message
 
 
 def test_unknown_data_kind_lists_the_kinds() -> None:
@@ -329,8 +342,7 @@ def test_flatten_gives_dotted_keys() -> None:
 
     assert {key: flat[key] for key in flat if key.startswith(("data.", "train.optimizer", "train.unfreeze.1"))} == {
         "data.kind": "idx",
-        "data.source_dir": "/usr/share/datasets/fashion-mnist",
-        "data.path": "null",
+        "data.path": "/usr/share/datasets/fashion-mnist",
         "data.stored_size": "96",
         "data.color": "rgb",
         "data.max_image_pixels": "40000000",

@@ -63,7 +63,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         _write_idx(source / f"{part}-labels-idx1-ubyte.gz", labels)
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"].update(source_dir=str(source), subset_size=None, val_fraction=0.2, test_fraction=0.2)
+    params["data"].update(path=str(source), subset_size=None, val_fraction=0.2, test_fraction=0.2)
     params["backbone"].update(image_size=32)
     # Switches of every kind on, so that the stages' wiring of each is exercised end to end.
     params["head"].update(hidden_units=[16], activation="gelu", batch_norm="after", max_norm={"value": 3.0, "axis": 0})
@@ -166,7 +166,9 @@ def test_one_run_holds_everything(project: Path, tmp_path: Path) -> None:
     assert {"training/history.png", "training/trainable_layers.csv"} <= artifacts
     lr_find = {item.path for item in client.list_artifacts(run.info.run_id, "lr_find")}
     assert lr_find == {"lr_find/lr_find.json", "lr_find/lr_find.png"}
-    assert run.inputs.dataset_inputs[0].dataset.name == "fashion-mnist-split"
+    # Named after the data folder (the test's IDX folder), not after Fashion-MNIST.
+    dataset = run.inputs.dataset_inputs[0].dataset
+    assert (dataset.name, dataset.source) == ("idx", f'{{"uri": "{project / "idx"}"}}')
     # The run record: data fingerprint and counts, code, stage, versions, model summary, system metrics.
     assert len(run.data.params["data.fingerprint"]) == 64
     assert run.data.params["data.class_counts.test"].count(" 4") == 10  # 40 test images, 4 per class

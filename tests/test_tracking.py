@@ -207,3 +207,37 @@ def test_system_metrics_are_sampled_on_the_run(store: str, tmp_path: Path) -> No
     metrics = MlflowClient(store).get_run(run.run_id).data.metrics
     assert metrics["system/cpu_utilization_percentage"] >= 0.0
     assert metrics["system/system_memory_usage_megabytes"] > 0.0
+
+
+@pytest.mark.parametrize(("relative", "name"), [("my-photos", "my-photos"), ("labels/flowers.csv", "flowers.csv")])
+def test_dataset_of_a_folder_or_csv_is_named_after_it(
+    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, relative: str, name: str
+) -> None:
+    import pandas
+
+    from pipeline.data.sources import dataset_identity
+
+    monkeypatch.chdir(tmp_path)
+    rows = [
+        {"part": "cache", "index": 0, "label": 1, "split": "train"},
+        {"part": "cache", "index": 1, "label": 0, "split": "val"},
+    ]
+    identity = dataset_identity(relative)
+    with _open(store, tmp_path) as run:
+        run.log_dataset(rows=rows, name=identity.name, source=identity.source, context="training")
+
+    (logged,) = MlflowClient(store).get_run(run.run_id).inputs.dataset_inputs
+    assert logged.dataset.name == name
+    assert logged.dataset.source_type == "local"
+    assert logged.dataset.source == f'{{"uri": "{(tmp_path / relative).resolve()}"}}'
+    assert logged.dataset.digest == mlflow.data.from_pandas(pandas.DataFrame(rows)).digest
+    assert [(tag.key, tag.value) for tag in logged.tags] == [("mlflow.data.context", "training")]
+
+
+def test_dataset_of_the_default_idx_folder_is_fashion_mnist() -> None:
+    from pipeline.data.sources import DatasetIdentity, dataset_identity
+
+    assert dataset_identity("/usr/share/datasets/fashion-mnist") == DatasetIdentity(
+        name="fashion-mnist", source="/usr/share/datasets/fashion-mnist"
+    )
+    assert dataset_identity("/") == DatasetIdentity(name="/", source="/")

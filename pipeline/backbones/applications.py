@@ -8,8 +8,8 @@ single-tensor cut at or after the last matching layer, and everything between tw
 upper block. Keras names helper layers generically (`conv2d_7`, `add_3`, numbered per session), so those
 are never matched by name: they fall into a block by their position in the graph.
 
-NASNet is not offered: its cells take the outputs of the two previous cells, so its graph has no
-single-tensor cut between cells, and a "block" could not be frozen below a cut the feature cache uses.
+NASNet has one block above its stem: each cell reads the outputs of the two cells before it (a reduction
+cell's input goes on to the next cell too), so no single tensor separates two cells anywhere in the graph.
 """
 
 from __future__ import annotations
@@ -100,6 +100,12 @@ _INCEPTION_RESNET_V2 = (
     ("mixed_5b", r"mixed_5b"),
 )
 _XCEPTION = _numbered("block{}", r"block{}_.*", 2, 14)
+# NASNet's only single-tensor cuts (seen with `single_tensor_cuts` on NASNetMobile and NASNetLarge) are
+# after `stem_conv1`, after `stem_bn1`, and at the last cell's concat and final ReLU: every cell reads the
+# two previous cells' outputs, the reduction cells included. So the honest map is one block of all cells
+# above the stem convolution; "top 1" unfreezes everything but the stem, and the feature cache can only
+# start at `stem_bn1` once any cell trains.
+_NASNET = (("cells", r"(normal|reduction|adjust|separable_conv)_.*"),)
 _VGG = _numbered("block{}", r"block{}_.*", 2, 5)
 
 
@@ -112,6 +118,8 @@ def _specs() -> dict[str, ApplicationSpec]:
         "xception": ApplicationSpec("Xception", "tf", 71, _XCEPTION),
         "inception_v3": ApplicationSpec("InceptionV3", "tf", 75, _INCEPTION_V3),
         "inception_resnet_v2": ApplicationSpec("InceptionResNetV2", "tf", 75, _INCEPTION_RESNET_V2),
+        "nasnet_mobile": ApplicationSpec("NASNetMobile", "tf", 32, _NASNET),
+        "nasnet_large": ApplicationSpec("NASNetLarge", "tf", 32, _NASNET),
         "vgg16": ApplicationSpec("VGG16", "caffe", 32, _VGG),
         "vgg19": ApplicationSpec("VGG19", "caffe", 32, _VGG),
     }

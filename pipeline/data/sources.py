@@ -7,6 +7,7 @@ or from any folder holding the four standard files, gzipped or not.
 from __future__ import annotations
 
 import gzip
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ IDX_PARTS: dict[str, tuple[str, str]] = {
 }
 INSTALL_HINT = (
     "install them with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu, files land in "
-    "/usr/share/datasets/fashion-mnist), or set data.source_dir to a folder holding "
+    "/usr/share/datasets/fashion-mnist), or set data.path to a folder holding "
     "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
     "t10k-labels-idx1-ubyte (each optionally .gz)"
 )
@@ -65,6 +66,31 @@ class ImageSource:
     parts: np.ndarray
     indices: np.ndarray
     class_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DatasetIdentity:
+    """What a run's data is, as the tracking store shows it: a name and where it lives."""
+
+    name: str
+    source: str
+
+
+def dataset_identity(path: str | Path) -> DatasetIdentity:
+    """Names the data by its own location, for each kind: the IDX folder, the image folder or the CSV file.
+
+    Why: a run on a user's folder or CSV must not be listed in MLflow as Fashion-MNIST; the folder's or
+    file's name tells runs apart at a glance, and its absolute path says where the data was read.
+
+    Args:
+        path: `data.path` (absolute, or relative to the working folder).
+
+    Returns:
+        The name (the folder's or CSV file's name) and the absolute path as the source.
+    """
+    resolved = Path(path).resolve()
+    # "/" has no name: the path itself is the best name it has.
+    return DatasetIdentity(name=resolved.name or str(resolved), source=str(resolved))
 
 
 def _find(directory: Path, stem: str) -> Path | None:
@@ -108,20 +134,29 @@ def read_idx(path: Path) -> np.ndarray:
     return body.reshape(shape)
 
 
-def idx_files(directory: str | Path) -> list[Path]:
-    """The four IDX files of `directory` that `load_idx_dataset` reads, in its order.
+def idx_file_digests(directory: str | Path) -> dict[str, str]:
+    """SHA-256 of each IDX file of the dataset, as stored (gzipped or not).
+
+    Why: later stages read the IDX files themselves, not a cache; the prepare stage writes these digests
+    into its output so that a change of the files' content reaches every stage that depends on it.
+
+    Args:
+        directory: Folder holding the four IDX files.
+
+    Returns:
+        File name -> hex digest, in `IDX_PARTS` order.
 
     Raises:
-        DatasetNotFoundError: A file is missing.
+        DatasetNotFoundError: A file is missing; the message says how to install the dataset.
     """
     directory = Path(directory)
-    found = [(stem, _find(directory, stem)) for stems in IDX_PARTS.values() for stem in stems]
-    missing = [stem for stem, path in found if path is None]
-    if missing:
-        raise DatasetNotFoundError(
-            f"dataset files missing in {directory}: {', '.join(missing)} (.gz or plain); {INSTALL_HINT}"
-        )
-    return [path for _, path in found if path is not None]
+    digests: dict[str, str] = {}
+    for stem in (stem for stems in IDX_PARTS.values() for stem in stems):
+        path = _find(directory, stem)
+        if path is None:
+            raise DatasetNotFoundError(f"dataset files missing in {directory}: {stem} (.gz or plain); {INSTALL_HINT}")
+        digests[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
 
 
 def load_idx_dataset(directory: str | Path, class_names: tuple[str, ...] = FASHION_MNIST_CLASSES) -> ImageSource:

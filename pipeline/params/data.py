@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
 from pipeline.params.common import Fraction, PositiveInt, Section
+
+IDX_DEFAULT_PATH = "/usr/share/datasets/fashion-mnist"
 
 
 class DataParams(Section):
@@ -14,11 +16,16 @@ class DataParams(Section):
 
     kind: Literal["idx", "folder", "csv"] = Field(
         default="idx",
-        description="idx: the four MNIST-style files in source_dir; folder: class subfolders (or train/, val/, "
-        "test/ of class subfolders) in path; csv: a file of path,label rows in path.",
+        description="idx: the four MNIST-style files in the folder path; folder: class subfolders (or train/, "
+        "val/, test/ of class subfolders) in path; csv: a file of path,label rows in path.",
     )
-    source_dir: str = "/usr/share/datasets/fashion-mnist"
-    path: str | None = Field(default=None, description="The folder (kind folder) or CSV file (kind csv).")
+    # One key names the data for every kind, so that dvc.yaml can make it a dependency of `prepare`
+    # (`${data.path}`): DVC templates cannot choose between two keys, nor interpolate a null.
+    path: str = Field(
+        default=IDX_DEFAULT_PATH,
+        min_length=1,
+        description="The IDX folder (kind idx), the folder of images (kind folder) or the CSV file (kind csv).",
+    )
     stored_size: Annotated[int, Field(ge=8, le=1024)] = Field(
         default=96, description="Side of the square uint8 images the prepare stage caches (folder and csv)."
     )
@@ -43,14 +50,22 @@ class DataParams(Section):
             )
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _source_dir_is_now_path(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "source_dir" in data:
+            raise ValueError(
+                f"data.source_dir ({data['source_dir']!r}) is now data.path, which names the data of every kind "
+                "(the IDX folder for kind idx)"
+            )
+        return data
+
     @model_validator(mode="after")
     def _path_matches_kind(self) -> DataParams:
-        if self.kind in ("folder", "csv") and not self.path:
+        # The IDX default left in place is the likely slip when switching kind on the command line.
+        if self.kind in ("folder", "csv") and self.path == IDX_DEFAULT_PATH:
             what = "a folder of class subfolders" if self.kind == "folder" else "a CSV file of path,label rows"
-            raise ValueError(f"kind is {self.kind!r}, so path must name {what}; received path {self.path!r}")
-        if self.kind == "idx" and self.path is not None:
             raise ValueError(
-                f"path is {self.path!r} but kind is 'idx' (which reads source_dir); set kind to 'folder' or "
-                "'csv' to read path, or remove path"
+                f"kind is {self.kind!r}, so path must name {what}; received path {self.path!r}, the IDX default"
             )
         return self
