@@ -7,6 +7,7 @@ itself is a pure function of what was asked and what exists, so it is tested wit
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
 # Mixed float16 pays off only from Volta (compute capability 7.0) on; on older GPUs and on CPUs
 # it is slower than float32 (about 4x on CPU, measured on this stack).
 MIXED_PRECISION_MIN_CAPABILITY = (7, 0)
+# bfloat16 arithmetic in hardware starts with Ampere (8.0); before it, it is emulated and slow.
+BFLOAT16_MIN_CAPABILITY = (8, 0)
 
 
 class DeviceSelectionError(RuntimeError):
@@ -25,33 +28,64 @@ class DeviceSelectionError(RuntimeError):
 
 @dataclass(frozen=True)
 class GpuInfo:
-    """A physical GPU as TensorFlow lists it."""
+    """A physical GPU as TensorFlow lists it (index among the GPUs TensorFlow sees)."""
 
     index: int
     name: str
     compute_capability: tuple[int, int] | None = None
+    memory_mb: int | None = None
 
 
 @dataclass(frozen=True)
 class DeviceSelection:
-    """What the pipeline runs on."""
+    """What the pipeline runs on, and how.
+
+    Attributes:
+        gpus: The selected GPUs; empty on CPU.
+        precision: The Keras dtype policy (`float32`, `mixed_float16`, `mixed_bfloat16`).
+        descriptions: One readable line per GPU.
+        jit_compile: What `Model.compile` gets: "auto" (Keras decides), True or False.
+        memory_growth: Whether GPU memory is allocated as needed instead of all at start.
+        cuda_visible_devices: `CUDA_VISIBLE_DEVICES` as the process saw it (None when unset).
+    """
 
     gpus: tuple[GpuInfo, ...]
     precision: str
     descriptions: tuple[str, ...] = field(default=())
+    jit_compile: bool | str = "auto"
+    memory_growth: bool = True
+    cuda_visible_devices: str | None = None
 
     @property
     def kind(self) -> str:
         return "gpu" if self.gpus else "cpu"
 
+    @property
+    def replicas(self) -> int:
+        """Model replicas that train in step: one per selected GPU (MirroredStrategy), else one."""
+        return max(1, len(self.gpus))
+
     def as_tags(self) -> dict[str, str]:
         """Flat description for the tracking run."""
         names = ", ".join(self.descriptions) if self.descriptions else "CPU"
+
+        def per_gpu(values: list[str]) -> str:
+            return ", ".join(values) or "none"
+
         return {
             "device.kind": self.kind,
             "device.selected": names,
-            "device.gpu_indices": ",".join(str(gpu.index) for gpu in self.gpus) or "none",
+            "device.gpu_indices": per_gpu([str(gpu.index) for gpu in self.gpus]),
+            "device.compute_capability": per_gpu(
+                [".".join(map(str, gpu.compute_capability)) if gpu.compute_capability else "?" for gpu in self.gpus]
+            ),
+            "device.memory_mb": per_gpu([str(gpu.memory_mb) if gpu.memory_mb else "?" for gpu in self.gpus]),
+            "device.cuda_visible_devices": "unset" if self.cuda_visible_devices is None else self.cuda_visible_devices,
             "device.precision": self.precision,
+            "device.xla": {True: "on", False: "off"}.get(self.jit_compile, "auto (Keras: XLA where the model allows)"),
+            "device.memory_growth": str(self.memory_growth).lower(),
+            "device.replicas": str(self.replicas),
+            "device.strategy": "MirroredStrategy" if self.replicas > 1 else "default (one device)",
         }
 
 
@@ -78,101 +112,182 @@ def nvml_indices(selection: DeviceSelection, environment: Mapping[str, str]) -> 
     return [int(entries[gpu.index]) for gpu in selection.gpus if gpu.index < len(entries)]
 
 
+def _capable(gpus: tuple[GpuInfo, ...], minimum: tuple[int, int]) -> bool:
+    return bool(gpus) and all(gpu.compute_capability is not None and gpu.compute_capability >= minimum for gpu in gpus)
+
+
 def select_devices(
     *,
-    requested: str,
-    gpu_indices: list[int] | None,
+    accelerator: str,
+    gpus: str | list[int],
     precision: str,
     available: list[GpuInfo],
+    jit_compile: bool | str = "auto",
+    memory_growth: bool = True,
+    cuda_visible_devices: str | None = None,
 ) -> DeviceSelection:
     """Decides which devices and which precision policy to use.
 
     Args:
-        requested: "auto" (GPUs when present, else CPU), "cpu" or "gpu" (fail without one).
-        gpu_indices: Which GPUs to use; None means all of them.
-        precision: "auto", "float32" or "mixed_float16".
+        accelerator: "auto" (GPUs when present, else CPU), "cpu" or "gpu" (fail without one).
+        gpus: "all", or the indices of the GPUs to use.
+        precision: "auto", "float32", "mixed_float16" or "mixed_bfloat16".
         available: The GPUs this machine has.
+        jit_compile: "auto", True or False: XLA compilation of the training step.
+        memory_growth: Allocate GPU memory as needed.
+        cuda_visible_devices: `CUDA_VISIBLE_DEVICES`, recorded for tracking.
 
     Returns:
         The selection.
 
     Raises:
-        DeviceSelectionError: A GPU was required but none exists, an index is out of range, or
-            mixed precision was forced without a GPU.
+        DeviceSelectionError: A GPU was required but none exists, an index does not exist (the message
+            lists the GPUs that do), or a mixed precision was forced where it cannot run well.
     """
-    if requested == "cpu":
+    if accelerator == "cpu":
         chosen: tuple[GpuInfo, ...] = ()
     else:
         by_index = {gpu.index: gpu for gpu in available}
-        if gpu_indices is None:
+        if gpus == "all":
             chosen = tuple(available)
         else:
-            missing = [index for index in gpu_indices if index not in by_index]
-            if missing and (requested == "gpu" or available):
-                raise DeviceSelectionError(
-                    f"device.gpu_indices asks for GPU {missing}, this machine has "
-                    f"{sorted(by_index) if by_index else 'no GPU'}"
-                )
-            chosen = tuple(by_index[index] for index in gpu_indices if index in by_index)
-        if requested == "gpu" and not chosen:
-            raise DeviceSelectionError("device.type is 'gpu' but TensorFlow sees no GPU on this machine")
+            missing = [index for index in gpus if index not in by_index]
+            if missing and (accelerator == "gpu" or available):
+                existing = ", ".join(f"{gpu.index}: {gpu.name}" for gpu in available) or "no GPU"
+                raise DeviceSelectionError(f"device.gpus asks for GPU {missing}; this machine has {existing}")
+            chosen = tuple(by_index[index] for index in gpus if index in by_index)
+        if accelerator == "gpu" and not chosen:
+            raise DeviceSelectionError("device.accelerator is 'gpu' but TensorFlow sees no GPU on this machine")
 
     if precision == "auto":
-        capable = bool(chosen) and all(
-            gpu.compute_capability is not None and gpu.compute_capability >= MIXED_PRECISION_MIN_CAPABILITY
-            for gpu in chosen
-        )
-        policy = "mixed_float16" if capable else "float32"
+        policy = "mixed_float16" if _capable(chosen, MIXED_PRECISION_MIN_CAPABILITY) else "float32"
     elif precision == "mixed_float16" and not chosen:
         raise DeviceSelectionError(
             "device.precision 'mixed_float16' needs a GPU; on the CPU it is several times slower"
         )
+    elif precision == "mixed_bfloat16" and not _capable(chosen, BFLOAT16_MIN_CAPABILITY):
+        found = ", ".join(
+            f"{gpu.name} ({'.'.join(map(str, gpu.compute_capability)) if gpu.compute_capability else '?'})"
+            for gpu in chosen
+        )
+        raise DeviceSelectionError(
+            "device.precision 'mixed_bfloat16' needs GPUs of compute capability 8.0 or newer (Ampere); "
+            f"selected: {found or 'the CPU'}"
+        )
     else:
         policy = precision
-    descriptions = tuple(f"GPU:{gpu.index} {gpu.name}" for gpu in chosen)
-    return DeviceSelection(gpus=chosen, precision=policy, descriptions=descriptions)
+    descriptions = tuple(
+        f"GPU:{gpu.index} {gpu.name}"
+        + (f" (compute {'.'.join(map(str, gpu.compute_capability))})" if gpu.compute_capability else "")
+        for gpu in chosen
+    )
+    return DeviceSelection(
+        gpus=chosen,
+        precision=policy,
+        descriptions=descriptions,
+        jit_compile=jit_compile,
+        memory_growth=memory_growth,
+        cuda_visible_devices=cuda_visible_devices,
+    )
 
 
-def _describe_gpus(physical: list[tf.config.PhysicalDevice]) -> list[GpuInfo]:
+def _total_memory_mb() -> dict[int, int]:
+    """Total memory per NVIDIA driver index, or nothing when NVML (`nvidia-ml-py`) is unavailable."""
+    try:
+        import pynvml
+    except ImportError:
+        return {}
+    try:
+        pynvml.nvmlInit()
+        return {
+            index: int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index)).total // 2**20)
+            for index in range(pynvml.nvmlDeviceGetCount())
+        }
+    except pynvml.NVMLError:
+        return {}
+
+
+def _describe_gpus(physical: list[tf.config.PhysicalDevice], environment: Mapping[str, str]) -> list[GpuInfo]:
     import tensorflow as tf
 
+    memory = _total_memory_mb()
     gpus = []
     for index, device in enumerate(physical):
         details = tf.config.experimental.get_device_details(device)
-        gpus.append(
-            GpuInfo(
-                index=index,
-                name=str(details.get("device_name", device.name)),
-                compute_capability=details.get("compute_capability"),
-            )
+        described = GpuInfo(
+            index=index,
+            name=str(details.get("device_name", device.name)),
+            compute_capability=details.get("compute_capability"),
         )
+        driver_index = nvml_indices(DeviceSelection(gpus=(described,), precision="float32"), environment)
+        memory_mb = memory.get(driver_index[0]) if driver_index else None
+        gpus.append(GpuInfo(described.index, described.name, described.compute_capability, memory_mb))
     return gpus
 
 
-def configure(*, requested: str, gpu_indices: list[int] | None, precision: str) -> DeviceSelection:
+def configure(
+    *,
+    accelerator: str,
+    gpus: str | list[int],
+    precision: str,
+    jit_compile: bool | str = "auto",
+    memory_growth: bool = True,
+) -> DeviceSelection:
     """Applies the device choice to TensorFlow and Keras; call before any other TensorFlow op.
 
     Args:
-        requested: "auto", "cpu" or "gpu".
-        gpu_indices: GPUs to use; None for all.
-        precision: "auto", "float32" or "mixed_float16".
+        accelerator: "auto", "cpu" or "gpu".
+        gpus: "all" or GPU indices.
+        precision: "auto", "float32", "mixed_float16" or "mixed_bfloat16".
+        jit_compile: "auto", True or False; passed to every `compile` of the run.
+        memory_growth: Allocate GPU memory as needed.
 
     Returns:
-        What was selected, for tracking.
+        What was selected, for tracking; `distribution_scope(selection)` then gives the scope to build
+        and train the model in.
 
     Raises:
         DeviceSelectionError: See `select_devices`.
     """
+    import os
+
     import keras
     import tensorflow as tf
 
     physical = tf.config.list_physical_devices("GPU")
     selection = select_devices(
-        requested=requested, gpu_indices=gpu_indices, precision=precision, available=_describe_gpus(physical)
+        accelerator=accelerator,
+        gpus=gpus,
+        precision=precision,
+        available=_describe_gpus(physical, os.environ),
+        jit_compile=jit_compile,
+        memory_growth=memory_growth,
+        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
     )
     chosen_devices = [physical[gpu.index] for gpu in selection.gpus]
     tf.config.set_visible_devices(chosen_devices, "GPU")
     for device in chosen_devices:
-        tf.config.experimental.set_memory_growth(device, True)
+        tf.config.experimental.set_memory_growth(device, memory_growth)
     keras.mixed_precision.set_global_policy(selection.precision)
     return selection
+
+
+def distribution_scope(selection: DeviceSelection) -> contextlib.AbstractContextManager[object]:
+    """The scope in which to build, compile and train: MirroredStrategy over the selected GPUs when several.
+
+    Why only then: one device needs no strategy, and the default one adds nothing. With several, the
+    variables are mirrored on exactly the selected GPUs (which `configure` left as the visible ones,
+    numbered from 0) and each batch is split between them.
+
+    Args:
+        selection: What `configure` returned.
+
+    Returns:
+        A context manager.
+    """
+    if selection.replicas == 1:
+        return contextlib.nullcontext()
+    import tensorflow as tf
+
+    strategy = tf.distribute.MirroredStrategy(devices=[f"/gpu:{index}" for index in range(selection.replicas)])
+    return strategy.scope()

@@ -271,6 +271,7 @@ def lr_range_test(
     steps: int = 100,
     smoothing: float = 0.98,
     divergence: float = 4.0,
+    jit_compile: bool | str = "auto",
 ) -> LRFinderResult:
     """Runs the LR range test on `model` and puts every variable of the model back afterwards.
 
@@ -293,6 +294,7 @@ def lr_range_test(
         steps: Steps of the sweep, at least `MINIMUM_POINTS`.
         smoothing: `beta` of the loss's moving average (see `smooth`), in [0, 1).
         divergence: Stop once the smoothed loss exceeds this multiple of its lowest value; above 1.
+        jit_compile: XLA compilation of the sweep's step, as the training phases get it.
 
     Returns:
         The curve and both suggestions.
@@ -320,7 +322,7 @@ def lr_range_test(
     saved = [(variable, np.array(variable.numpy(), copy=True)) for variable in model.variables]
     sweep = _sweep_callback_class()(schedule, smoothing=smoothing, divergence=divergence)
     # One step per execution: the callback must see every batch to set its LR.
-    model.compile(optimizer=optimizer, loss=loss, steps_per_execution=1)
+    model.compile(optimizer=optimizer, loss=loss, steps_per_execution=1, jit_compile=jit_compile)
     try:
         model.fit(data.repeat(), epochs=1, steps_per_epoch=steps, shuffle=False, callbacks=[sweep], verbose=0)
     finally:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -118,6 +119,8 @@ class TrackedRun:
         from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+        # Its start, stop and "no GPU" notices are INFO lines on every stage; the metrics say it all.
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
         monitor = SystemMetricsMonitor(self.run_id, sampling_interval=sampling_interval)
         narrow_gpu_monitors(monitor.monitors, gpu_indices=gpu_indices, gpu_monitor_type=GPUMonitor)
         monitor.start()

@@ -136,6 +136,7 @@ def fine_tune(
     augmentation: keras.layers.Layer | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 2,
+    jit_compile: bool | str = "auto",
 ) -> TrainingHistory:
     """Fine-tunes `classifier` in place, phase after phase.
 
@@ -153,6 +154,7 @@ def fine_tune(
         callbacks: Extra callbacks (tracking); they receive `lr` in their logs, and those with a
             `begin_phase(record)` method are told each phase before its first epoch.
         verbose: Keras' `fit` verbosity.
+        jit_compile: XLA compilation of each phase's training step: "auto" (Keras decides), True or False.
 
     Returns:
         Every epoch of every phase on one axis, the phase boundaries and the trainable-layer map.
@@ -204,6 +206,7 @@ def fine_tune(
             ),
             loss=classification_loss(label_smoothing=label_smoothing),
             metrics=["accuracy"],
+            jit_compile=jit_compile,
         )
         history.layers.extend(
             layer_map(classifier.model, blocks, phase=index, phase_name=phase.name, lr_multipliers=layer_multipliers)

@@ -24,7 +24,11 @@ def main() -> None:
     from pipeline import devices
 
     devices.configure(
-        requested=config.device.type, gpu_indices=config.device.gpu_indices, precision=config.device.precision
+        accelerator=config.device.accelerator,
+        gpus=config.device.gpus,
+        precision=config.device.precision,
+        jit_compile=config.device.jit_compile,
+        memory_growth=config.device.memory_growth,
     )
 
     from pipeline import export, plots, provenance, tracking

@@ -29,8 +29,12 @@ def main() -> None:
 
     from pipeline import devices
 
-    devices.configure(
-        requested=config.device.type, gpu_indices=config.device.gpu_indices, precision=config.device.precision
+    selection = devices.configure(
+        accelerator=config.device.accelerator,
+        gpus=config.device.gpus,
+        precision=config.device.precision,
+        jit_compile=config.device.jit_compile,
+        memory_growth=config.device.memory_growth,
     )
 
     import keras
@@ -76,6 +80,7 @@ def main() -> None:
         max_lr=settings.max_lr,
         steps=settings.steps,
         smoothing=settings.smoothing,
+        jit_compile=selection.jit_compile,
     )
     document = {
         "enabled": True,

@@ -48,7 +48,11 @@ def main() -> None:
     from pipeline import devices
 
     selection = devices.configure(
-        requested=config.device.type, gpu_indices=config.device.gpu_indices, precision=config.device.precision
+        accelerator=config.device.accelerator,
+        gpus=config.device.gpus,
+        precision=config.device.precision,
+        jit_compile=config.device.jit_compile,
+        memory_growth=config.device.memory_growth,
     )
 
     import keras
@@ -105,6 +109,11 @@ def main() -> None:
         )
         run.log_metrics({"base_learning_rate": base_learning_rate})
         run.set_tags({**selection.as_tags(), "base_learning_rate.source": learning_rate_source})
+        device_tags = selection.as_tags()
+        print(
+            f"device {device_tags['device.selected']}: {selection.precision}, XLA {device_tags['device.xla']}, "
+            f"{selection.replicas} replica(s)"
+        )
         print(f"base learning rate {base_learning_rate:g} from {learning_rate_source}")
         if config.train.base_learning_rate == "auto":
             for artifact in (LR_FIND_JSON, LR_FIND_PNG):
@@ -116,29 +125,32 @@ def main() -> None:
         run.log_artifact(MANIFEST, "data")
         run.log_artifact(DATA_REPORT, "data")
 
-        classifier = build_classifier(config, num_classes=len(source.class_names))
-        summary: list[str] = []
-        classifier.model.summary(print_fn=lambda line, *_, **__: summary.append(line))
-        run.log_text("\n".join(summary) + "\n", "model/summary.txt")
-        backbone = classifier.backbone
-        phases = plan_phases(
-            config.train, base_learning_rate=base_learning_rate, block_count=len(backbone.blocks_top_down)
-        )
-        run.set_tags({"phases": " -> ".join(phase.name for phase in phases)})
-        augmentation = build_augmentation(**config.train.augmentation.model_dump(), seed=config.train.seed)
-        history = fine_tune(
-            classifier,
-            train=train_split,
-            val=val_split,
-            phases=phases,
-            batch_size=config.train.batch_size,
-            image_size=config.backbone.image_size,
-            seed=config.train.seed,
-            feature_cache_bytes=config.train.feature_cache_mb * 2**20,
-            label_smoothing=config.train.label_smoothing,
-            augmentation=augmentation,
-            callbacks=[run.epoch_logger()],
-        )
+        # Several GPUs: the model is built, compiled and trained under MirroredStrategy (one replica each).
+        with devices.distribution_scope(selection):
+            classifier = build_classifier(config, num_classes=len(source.class_names))
+            summary: list[str] = []
+            classifier.model.summary(print_fn=lambda line, *_, **__: summary.append(line))
+            run.log_text("\n".join(summary) + "\n", "model/summary.txt")
+            backbone = classifier.backbone
+            phases = plan_phases(
+                config.train, base_learning_rate=base_learning_rate, block_count=len(backbone.blocks_top_down)
+            )
+            run.set_tags({"phases": " -> ".join(phase.name for phase in phases)})
+            augmentation = build_augmentation(**config.train.augmentation.model_dump(), seed=config.train.seed)
+            history = fine_tune(
+                classifier,
+                train=train_split,
+                val=val_split,
+                phases=phases,
+                batch_size=config.train.batch_size,
+                image_size=config.backbone.image_size,
+                seed=config.train.seed,
+                feature_cache_bytes=config.train.feature_cache_mb * 2**20,
+                label_smoothing=config.train.label_smoothing,
+                augmentation=augmentation,
+                callbacks=[run.epoch_logger()],
+                jit_compile=selection.jit_compile,
+            )
         run.set_tags({f"phase.{phase.index}": phase.describe() for phase in history.phases})
 
         model = export.end_to_end_model(

@@ -29,9 +29,12 @@ def _select(
     requested: str = "auto",
     gpu_indices: list[int] | None = None,
     precision: str = "auto",
+    **options: object,
 ) -> DeviceSelection:
     """Calls `select_devices` with the defaults of params.yaml."""
-    return select_devices(requested=requested, gpu_indices=gpu_indices, precision=precision, available=available)
+    return select_devices(
+        accelerator=requested, gpus=gpu_indices or "all", precision=precision, available=available, **options
+    )
 
 
 def test_auto_without_gpu_is_cpu_float32() -> None:
@@ -48,7 +51,8 @@ def test_auto_with_two_ampere_gpus_uses_both_in_mixed_precision() -> None:
     assert selection.kind == "gpu"
     assert selection.gpus == tuple(A100_PAIR)
     assert selection.precision == "mixed_float16"
-    assert selection.descriptions == ("GPU:0 NVIDIA A100", "GPU:1 NVIDIA A100")
+    assert selection.descriptions == ("GPU:0 NVIDIA A100 (compute 8.0)", "GPU:1 NVIDIA A100 (compute 8.0)")
+    assert selection.replicas == 2
 
 
 def test_auto_with_pre_volta_gpu_stays_float32() -> None:
@@ -74,7 +78,9 @@ def test_volta_is_the_first_capable_generation() -> None:
 
 
 def test_gpu_requested_without_gpu() -> None:
-    with pytest.raises(DeviceSelectionError, match="device.type is 'gpu' but TensorFlow sees no GPU on this machine"):
+    with pytest.raises(
+        DeviceSelectionError, match="device.accelerator is 'gpu' but TensorFlow sees no GPU on this machine"
+    ):
         _select(available=[], requested="gpu")
 
 
@@ -82,16 +88,19 @@ def test_gpu_indices_picks_only_that_gpu() -> None:
     selection = _select(available=A100_PAIR, gpu_indices=[1])
 
     assert selection.gpus == (A100_PAIR[1],)
-    assert selection.descriptions == ("GPU:1 NVIDIA A100",)
+    assert selection.descriptions == ("GPU:1 NVIDIA A100 (compute 8.0)",)
+    assert selection.replicas == 1
 
 
 def test_gpu_index_out_of_range_is_named() -> None:
-    with pytest.raises(DeviceSelectionError, match=r"device.gpu_indices asks for GPU \[3\], this machine has \[0, 1\]"):
+    with pytest.raises(
+        DeviceSelectionError, match=r"device.gpus asks for GPU \[3\]; this machine has 0: NVIDIA A100, 1: NVIDIA A100"
+    ):
         _select(available=A100_PAIR, gpu_indices=[3])
 
 
 def test_gpu_index_with_gpu_required_and_none_present() -> None:
-    with pytest.raises(DeviceSelectionError, match=r"asks for GPU \[0\], this machine has no GPU"):
+    with pytest.raises(DeviceSelectionError, match=r"asks for GPU \[0\]; this machine has no GPU"):
         _select(available=[], requested="gpu", gpu_indices=[0])
 
 
@@ -123,11 +132,24 @@ def test_float32_forced_on_capable_gpu() -> None:
 
 
 def test_tags_of_gpu_selection() -> None:
-    assert _select(available=A100_PAIR, gpu_indices=[1]).as_tags() == {
+    selection = _select(
+        available=[GpuInfo(0, "NVIDIA A100", (8, 0), 40960), GpuInfo(1, "NVIDIA A100", (8, 0), 40960)],
+        gpu_indices=[1],
+        jit_compile=True,
+        cuda_visible_devices="2,3",
+    )
+    assert selection.as_tags() == {
         "device.kind": "gpu",
-        "device.selected": "GPU:1 NVIDIA A100",
+        "device.selected": "GPU:1 NVIDIA A100 (compute 8.0)",
         "device.gpu_indices": "1",
+        "device.compute_capability": "8.0",
+        "device.memory_mb": "40960",
+        "device.cuda_visible_devices": "2,3",
         "device.precision": "mixed_float16",
+        "device.xla": "on",
+        "device.memory_growth": "true",
+        "device.replicas": "1",
+        "device.strategy": "default (one device)",
     }
 
 
@@ -136,30 +158,54 @@ def test_tags_of_cpu_selection() -> None:
         "device.kind": "cpu",
         "device.selected": "CPU",
         "device.gpu_indices": "none",
+        "device.compute_capability": "none",
+        "device.memory_mb": "none",
+        "device.cuda_visible_devices": "unset",
         "device.precision": "float32",
+        "device.xla": "auto (Keras: XLA where the model allows)",
+        "device.memory_growth": "true",
+        "device.replicas": "1",
+        "device.strategy": "default (one device)",
     }
 
 
-def test_configure_cpu_with_tensorflow() -> None:
-    script = (
-        "from pipeline.devices import configure; "
-        "selection = configure(requested='cpu', gpu_indices=None, precision='auto'); "
-        "print(selection.kind, selection.precision)"
+def test_two_selected_gpus_train_in_step_under_mirrored_strategy() -> None:
+    selection = _select(available=A100_PAIR, jit_compile=False)
+    assert (selection.replicas, selection.as_tags()["device.strategy"], selection.as_tags()["device.xla"]) == (
+        2,
+        "MirroredStrategy",
+        "off",
     )
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
+
+def test_bfloat16_needs_ampere_and_is_used_when_asked() -> None:
+    assert _select(available=A100_PAIR, precision="mixed_bfloat16").precision == "mixed_bfloat16"
+    volta = [GpuInfo(0, "Tesla V100", (7, 0))]
+    with pytest.raises(
+        DeviceSelectionError, match=r"needs GPUs of compute capability 8.0 .*selected: Tesla V100 \(7.0\)"
+    ):
+        _select(available=volta, precision="mixed_bfloat16")
+    with pytest.raises(DeviceSelectionError, match="selected: the CPU"):
+        _select(available=[], precision="mixed_bfloat16")
+
+
+def test_the_cpu_path_is_configured_for_real() -> None:
+    script = (
+        "from pipeline import devices; import keras; "
+        "s = devices.configure(accelerator='auto', gpus='all', precision='auto', jit_compile=False); "
+        "print(s.kind, s.precision, s.replicas, keras.mixed_precision.global_policy().name, "
+        "type(devices.distribution_scope(s)).__name__)"
+    )
     result = subprocess.run(
         [sys.executable, "-c", script],
         cwd=REPO_ROOT,
-        env=environment,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"},
         capture_output=True,
         text=True,
         timeout=120,
-        check=False,
+        check=True,
     )
-
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "cpu float32"
+    assert result.stdout.split() == ["cpu", "float32", "1", "float32", "nullcontext"]
 
 
 @pytest.mark.parametrize(

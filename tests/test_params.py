@@ -74,7 +74,14 @@ def test_defaults_load() -> None:
     assert params.train.frozen_epochs == 5
     assert params.train.unfreeze == []
     assert params.evaluate.batch_size == 128
-    assert (params.device.type, params.device.gpu_indices, params.device.precision) == ("auto", None, "auto")
+    device = params.device
+    assert (device.accelerator, device.gpus, device.precision, device.jit_compile, device.memory_growth) == (
+        "auto",
+        "all",
+        "auto",
+        "auto",
+        True,
+    )
     assert params.tracking.champion_metric == "accuracy"
 
 
@@ -334,7 +341,7 @@ def test_flatten_gives_dotted_keys() -> None:
                     {"blocks": "all", "epochs": 1, "lr_factor": 0.01, "schedule": "cosine"},
                 ],
             },
-            "device": {"gpu_indices": [0, 1]},
+            "device": {"gpus": [0, 1]},
         }
     )
 
@@ -371,7 +378,7 @@ def test_flatten_gives_dotted_keys() -> None:
     assert flat["train.unfreeze.0.blocks"] == "2"
     assert flat["head.kernel_regularizer.l2"] == "0.0"
     assert flat["train.augmentation.flip"] == "none"
-    assert flat["device.gpu_indices"] == "[0, 1]"
+    assert flat["device.gpus"] == "[0, 1]"
     assert flat["lr_find.rule"] == "valley"
     assert all(len(key) <= 250 and len(value) <= 6000 for key, value in flat.items())
 
@@ -380,7 +387,7 @@ def test_flatten_of_defaults_writes_null_and_empty_list() -> None:
     flat = flatten(PipelineParams())
 
     assert flat["data.subset_size"] == "null"
-    assert flat["device.gpu_indices"] == "null"
+    assert flat["device.gpus"] == "all"
     assert flat["train.unfreeze"] == "[]"
     assert not any(key.startswith("train.unfreeze.") for key in flat)
 
@@ -605,3 +612,19 @@ def test_schedule_models_match_the_schedule_registry() -> None:
 )
 def test_schedule_must_fit_its_phase(train, expected: str) -> None:
     assert expected in _error_message({"train": train})
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ({"type": "gpu"}, r"device: received \{'type': 'gpu'\}; device.type \('gpu'\) is now device.accelerator"),
+        ({"gpu_indices": [0]}, r"device.gpu_indices \(\[0\]\) is now device.gpus"),
+        ({"gpus": [1, 1]}, r"device.gpus: received \[1, 1\]; lists a GPU twice; allowed: all, or a list of GPU"),
+        ({"gpus": []}, r"device.gpus: received \[\]; allowed: all, or a list of GPU indices such as \[0, 1\]$"),
+        ({"gpus": "some"}, r"device.gpus: received 'some'; allowed: all, or a list of GPU indices such as \[0, 1\]$"),
+        ({"precision": "float16"}, r"device.precision: received 'float16'"),
+        ({"jit_compile": "yes"}, r"device.jit_compile: received 'yes'; Input should be a valid boolean, or auto$"),
+    ],
+)
+def test_device_section_refusals(device: dict[str, Any], message: str) -> None:
+    assert re.search(message, _error_message({"device": device}))

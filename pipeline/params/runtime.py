@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictBool, field_validator, model_validator
 
 from pipeline.lr_finder import SUGGESTION_RULES
-from pipeline.params.common import PositiveInt, Registered, Section
+from pipeline.params.common import NumberOr, PositiveInt, Registered, Section
 
 
 class LRFindParams(Section):
@@ -38,11 +38,49 @@ class EvaluateParams(Section):
 
 
 class DeviceParams(Section):
-    """Where TensorFlow runs, chosen before its first op."""
+    """Where TensorFlow runs and how, chosen once before its first op."""
 
-    type: Literal["auto", "cpu", "gpu"] = "auto"
-    gpu_indices: list[Annotated[int, Field(ge=0)]] | None = None
-    precision: Literal["auto", "float32", "mixed_float16"] = "auto"
+    accelerator: Literal["auto", "cpu", "gpu"] = Field(
+        default="auto", description="auto: the GPUs when there are any, else the CPU; gpu: fail without one."
+    )
+    gpus: Literal["all"] | list[int] = Field(
+        default="all", description="all, or the indices of the GPUs to use (several: MirroredStrategy over them)."
+    )
+    memory_growth: StrictBool = Field(
+        default=True, description="Allocate GPU memory as needed, not all of it at start."
+    )
+    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = Field(
+        default="auto", description="auto: mixed_float16 on GPUs of compute capability >= 7.0, else float32."
+    )
+    jit_compile: NumberOr("auto", StrictBool) = Field(
+        default="auto", description="XLA compilation of the training step: auto (Keras decides), true or false."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        renamed = {"type": "accelerator", "gpu_indices": "gpus"}
+        if isinstance(data, dict):
+            for old, new in renamed.items():
+                if old in data:
+                    raise ValueError(f"device.{old} ({data[old]!r}) is now device.{new}")
+        return data
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _all_or_gpu_indices(cls, gpus: Any) -> Any:
+        # One message for both forms: pydantic would report each branch of the union on a line of its own.
+        allowed = "allowed: all, or a list of GPU indices such as [0, 1]"
+        if gpus == "all":
+            return gpus
+        indices = gpus if isinstance(gpus, list) else None
+        if not indices or not all(
+            isinstance(index, int) and not isinstance(index, bool) and index >= 0 for index in indices
+        ):
+            raise ValueError(allowed)
+        if len(set(indices)) != len(indices):
+            raise ValueError(f"lists a GPU twice; {allowed}, each once")
+        return gpus
 
 
 class TrackingParams(Section):
