@@ -85,7 +85,7 @@ def test_lite0_block_groups_cover_every_layer_top_down(tmp_path) -> None:
 
 
 def test_unknown_backbone_lists_registered_ones(tmp_path) -> None:
-    with pytest.raises(ValueError, match="unknown backbone 'resnet9000'; registered: efficientnet_lite0"):
+    with pytest.raises(ValueError, match="unknown backbone 'resnet9000'; registered backbones: efficientnet_lite0"):
         load_backbone("resnet9000", image_size=64, cache_dir=tmp_path)
 
 
