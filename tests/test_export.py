@@ -8,8 +8,10 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.export import end_to_end_model, load_model, save_model
+from pipeline.backbones.hub import load_hub_backbone
+from pipeline.export import end_to_end_model, holds_saved_model_layer, load_model, save_model
 from pipeline.head import attach_head
+from tests.conftest import export_tiny_saved_model
 
 
 def test_end_to_end_model_applies_the_preprocessing(tiny_backbone) -> None:
@@ -48,3 +50,31 @@ def test_failed_save_leaves_the_previous_file(tiny_backbone, tmp_path: Path, mon
         save_model(classifier.model, path)
     assert path.read_bytes() == before
     assert sorted(item.name for item in tmp_path.iterdir()) == ["model.keras"]
+
+
+def test_a_model_on_a_saved_model_reloads_with_its_fine_tuned_weights(tiny_backbone, tmp_path: Path) -> None:
+    backbone = load_hub_backbone(export_tiny_saved_model(tmp_path / "saved"), image_size=16, cache_dir=tmp_path)
+    classifier = attach_head(backbone, num_classes=3, seed=0)
+    classifier.model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy")
+    pixels = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)).astype(np.float32)
+    classifier.model.fit(pixels / 255.0, np.arange(8) % 3, epochs=2, verbose=0)
+    model = end_to_end_model(classifier.model, backbone.make_preprocessing(), image_size=16)
+    path = save_model(model, tmp_path / "model.keras")
+
+    assert holds_saved_model_layer(path) is True
+    with pytest.raises(ValueError, match="Requested the deserialization of a `TFSMLayer`"):
+        keras.saving.load_model(path)
+    loaded = load_model(path)
+    np.testing.assert_array_equal(loaded.predict(pixels, verbose=0), model.predict(pixels, verbose=0))
+    fine_tuned = [np.array(variable) for variable in backbone.model.get_layer("saved_model").variables]
+    original = load_hub_backbone(str(tmp_path / "saved"), image_size=16, cache_dir=tmp_path)
+    pristine = [np.array(variable) for variable in original.model.get_layer("saved_model").variables]
+    assert not np.array_equal(fine_tuned[0], pristine[0])
+    reloaded = [
+        np.array(variable) for variable in loaded.get_layer(classifier.model.name).get_layer("saved_model").variables
+    ]
+    for left, right in zip(reloaded, fine_tuned, strict=True):
+        np.testing.assert_array_equal(left, right)
+
+    plain = save_model(attach_head(tiny_backbone(), num_classes=3, seed=0).model, tmp_path / "plain.keras")
+    assert holds_saved_model_layer(plain) is False
