@@ -32,7 +32,12 @@ def end_to_end_model(classifier: keras.Model, preprocessing: keras.layers.Layer,
         0..255 RGB image -> class probabilities.
     """
     pixels = keras.Input(shape=(image_size, image_size, 3), name="pixels")
-    return keras.Model(pixels, classifier(preprocessing(pixels)), name="classifier")
+    # A fresh functional model over the same layers, not the classifier itself: `fit` may have compiled the
+    # classifier with a phase's optimiser (a layer-wise one whose multipliers name the variables it trained),
+    # and Keras would save that compile state and rebuild it at load time against a model whose backbone is
+    # frozen again, which fails for a TF Hub / SavedModel backbone. An exported model needs no optimiser.
+    inner = keras.Model(classifier.inputs, classifier.outputs, name=classifier.name)
+    return keras.Model(pixels, inner(preprocessing(pixels)), name="classifier")
 
 
 def save_model(model: keras.Model, path: str | Path) -> Path:
