@@ -65,13 +65,17 @@ def main() -> None:
     rows = read_manifest(MANIFEST)
     train_split = ImageSplit(*select(source, rows, "train"))
     val_split = ImageSplit(*select(source, rows, "val"))
+    # Before the run opens: a backbone that cannot be loaded (a TF Hub handle not cached offline, a wrong
+    # signature) stops the stage in one line, with no FAILED run left behind.
+    classifier = build_classifier(config, num_classes=len(source.class_names))
+    backbone = classifier.backbone
 
     tracking_uri = tracking.resolve_tracking_uri(config.tracking.uri)
     with tracking.tracked_run(
         tracking_uri=tracking_uri,
         experiment=config.tracking.experiment,
         artifact_dir=Path(config.tracking.artifact_dir),
-        run_name=f"{config.backbone.name}-{config.backbone.image_size}px",
+        run_name=f"{backbone.name}-{config.backbone.image_size}px",
     ) as run:
         run.log_params(params.flatten(config))
         run.log_metrics({"base_learning_rate": base_learning_rate})
@@ -89,8 +93,6 @@ def main() -> None:
         run.log_artifact(MANIFEST, "data")
         run.log_artifact(DATA_REPORT, "data")
 
-        classifier = build_classifier(config, num_classes=len(source.class_names))
-        backbone = classifier.backbone
         phases = plan_phases(
             config.train, base_learning_rate=base_learning_rate, block_count=len(backbone.blocks_top_down)
         )
