@@ -6,8 +6,8 @@ variables that endpoint reads as its weights, so an unfrozen SavedModel really f
 is used for what it is good at: `hub.resolve` downloads a handle once into its cache (`TFHUB_CACHE_DIR`,
 by default `<backbone.cache_dir>/tfhub` here, rather than tensorflow_hub's own default in the system's
 temporary folder, which does not survive a reboot) and finds it there afterwards, offline. A local
-directory is used as it is. Only this module and the registry import tensorflow_hub, and only inside
-functions: importing it pulls TensorFlow and tf_keras.
+directory is used as it is. Only this module imports tensorflow_hub, and only inside functions: importing
+it pulls TensorFlow and tf_keras, which only a URL handle needs.
 
 A SavedModel is opaque: its layers cannot be reached one by one, so the whole of it is one block
 (`saved_model`) that freezes and unfreezes as one. For the same reason its BatchNorm layers follow the
