@@ -272,22 +272,27 @@ def configure(
     return selection
 
 
-def distribution_scope(selection: DeviceSelection) -> contextlib.AbstractContextManager[object]:
-    """The scope in which to build, compile and train: MirroredStrategy over the selected GPUs when several.
+def distribution_strategy(selection: DeviceSelection) -> tf.distribute.Strategy | None:
+    """MirroredStrategy over the selected GPUs when there are several, else None (the default strategy).
 
     Why only then: one device needs no strategy, and the default one adds nothing. With several, the
     variables are mirrored on exactly the selected GPUs (which `configure` left as the visible ones,
-    numbered from 0) and each batch is split between them.
+    numbered from 0) and each batch is split between them. Build, compile and train in
+    `strategy_scope(strategy)`, with this one strategy object throughout.
 
     Args:
         selection: What `configure` returned.
 
     Returns:
-        A context manager.
+        The strategy, or None.
     """
     if selection.replicas == 1:
-        return contextlib.nullcontext()
+        return None
     import tensorflow as tf
 
-    strategy = tf.distribute.MirroredStrategy(devices=[f"/gpu:{index}" for index in range(selection.replicas)])
-    return strategy.scope()
+    return tf.distribute.MirroredStrategy(devices=[f"/gpu:{index}" for index in range(selection.replicas)])
+
+
+def strategy_scope(strategy: tf.distribute.Strategy | None) -> contextlib.AbstractContextManager[object]:
+    """The strategy's scope, or a no-op for the default strategy."""
+    return contextlib.nullcontext() if strategy is None else strategy.scope()

@@ -3,13 +3,19 @@
 Why: a model in the registry or in `models/` must be usable without this repository: it takes RGB
 pixels on 0..255 at its input size and applies the backbone's own scaling itself. And a run killed
 mid-save must never leave a truncated `.keras` file where DVC or a user expects a model.
+
+A model on a TF Hub or SavedModel backbone is the exception to "usable without this repository": its file
+holds the fine-tuned weights but only the path of the SavedModel, which must still exist where it was.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import keras
 
@@ -26,7 +32,12 @@ def end_to_end_model(classifier: keras.Model, preprocessing: keras.layers.Layer,
         0..255 RGB image -> class probabilities.
     """
     pixels = keras.Input(shape=(image_size, image_size, 3), name="pixels")
-    return keras.Model(pixels, classifier(preprocessing(pixels)), name="classifier")
+    # A fresh functional model over the same layers, not the classifier itself: `fit` may have compiled the
+    # classifier with a phase's optimiser (a layer-wise one whose multipliers name the variables it trained),
+    # and Keras would save that compile state and rebuild it at load time against a model whose backbone is
+    # frozen again, which fails for a TF Hub / SavedModel backbone. An exported model needs no optimiser.
+    inner = keras.Model(classifier.inputs, classifier.outputs, name=classifier.name)
+    return keras.Model(pixels, inner(preprocessing(pixels)), name="classifier")
 
 
 def save_model(model: keras.Model, path: str | Path) -> Path:
@@ -52,6 +63,38 @@ def save_model(model: keras.Model, path: str | Path) -> Path:
     return path
 
 
+def holds_saved_model_layer(path: str | Path) -> bool:
+    """Whether a `.keras` file holds a `keras.layers.TFSMLayer` (a TF Hub or SavedModel backbone).
+
+    Read from the file's `config.json` without building anything: a `.keras` file is a zip archive.
+    """
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+
+    def visit(node: Any) -> bool:
+        if isinstance(node, dict):
+            return node.get("class_name") == "TFSMLayer" or any(visit(value) for value in node.values())
+        if isinstance(node, list):
+            return any(visit(item) for item in node)
+        return False
+
+    return visit(config)
+
+
 def load_model(path: str | Path) -> keras.Model:
-    """Loads a `.keras` model saved by `save_model`."""
-    return keras.saving.load_model(Path(path), compile=False)
+    """Loads a `.keras` model saved by `save_model`.
+
+    A model with a TF Hub or SavedModel backbone holds a TFSMLayer, which Keras loads only outside safe
+    mode: the layer re-reads the SavedModel folder its config names, and a SavedModel's graph may run any
+    TensorFlow op. Safe mode is lifted for such a file only, because the file is this pipeline's own output
+    (the train stage wrote it) and the folder is the one the user named in `backbone.name`, already run by
+    training. Any other model loads in safe mode.
+
+    Args:
+        path: The `.keras` file.
+
+    Returns:
+        The model, uncompiled.
+    """
+    path = Path(path)
+    return keras.saving.load_model(path, compile=False, safe_mode=not holds_saved_model_layer(path))

@@ -14,6 +14,14 @@ BatchNorm policies, for the BN layers of the unfrozen blocks (those of frozen bl
   subclass whose `call` forces inference mode; its variables and config are untouched, and any other
   policy swaps the original class back (so a saved model never names our subclass).
 - `trainable`: gamma, beta and the moving statistics all follow the new data.
+
+A TF Hub or SavedModel backbone is one `keras.layers.TFSMLayer` whose BatchNorm layers cannot be reached:
+what runs is the SavedModel's inference endpoint (moving statistics fixed, gamma and beta train with the
+other weights when unfrozen: `affine`) or its training endpoint (batch statistics, moving statistics
+updated: `trainable`). TFSMLayer calls the training endpoint whenever `fit` passes training=True, even while
+the layer is frozen, so a frozen or `affine` SavedModel gets its inference function in the training slot;
+its class and config stay TFSMLayer's own. `frozen` cannot be honoured for an unfrozen SavedModel, nor
+`trainable` without a training endpoint: both are refused.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import csv
 import functools
 import math
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,8 +68,44 @@ def apply_bn_policy(layer: keras.layers.BatchNormalization, *, trains: bool, pol
     layer.trainable = effective in ("affine", "trainable")
 
 
+# TFSMLayer -> its training endpoint's function, kept while the inference function stands in for it.
+_TRAINING_FUNCTIONS: weakref.WeakKeyDictionary[keras.layers.TFSMLayer, Any] = weakref.WeakKeyDictionary()
+
+
+def apply_saved_model_policy(layer: keras.layers.TFSMLayer, *, trains: bool, policy: str) -> None:
+    """Sets a SavedModel backbone's layer, which `trains` (or not), to the BatchNorm behaviour of `policy`.
+
+    Raises:
+        ValueError: `policy` cannot be honoured for an unfrozen SavedModel: `frozen` (its BatchNorm weights
+            train with the rest of it), or `trainable` without a training endpoint.
+    """
+    if trains and policy == "frozen":
+        raise ValueError(
+            f"bn_policy frozen cannot be honoured by {layer.name}: a SavedModel's BatchNorm gamma and beta train "
+            "with its other weights; use affine, or trainable with a training endpoint"
+        )
+    if trains and policy == "trainable" and not layer.call_training_endpoint:
+        raise ValueError(
+            f"bn_policy trainable needs a training endpoint: {layer.name} was loaded without "
+            "call_training_endpoint, so it always normalises with its fixed moving statistics (affine)"
+        )
+    if layer.call_training_endpoint:
+        training_function = _TRAINING_FUNCTIONS.setdefault(layer, layer.call_training_endpoint_fn)
+        layer.call_training_endpoint_fn = (
+            training_function if trains and policy == "trainable" else layer.call_endpoint_fn
+        )
+    layer.trainable = trains
+
+
 def bn_mode(layer: keras.layers.Layer) -> str:
-    """The policy a BatchNormalization layer is under now: frozen, affine or trainable."""
+    """The policy a BatchNormalization layer, or a SavedModel's layer, is under now: frozen, affine or trainable."""
+    if isinstance(layer, keras.layers.TFSMLayer):
+        if not layer.trainable:
+            return "frozen"
+        uses_training_endpoint = layer.call_training_endpoint and (
+            layer.call_training_endpoint_fn is not layer.call_endpoint_fn
+        )
+        return "trainable" if uses_training_endpoint else "affine"
     if isinstance(layer, _InferenceModeBatchNorm):
         return "affine"
     return "trainable" if layer.trainable else "frozen"
@@ -87,7 +132,8 @@ def set_trainable_blocks(
         Group name -> whether it trains.
 
     Raises:
-        ValueError: `trainable_blocks` is negative or exceeds the number of groups, or the policy is unknown.
+        ValueError: `trainable_blocks` is negative or exceeds the number of groups, the policy is unknown, or
+            a SavedModel backbone cannot honour it (see `apply_saved_model_policy`).
     """
     if not 0 <= trainable_blocks <= len(blocks_top_down):
         raise ValueError(
@@ -105,6 +151,8 @@ def set_trainable_blocks(
             layer = model.get_layer(name)
             if isinstance(layer, keras.layers.BatchNormalization):
                 apply_bn_policy(layer, trains=trains, policy=bn_policy)
+            elif isinstance(layer, keras.layers.TFSMLayer):
+                apply_saved_model_policy(layer, trains=trains, policy=bn_policy)
             else:
                 layer.trainable = trains
     return state
@@ -158,6 +206,7 @@ def layer_map(
             continue
         trainable = bool(layer.trainable_weights)
         is_batch_norm = isinstance(layer, keras.layers.BatchNormalization)
+        has_batch_norm_mode = is_batch_norm or isinstance(layer, keras.layers.TFSMLayer)
         rows.append(
             LayerState(
                 phase=phase,
@@ -169,7 +218,7 @@ def layer_map(
                 parameters=sum(math.prod(weight.shape) for weight in layer.weights),
                 trainable_parameters=sum(math.prod(weight.shape) for weight in layer.trainable_weights),
                 lr_multiplier=float(lr_multipliers.get(layer.name, 1.0)) if trainable else 0.0,
-                batch_norm=bn_mode(layer) if is_batch_norm else "",
+                batch_norm=bn_mode(layer) if has_batch_norm_mode else "",
             )
         )
     return rows

@@ -14,15 +14,25 @@ if TYPE_CHECKING:
 
 
 def build_classifier(config: PipelineParams, *, num_classes: int) -> Classifier:
-    """Loads the configured backbone and attaches the configured head."""
+    """Loads the configured backbone and attaches the configured head.
+
+    Raises:
+        BackboneError: A TF Hub handle or SavedModel cannot be loaded as configured (not cached offline, a
+            missing endpoint, an input size it does not take); the stages report it in one line.
+    """
     from pipeline.backbones.registry import load_backbone
     from pipeline.head import attach_head
 
+    settings = config.backbone
     backbone = load_backbone(
-        config.backbone.name,
-        image_size=config.backbone.image_size,
-        cache_dir=config.backbone.cache_dir,
-        weights=config.backbone.weights,
+        settings.name,
+        image_size=settings.image_size,
+        cache_dir=settings.cache_dir,
+        weights=settings.weights,
+        signature=settings.signature,
+        training_signature=settings.training_signature,
+        output_key=settings.output_key,
+        input_range=settings.input_range,
     )
     head = config.head
     return attach_head(

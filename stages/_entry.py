@@ -49,13 +49,14 @@ def run_stage(main: Callable[[], None]) -> None:
     TensorFlow's harmless C++ start-up lines are filtered from stderr meanwhile (`stages._native_log`;
     `PIPELINE_RAW_STDERR=1` shows them).
     """
+    from pipeline.backbones.errors import BackboneError
     from pipeline.data.sources import DatasetFormatError, DatasetNotFoundError
     from pipeline.devices import DeviceSelectionError
     from pipeline.params import ParamsError
 
     quiet_libraries()
     native_log = _native_log.install()
-    user_errors = (ParamsError, DatasetNotFoundError, DatasetFormatError, DeviceSelectionError)
+    user_errors = (ParamsError, DatasetNotFoundError, DatasetFormatError, DeviceSelectionError, BackboneError)
     try:
         main()
     except user_errors as error:

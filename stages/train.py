@@ -75,6 +75,13 @@ def main() -> None:
     rows = read_manifest(MANIFEST)
     train_split = ImageSplit(*select(source, rows, "train"))
     val_split = ImageSplit(*select(source, rows, "val"))
+    # Before the run opens: a backbone that cannot be loaded (a TF Hub handle not cached offline, a wrong
+    # signature) stops the stage in one line, with no FAILED run left behind.
+    # Several GPUs: the model is built, compiled and trained under one MirroredStrategy (a replica each).
+    strategy = devices.distribution_strategy(selection)
+    with devices.strategy_scope(strategy):
+        classifier = build_classifier(config, num_classes=len(source.class_names))
+    backbone = classifier.backbone
 
     tracking_uri = tracking.resolve_tracking_uri(config.tracking.uri)
     labels_by_split = {
@@ -86,7 +93,7 @@ def main() -> None:
             tracking_uri=tracking_uri,
             experiment=config.tracking.experiment,
             artifact_dir=Path(config.tracking.artifact_dir),
-            run_name=f"{config.backbone.name}-{config.backbone.image_size}px",
+            run_name=f"{backbone.name}-{config.backbone.image_size}px",
         ) as run,
         run.system_metrics(
             gpu_indices=devices.nvml_indices(selection, os.environ),
@@ -125,18 +132,15 @@ def main() -> None:
         run.log_artifact(MANIFEST, "data")
         run.log_artifact(DATA_REPORT, "data")
 
-        # Several GPUs: the model is built, compiled and trained under MirroredStrategy (one replica each).
-        with devices.distribution_scope(selection):
-            classifier = build_classifier(config, num_classes=len(source.class_names))
-            summary: list[str] = []
-            classifier.model.summary(print_fn=lambda line, *_, **__: summary.append(line))
-            run.log_text("\n".join(summary) + "\n", "model/summary.txt")
-            backbone = classifier.backbone
-            phases = plan_phases(
-                config.train, base_learning_rate=base_learning_rate, block_count=len(backbone.blocks_top_down)
-            )
-            run.set_tags({"phases": " -> ".join(phase.name for phase in phases)})
-            augmentation = build_augmentation(**config.train.augmentation.model_dump(), seed=config.train.seed)
+        summary: list[str] = []
+        classifier.model.summary(print_fn=lambda line, *_, **__: summary.append(line))
+        run.log_text("\n".join(summary) + "\n", "model/summary.txt")
+        phases = plan_phases(
+            config.train, base_learning_rate=base_learning_rate, block_count=len(backbone.blocks_top_down)
+        )
+        run.set_tags({"phases": " -> ".join(phase.name for phase in phases)})
+        augmentation = build_augmentation(**config.train.augmentation.model_dump(), seed=config.train.seed)
+        with devices.strategy_scope(strategy):
             history = fine_tune(
                 classifier,
                 train=train_split,

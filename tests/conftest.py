@@ -66,3 +66,51 @@ def make_images(count: int, classes: int, seed: int = 0, size: int = 8) -> tuple
 @pytest.fixture
 def tiny_backbone() -> Callable[..., object]:
     return build_tiny_backbone
+
+
+def export_tiny_saved_model(
+    path, *, image_size: int | None = None, training_endpoint: bool = False, seed: int = 0
+) -> str:
+    """Exports a small conv net with BatchNormalization ending in a pooled feature vector, as TF Hub models do.
+
+    Endpoints: `serve` (inference) and, with `training_endpoint`, `serve_train` (the same graph traced with
+    training=True, so BatchNorm uses batch statistics and updates its moving ones). BN statistics are
+    calibrated on inputs in [0, 1] (the TF Hub convention), see `build_tiny_backbone` for why.
+
+    Args:
+        path: Folder to write the SavedModel to.
+        image_size: Fixed input size, or None for any size.
+        training_endpoint: Whether to add `serve_train`.
+        seed: Seed of the weights.
+
+    Returns:
+        The folder, as a string (what `backbone.name` takes).
+    """
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((image_size, image_size, 3))
+    tensor = inputs
+    for index, (filters, strides) in enumerate(((8, 2), (8, 1))):
+        tensor = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=f"conv{index}")(
+            tensor
+        )
+        tensor = keras.layers.BatchNormalization(name=f"bn{index}")(tensor)
+        tensor = keras.layers.ReLU(name=f"relu{index}")(tensor)
+    features = keras.layers.GlobalAveragePooling2D(name="pool")(tensor)
+    model = keras.Model(inputs, features, name="tiny_saved_model")
+    probe = np.random.default_rng(seed).uniform(0, 1, (32, image_size or 16, image_size or 16, 3)).astype("float32")
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            upstream = keras.Model(model.input, layer.input).predict(probe, verbose=0)
+            gamma, beta = layer.get_weights()[:2]
+            layer.set_weights([gamma, beta, upstream.mean(axis=(0, 1, 2)), upstream.var(axis=(0, 1, 2)) + 1e-3])
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    spec = [tf.TensorSpec((None, image_size, image_size, 3), tf.float32)]
+    archive.add_endpoint("serve", lambda images: model(images, training=False), input_signature=spec)
+    if training_endpoint:
+        archive.add_endpoint("serve_train", lambda images: model(images, training=True), input_signature=spec)
+    archive.write_out(str(path), verbose=False)
+    return str(path)

@@ -233,7 +233,8 @@ def test_scaled_lite_block_groups_cover_every_layer_top_down(
 def test_unknown_backbone_lists_registered_ones(tmp_path) -> None:
     with pytest.raises(
         ValueError,
-        match="unknown backbone 'resnet9000'; registered: efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, ",
+        match="unknown backbone 'resnet9000'; registered backbones: efficientnet_lite0, efficientnet_lite1, "
+        "efficientnet_lite2, ",
     ):
         load_backbone("resnet9000", image_size=64, cache_dir=tmp_path)
 

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-from pipeline.export import end_to_end_model, load_model, save_model
+from pipeline.backbones.hub import load_hub_backbone
+from pipeline.export import end_to_end_model, holds_saved_model_layer, load_model, save_model
+from pipeline.features import ImageSplit
 from pipeline.head import attach_head
+from pipeline.params.optimizer import AdamParams
+from pipeline.params.schedule import ConstantParams
+from pipeline.training import Phase, fine_tune
+from tests.conftest import export_tiny_saved_model, make_images
 
 
 def test_end_to_end_model_applies_the_preprocessing(tiny_backbone) -> None:
@@ -48,3 +55,49 @@ def test_failed_save_leaves_the_previous_file(tiny_backbone, tmp_path: Path, mon
         save_model(classifier.model, path)
     assert path.read_bytes() == before
     assert sorted(item.name for item in tmp_path.iterdir()) == ["model.keras"]
+
+
+def test_a_model_on_a_saved_model_reloads_with_its_fine_tuned_weights(tiny_backbone, tmp_path: Path) -> None:
+    backbone = load_hub_backbone(export_tiny_saved_model(tmp_path / "saved"), image_size=16, cache_dir=tmp_path)
+    classifier = attach_head(backbone, num_classes=3, seed=0)
+    # fine_tune compiles the classifier itself for the unfreeze phase (one block: all of it), with layer-wise LRs.
+    adam, constant = AdamParams(name="adam"), ConstantParams(name="constant")
+    phases = [
+        Phase("frozen", 0, 1, 0.05, adam, constant),
+        Phase("unfreeze_all", 1, 2, 0.05, adam, constant, bn_policy="affine", lr_decay_per_block=2.0),
+    ]
+    train = ImageSplit(*make_images(16, 3, seed=1))
+    fine_tune(
+        classifier,
+        train=train,
+        val=train,
+        phases=phases,
+        batch_size=8,
+        image_size=16,
+        seed=0,
+        feature_cache_bytes=1 << 30,
+        verbose=0,
+    )
+    model = end_to_end_model(classifier.model, backbone.make_preprocessing(), image_size=16)
+    path = save_model(model, tmp_path / "model.keras")
+    pixels = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)).astype(np.float32)
+
+    assert holds_saved_model_layer(path) is True
+    with zipfile.ZipFile(path) as archive:
+        assert "LayerwiseAdam" not in archive.read("config.json").decode()  # no optimiser saved
+    with pytest.raises(ValueError, match="Requested the deserialization of a `TFSMLayer`"):
+        keras.saving.load_model(path)
+    loaded = load_model(path)
+    np.testing.assert_array_equal(loaded.predict(pixels, verbose=0), model.predict(pixels, verbose=0))
+    fine_tuned = [np.array(variable) for variable in backbone.model.get_layer("saved_model").variables]
+    original = load_hub_backbone(str(tmp_path / "saved"), image_size=16, cache_dir=tmp_path)
+    pristine = [np.array(variable) for variable in original.model.get_layer("saved_model").variables]
+    assert not np.array_equal(fine_tuned[0], pristine[0])
+    reloaded = [
+        np.array(variable) for variable in loaded.get_layer(classifier.model.name).get_layer("saved_model").variables
+    ]
+    for left, right in zip(reloaded, fine_tuned, strict=True):
+        np.testing.assert_array_equal(left, right)
+
+    plain = save_model(attach_head(tiny_backbone(), num_classes=3, seed=0).model, tmp_path / "plain.keras")
+    assert holds_saved_model_layer(plain) is False

@@ -192,6 +192,116 @@ def test_backbone_input_size_and_weights_are_checked() -> None:
     )
 
 
+def _saved_model_dir(directory: Path) -> str:
+    """A folder that passes the TF-free SavedModel check (validation does not read the graph)."""
+    (directory / "saved_model.pb").write_bytes(b"")
+    return str(directory)
+
+
+def test_backbone_name_takes_a_hub_handle_or_a_saved_model_directory(tmp_path: Path) -> None:
+    handle = "https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5"
+    assert parse({"backbone": {"name": handle}}).backbone.block_names() == ("saved_model",)
+    directory = _saved_model_dir(tmp_path)
+    params = parse({"backbone": {"name": directory, "signature": "serving_default", "output_key": "features"}})
+    assert (params.backbone.kind(), params.backbone.signature, params.backbone.output_key) == (
+        "hub",
+        "serving_default",
+        "features",
+    )
+    assert parse({"backbone": {"name": "resnet50"}}).backbone.block_names() == (
+        "conv5",
+        "conv4",
+        "conv3",
+        "conv2",
+        "stem",
+    )
+
+
+def test_a_directory_that_is_not_a_saved_model_is_refused(tmp_path: Path) -> None:
+    message = _error_message({"backbone": {"name": str(tmp_path)}})
+    assert (
+        f"backbone.name: received {str(tmp_path)!r}; this directory holds no saved_model.pb, so it is not a SavedModel"
+        in message
+    )
+    message = _error_message({"backbone": {"name": str(tmp_path / "missing")}})
+    assert f"no directory {tmp_path / 'missing'} exists; registered backbones: efficientnet_lite0" in message
+    assert "or a TF Hub handle (an http:// or https:// URL), a SavedModel directory, or a .keras file" in message
+
+
+def test_keras_files_are_not_supported_yet() -> None:
+    message = _error_message({"backbone": {"name": "models/feature_extractor.keras"}})
+    assert "backbone.name: received 'models/feature_extractor.keras'; .keras backbones are not supported yet" in message
+
+
+def test_a_key_for_another_kind_of_backbone_is_refused(tmp_path: Path) -> None:
+    message = _error_message({"backbone": {"name": "resnet50", "signature": "serve", "input_range": [0, 1]}})
+    assert (
+        "backbone.signature: received 'serve'; applies to TF Hub handles and SavedModel directories only; "
+        "resnet50 is a registered backbone" in message
+    )
+    assert (
+        "backbone.input_range: received [0, 1]; applies to TF Hub handles, SavedModel directories and .keras files"
+        in message
+    )
+    directory = _saved_model_dir(tmp_path)
+    message = _error_message({"backbone": {"name": directory, "weights": "none"}})
+    assert (
+        "backbone.weights: received 'none'; applies to registered backbones (a SavedModel or .keras file holds its "
+        f"weights) only; {directory} is a TF Hub handle or SavedModel directory" in message
+    )
+    message = _error_message({"backbone": {"name": directory, "input_range": [1, -1]}})
+    assert "backbone.input_range: received [1, -1]; give [low, high] with low < high" in message
+
+
+def test_a_saved_model_is_one_block(tmp_path: Path) -> None:
+    directory = _saved_model_dir(tmp_path)
+    backbone = {"name": directory, "training_signature": "serve_train"}
+    message = _error_message(
+        {"backbone": backbone, "train": {"unfreeze": [{"blocks": 2, "epochs": 1, "lr_factor": 0.1}]}}
+    )
+    assert (
+        f"train.unfreeze.0.blocks is 2, but {directory} is a SavedModel: TensorFlow Hub and SavedModel backbones are "
+        "one opaque block (saved_model), so at most 1 block (or all) can be unfrozen" in message
+    )
+    for blocks in (1, "all"):
+        stage = {"blocks": blocks, "epochs": 1, "lr_factor": 0.1}
+        assert parse({"backbone": backbone, "train": {"bn_policy": "trainable", "unfreeze": [stage]}}).train.unfreeze
+
+
+@pytest.mark.parametrize(
+    ("backbone", "train", "expected"),
+    [
+        (
+            {},
+            {"bn_policy": "trainable"},
+            "train.bn_policy is trainable, but backbone.training_signature is not set: through its inference signature "
+            "a SavedModel always normalises with its fixed moving statistics (what affine does); set bn_policy: "
+            "affine, or name the SavedModel's training endpoint in backbone.training_signature",
+        ),
+        (
+            {"training_signature": "serve_train"},
+            {"bn_policy": "affine", "stage": {"bn_policy": "frozen"}},
+            "train.unfreeze.0.bn_policy is frozen, which a SavedModel backbone cannot honour when train.unfreeze.0 "
+            "unfreezes it: its BatchNorm gamma and beta are weights of its one opaque block and train with it; use "
+            "affine (moving statistics fixed) or, with backbone.training_signature, trainable",
+        ),
+        ({}, {"bn_policy": "frozen"}, "train.bn_policy is frozen, which a SavedModel backbone cannot honour"),
+        ({}, {"bn_policy": "affine"}, None),
+        ({"training_signature": "serve_train"}, {"bn_policy": "trainable"}, None),
+        ({"training_signature": "serve_train"}, {"bn_policy": "affine"}, None),
+    ],
+)
+def test_saved_model_bn_policy_must_be_one_it_can_honour(tmp_path: Path, backbone, train, expected) -> None:
+    stage = {"blocks": 1, "epochs": 1, "lr_factor": 0.1, **train.pop("stage", {})}
+    raw = {"backbone": {"name": _saved_model_dir(tmp_path), **backbone}, "train": {**train, "unfreeze": [stage]}}
+    if expected is None:
+        assert parse(raw).train.unfreeze[0].blocks == 1
+    else:
+        assert expected in _error_message(raw)
+    # Without an unfreeze stage the SavedModel never trains, and any policy is accepted.
+    assert parse({**raw, "train": {**train, "bn_policy": "frozen"}}).train.unfreeze == []
+
+
 @pytest.mark.parametrize("value", ["lion", {"name": "lion", "beta_1": 0.9}])
 def test_unknown_optimizer_lists_registered_names(value) -> None:
     message = _error_message({"train": {"optimizer": value}})
@@ -393,9 +503,8 @@ def test_flatten_of_defaults_writes_null_and_empty_list() -> None:
 
 
 def test_import_loads_no_heavy_library() -> None:
-    script = (
-        "import sys, pipeline.params; print(sorted(m for m in ('tensorflow','keras','mlflow') if m in sys.modules))"
-    )
+    heavy = "('tensorflow', 'keras', 'mlflow', 'tensorflow_hub')"
+    script = f"import sys, pipeline.params; print(sorted(m for m in {heavy} if m in sys.modules))"
 
     result = subprocess.run(
         [sys.executable, "-c", script],

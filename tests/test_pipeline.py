@@ -1,9 +1,11 @@
-"""End to end: `dvc repro` on tiny params in a temporary copy of the repository."""
+"""End to end: `dvc repro` on tiny params in a temporary copy of the repository, on a registered backbone and
+on a SavedModel directory."""
 
 from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -16,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import make_images
+from tests.conftest import export_tiny_saved_model, make_images
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("validate", "prepare", "lr_find", "train", "evaluate", "register")
@@ -44,9 +46,8 @@ def _edit_params(workdir: Path, section: str, key: str, value: object) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workdir = tmp_path_factory.mktemp("project")
+def _new_project(workdir: Path) -> dict:
+    """Copies the code into `workdir`, writes a tiny IDX dataset, and returns params.yaml's content to edit."""
     for name in ("pipeline", "stages"):
         shutil.copytree(REPO / name, workdir / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
@@ -65,6 +66,13 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"].update(path=str(source), subset_size=None, val_fraction=0.2, test_fraction=0.2)
     params["backbone"].update(image_size=32)
+    return params
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("project")
+    params = _new_project(workdir)
     # Switches of every kind on, so that the stages' wiring of each is exercised end to end.
     params["head"].update(hidden_units=[16], activation="gelu", batch_norm="after", max_norm={"value": 3.0, "axis": 0})
     params["train"].update(
@@ -283,3 +291,94 @@ def test_a_killed_training_shows_running_then_killed_after_the_next_run(project:
         run for run in client.search_runs([experiment_id]) if run.info.run_id not in earlier | {killed.info.run_id}
     ]
     assert [run.info.status for run in latest] == ["FINISHED"]
+
+
+@pytest.fixture(scope="module")
+def hub_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pipeline on a SavedModel directory: frozen phase, then its one block unfrozen with BN trainable."""
+    workdir = tmp_path_factory.mktemp("hub_project")
+    params = _new_project(workdir)
+    saved_model = export_tiny_saved_model(tmp_path_factory.mktemp("hub") / "extractor", training_endpoint=True)
+    params["backbone"].update(name=saved_model, training_signature="serve_train")
+    params["head"].update(hidden_units=[16], batch_norm="before")
+    params["train"].update(
+        batch_size=32,
+        frozen_epochs=2,
+        base_learning_rate="auto",
+        bn_policy="trainable",
+        lr_decay_per_block=2.0,
+        unfreeze=[{"blocks": 1, "epochs": 2, "lr_factor": 0.1}],
+    )
+    params["lr_find"].update(enabled=True, steps=20, images=64, min_lr=1e-5, max_lr=1.0)
+    params["tracking"].update(experiment="e2e-hub", registered_model="e2e-hub-model")
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = _dvc(workdir, "repro")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in result.stdout
+    return workdir
+
+
+def test_a_saved_model_backbone_runs_every_stage(hub_project: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.export import load_model
+
+    metrics = json.loads((hub_project / "reports" / "metrics.json").read_text())["test"]
+    assert metrics["examples"] == 40
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    with (hub_project / "reports" / "trainable_layers.csv").open(newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["layer"] == "saved_model"]
+    assert [(row["phase"], row["trainable"], row["batch_norm"]) for row in rows] == [
+        ("0", "False", "frozen"),
+        ("1", "True", "trainable"),
+    ]
+    assert rows[1]["lr_multiplier"] == "0.5"
+    model = load_model(hub_project / "models" / "model.keras")
+    probabilities = model.predict(np.full((2, 32, 32, 3), 128.0, np.float32), verbose=0)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    client = MlflowClient(f"sqlite:///{hub_project / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("e2e-hub").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "extractor-32px"
+    assert run.data.tags["phase.1"].startswith("unfreeze_top_1: epochs 3-4")
+    assert client.get_model_version_by_alias("e2e-hub-model", "champion").run_id == run.info.run_id
+    import mlflow
+
+    # The registered model holds a TFSMLayer too: it loads outside Keras' safe mode, like models/model.keras.
+    mlflow.set_tracking_uri(f"sqlite:///{hub_project / 'mlflow.db'}")
+    registered = mlflow.tensorflow.load_model("models:/e2e-hub-model@champion", keras_model_kwargs={"safe_mode": False})
+    np.testing.assert_array_equal(
+        registered.predict(np.full((2, 32, 32, 3), 128.0, np.float32), verbose=0), probabilities
+    )
+
+
+def test_an_uncached_hub_handle_stops_train_in_one_line(hub_project: Path, tmp_path: Path) -> None:
+    handle = "https://tfhub.dev/example/not-cached/1"
+    original = (hub_project / "params.yaml").read_text()
+    _edit_params(hub_project, "backbone", "name", handle)
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_TRACKING")}
+    # A proxy that refuses every connection: the download attempt fails at once, without the network.
+    environment.update(https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", no_proxy="")
+    environment["TFHUB_CACHE_DIR"] = str(tmp_path / "hub")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "stages.train"],
+            cwd=hub_project,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        (hub_project / "params.yaml").write_text(original)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert line.startswith(f"error: TF Hub handle {handle} is not in the TF Hub cache {tmp_path / 'hub'} and could not")
+    assert str(tmp_path / "hub" / hashlib.sha1(handle.encode()).hexdigest()) in line
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{hub_project / 'mlflow.db'}")
+    assert len(client.search_runs([client.get_experiment_by_name("e2e-hub").experiment_id])) == 1

@@ -1,5 +1,8 @@
 """Backbones by name: each gives a feature extractor, its preprocessing and its named block groups.
 
+`load_backbone` also takes a TF Hub handle or a SavedModel directory (`pipeline.backbones.hub`) and
+dispatches on `pipeline.backbones.names.backbone_kind`.
+
 Why: the fine-tuning recipe speaks of "the top 2 blocks", never of raw layer counts, and each family
 has its own preprocessing; a `Backbone` carries both so the rest of the pipeline is family-agnostic.
 """
@@ -12,7 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.backbones import efficientnet_lite
 from pipeline.backbones.applications import (
@@ -22,7 +25,7 @@ from pipeline.backbones.applications import (
     IMAGENET_STD_RGB,
     ApplicationSpec,
 )
-from pipeline.backbones.names import BACKBONE_BLOCKS, BACKBONE_NAMES
+from pipeline.backbones.names import BACKBONE_BLOCKS, BACKBONE_NAMES, backbone_kind
 
 if TYPE_CHECKING:
     import keras
@@ -292,25 +295,44 @@ if tuple(_BUILDERS) != BACKBONE_NAMES:
     raise ImportError("pipeline.backbones.names.BACKBONE_NAMES is out of step with the registry")
 
 
-def load_backbone(name: str, *, image_size: int, cache_dir: str | Path, weights: str = "imagenet") -> Backbone:
-    """Builds a registered backbone with its pretrained weights.
+def load_backbone(
+    name: str, *, image_size: int, cache_dir: str | Path, weights: str = "imagenet", **kind_options: Any
+) -> Backbone:
+    """Builds the backbone `name` names: a registered one, a TF Hub handle or a SavedModel directory.
 
     Args:
-        name: Registry name (see `BACKBONE_NAMES`).
+        name: A registry name (see `BACKBONE_NAMES`), an http(s):// TF Hub handle or a SavedModel directory
+            (see `pipeline.backbones.names.backbone_kind`).
         image_size: Square input size.
-        cache_dir: Folder for converted weights.
-        weights: "imagenet", "none" (random initialisation) or the path of a Keras weights file.
+        cache_dir: Folder for converted weights and the TF Hub cache (`<cache_dir>/tfhub`).
+        weights: Registered backbones: "imagenet", "none" (random initialisation) or the path of a Keras
+            weights file. Others hold their own weights and take only the default.
+        **kind_options: Options of the kind: for a TF Hub handle or SavedModel, those of
+            `pipeline.backbones.hub.load_hub_backbone` (`signature`, `training_signature`, `output_key`,
+            `input_range`). None means unset.
 
     Returns:
         The backbone, every layer trainable (freezing is `pipeline.freezing`'s job).
 
     Raises:
-        ValueError: `name` is not registered; the message lists the registered names.
+        ValueError: `name` is none of the kinds (the message lists the registered names and the other forms),
+            or an option is given for a kind it does not apply to.
         FileNotFoundError: The pretrained weights are not installed, or cannot be downloaded; the
             message names the file and the folder to place it in.
+        BackboneError: A TF Hub handle or SavedModel cannot be loaded as configured (see `load_hub_backbone`).
     """
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown backbone {name!r}; registered: {', '.join(BACKBONE_NAMES)}")
+    kind = backbone_kind(name)
+    given = sorted(option for option, value in kind_options.items() if value is not None)
+    if kind == "hub":
+        from pipeline.backbones.hub import load_hub_backbone
+
+        if weights != "imagenet":
+            raise ValueError(f"weights applies to registered backbones only; {name} holds its own weights")
+        return load_hub_backbone(name, image_size=image_size, cache_dir=cache_dir, **kind_options)
+    if kind != "registered":
+        raise ValueError(f"{name}: .keras backbones are not supported yet")
+    if given:
+        raise ValueError(f"{', '.join(given)} apply to TF Hub handles and SavedModel directories, not to {name}")
     backbone = _BUILDERS[name](image_size=image_size, cache_dir=Path(cache_dir), weights=weights)
     if backbone.block_names != BACKBONE_BLOCKS[name]:
         raise RuntimeError(f"{name} builds blocks {backbone.block_names}, names.py declares {BACKBONE_BLOCKS[name]}")

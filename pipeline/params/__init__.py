@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from pipeline.backbones.names import BACKBONE_BLOCKS
+from pipeline.backbones.names import SAVED_MODEL_BLOCK
 from pipeline.optimizers import MOMENTUM_TERM
 from pipeline.params.backbone import BackboneParams
 from pipeline.params.common import Section
@@ -42,12 +42,47 @@ class PipelineParams(Section):
 
     @model_validator(mode="after")
     def _unfreeze_within_backbone(self) -> PipelineParams:
-        blocks = BACKBONE_BLOCKS[self.backbone.name]
+        blocks = self.backbone.block_names()
         for index, stage in enumerate(self.train.unfreeze):
             if stage.blocks != "all" and stage.blocks > len(blocks):
+                if self.backbone.kind() == "hub":
+                    raise ValueError(
+                        f"train.unfreeze.{index}.blocks is {stage.blocks}, but {self.backbone.name} is a SavedModel: "
+                        "TensorFlow Hub and SavedModel backbones are one opaque block "
+                        f"({SAVED_MODEL_BLOCK}), so at most 1 block (or all) can be unfrozen"
+                    )
                 raise ValueError(
                     f"train.unfreeze.{index}.blocks is {stage.blocks}, but {self.backbone.name} has "
                     f"{len(blocks)} blocks (top-down: {', '.join(blocks)}); use all to unfreeze every block"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _saved_model_bn_policy_can_be_honoured(self) -> PipelineParams:
+        """A SavedModel's BatchNorm layers are not reachable one by one: only two behaviours exist.
+
+        Unfrozen and called through its inference endpoint, a SavedModel trains gamma and beta with the
+        rest of its weights while normalising with fixed moving statistics (bn_policy affine). Through a
+        training endpoint it normalises with batch statistics and updates them (trainable). `frozen`, BN
+        weights kept apart from the weights around them, cannot be done to an opaque graph.
+        """
+        if self.backbone.kind() != "hub":
+            return self
+        for index, stage in enumerate(self.train.unfreeze):
+            policy = stage.bn_policy or self.train.bn_policy
+            where = f"train.unfreeze.{index}.bn_policy" if stage.bn_policy else "train.bn_policy"
+            if policy == "frozen":
+                raise ValueError(
+                    f"{where} is frozen, which a SavedModel backbone cannot honour when train.unfreeze.{index} "
+                    "unfreezes it: its BatchNorm gamma and beta are weights of its one opaque block and train "
+                    "with it; use affine (moving statistics fixed) or, with backbone.training_signature, trainable"
+                )
+            if policy == "trainable" and self.backbone.training_signature is None:
+                raise ValueError(
+                    f"{where} is trainable, but backbone.training_signature is not set: through its inference "
+                    "signature a SavedModel always normalises with its fixed moving statistics (what affine does); "
+                    "set bn_policy: affine, or name the SavedModel's training endpoint in "
+                    "backbone.training_signature"
                 )
         return self
 
