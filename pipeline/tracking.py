@@ -44,11 +44,6 @@ _PARAMS_PER_BATCH = 100
 _METRICS_PER_BATCH = 1000
 
 
-def resolve_tracking_uri(configured: str) -> str:
-    """MLFLOW_TRACKING_URI from the environment wins over the params file, as MLflow users expect."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or configured
-
-
 @dataclass(frozen=True)
 class RunReference:
     """What later stages need to reopen the run: written by train, read by evaluate and register."""
@@ -259,7 +254,7 @@ def tracked_run(
     Before opening, runs of the experiment left RUNNING by a process that died are closed as KILLED.
 
     Args:
-        tracking_uri: Where MLflow stores runs (already resolved with `resolve_tracking_uri`).
+        tracking_uri: Where MLflow stores runs (already resolved with `tracking_store.resolve_tracking_uri`).
         experiment: Experiment of a new run; created with its artifacts under `artifact_dir`.
         artifact_dir: Artifact root of a newly created experiment.
         run_name: Name of a new run.

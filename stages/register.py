@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from pipeline import params
+from pipeline import params, tracking_store
 from stages._entry import EXPORTED_MODEL, METRICS, PARAMS, REGISTRY_REPORT, RUN_REFERENCE, TRAINED_MODEL, run_stage
 
 
@@ -17,9 +17,10 @@ def main() -> None:
 
     from pipeline import export, tracking
 
+    reference = tracking.RunReference.read(RUN_REFERENCE)
+    tracking_store.check_tracking_store(reference.tracking_uri, origin=f"{RUN_REFERENCE}, written by train")
     test_metrics = json.loads(METRICS.read_text(encoding="utf-8"))["test"]
     model = export.load_model(TRAINED_MODEL)
-    reference = tracking.RunReference.read(RUN_REFERENCE)
     with tracking.tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:
         model_uri = run.log_keras_model(
             model,

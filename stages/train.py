@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from pipeline import params
+from pipeline import params, tracking_store
 from stages._classifier import build_classifier
 from stages._entry import (
     DATA_REPORT,
@@ -40,6 +40,12 @@ def _base_learning_rate(config: params.PipelineParams) -> tuple[float, str]:
 def main() -> None:
     config = params.load(PARAMS)
     base_learning_rate, learning_rate_source = _base_learning_rate(config)
+    # Checked here although validate checked: validate is skipped while params.yaml is unchanged, and
+    # the server may have gone down, or MLFLOW_TRACKING_URI changed, since it ran.
+    tracking_uri = tracking_store.resolve_tracking_uri(config.tracking.uri)
+    tracking_store.check_tracking_store(
+        tracking_uri, origin=tracking_store.uri_origin(), experiment=config.tracking.experiment
+    )
 
     from pipeline import devices
 
@@ -66,7 +72,6 @@ def main() -> None:
     train_split = ImageSplit(*select(source, rows, "train"))
     val_split = ImageSplit(*select(source, rows, "val"))
 
-    tracking_uri = tracking.resolve_tracking_uri(config.tracking.uri)
     with tracking.tracked_run(
         tracking_uri=tracking_uri,
         experiment=config.tracking.experiment,
