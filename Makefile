@@ -1,5 +1,6 @@
 # The two commands of the README: `make run` (the pipeline) and `make test` (the suite).
-# Both create .venv, install the project, and install Debian's Fashion-MNIST when it is missing.
+# Both create .venv, install the project, and install Debian's Fashion-MNIST when it is missing;
+# `make test` also installs Debian's PostgreSQL, which the tracking-server test starts a cluster of.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -7,6 +8,8 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 FASHION_MNIST := $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz
+# Debian keeps initdb and pg_ctl in /usr/lib/postgresql/<version>/bin, off PATH.
+POSTGRESQL_BIN := /usr/lib/postgresql/*/bin/pg_ctl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 export PATH := $(CURDIR)/$(BIN):$(PATH)
@@ -14,12 +17,12 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: run test setup data lint bench clean
+.PHONY: run test setup data postgresql lint bench clean
 
 run: setup data
 	dvc repro
 
-test: setup data
+test: setup data postgresql
 	pytest
 
 setup: $(INSTALLED)
@@ -40,6 +43,15 @@ $(FASHION_MNIST):
 	@echo "installing Debian's dataset-fashion-mnist (apt-get; log in .apt-install.log)"
 	@{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; } > .apt-install.log 2>&1 \
 		|| { tail -n 20 .apt-install.log; echo "apt-get install failed: see .apt-install.log"; exit 1; }
+
+# Checked on every `make test` (a wildcard cannot name a file target): apt runs only when pg_ctl is missing.
+postgresql:
+	@ls $(POSTGRESQL_BIN) > /dev/null 2>&1 || { \
+		echo "installing Debian's postgresql (apt-get; log in .apt-install.log)"; \
+		{ $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
+			> .apt-install.log 2>&1 \
+			|| { tail -n 20 .apt-install.log; echo "apt-get install failed: see .apt-install.log"; exit 1; }; \
+	}
 
 lint: setup
 	ruff check pipeline stages tests bench

@@ -45,11 +45,6 @@ _PARAMS_PER_BATCH = 100
 _METRICS_PER_BATCH = 1000
 
 
-def resolve_tracking_uri(configured: str) -> str:
-    """MLFLOW_TRACKING_URI from the environment wins over the params file, as MLflow users expect."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or configured
-
-
 @dataclass(frozen=True)
 class RunReference:
     """What later stages need to reopen the run: written by train, read by evaluate and register."""
@@ -233,10 +228,17 @@ def _active(run_id: str) -> Iterator[None]:
         MlflowClient().update_run(run_id, status="RUNNING")
 
 
-def _experiment_id(client: MlflowClient, name: str, artifact_dir: Path) -> str:
+def _experiment_id(client: MlflowClient, name: str, artifact_dir: Path, tracking_uri: str) -> str:
+    """The experiment's id; a new one keeps artifacts in `artifact_dir`, or where a tracking server says.
+
+    Why a server decides: a folder on this machine would be unreadable to the rest of the team, while
+    a server started with `--artifacts-destination` proxies artifacts to where it keeps them.
+    """
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
+    if tracking_uri.lower().startswith(("http://", "https://")):
+        return client.create_experiment(name)
     return client.create_experiment(name, artifact_location=artifact_dir.resolve().as_uri())
 
 
@@ -313,9 +315,10 @@ def tracked_run(
     Before opening, runs of the experiment left RUNNING by a process that died are closed as KILLED.
 
     Args:
-        tracking_uri: Where MLflow stores runs (already resolved with `resolve_tracking_uri`).
+        tracking_uri: Where MLflow stores runs (already resolved with `tracking_store.resolve_tracking_uri`).
         experiment: Experiment of a new run; created with its artifacts under `artifact_dir`.
-        artifact_dir: Artifact root of a newly created experiment.
+        artifact_dir: Artifact root of a newly created experiment on a local store (a tracking server
+            keeps artifacts where it was told to).
         run_name: Name of a new run.
         resume: Reopen this run instead of creating one.
 
@@ -331,7 +334,7 @@ def tracked_run(
         run_id = resume.run_id
         experiment_id = resume.experiment_id
     elif experiment is not None:
-        experiment_id = _experiment_id(client, experiment, artifact_dir or Path("mlartifacts"))
+        experiment_id = _experiment_id(client, experiment, artifact_dir or Path("mlartifacts"), tracking_uri)
     else:
         raise ValueError("tracked_run needs an experiment for a new run or a run to resume")
     close_orphaned_runs(client, experiment_id)

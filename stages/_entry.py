@@ -1,8 +1,8 @@
 """What every stage shares: its file paths and how a failure is reported.
 
 Why: DVC shows a stage's stderr and stops on a non-zero exit; a user should read one line naming
-what is wrong, not a traceback, for mistakes they can fix (params, missing data). Anything else is a
-bug and keeps its traceback.
+what is wrong, not a traceback, for mistakes they can fix (params, missing data, a tracking store
+that does not answer). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -53,10 +53,18 @@ def run_stage(main: Callable[[], None]) -> None:
     from pipeline.data.sources import DatasetFormatError, DatasetNotFoundError
     from pipeline.devices import DeviceSelectionError
     from pipeline.params import ParamsError
+    from pipeline.tracking_store import TrackingStoreError
 
     quiet_libraries()
     native_log = _native_log.install()
-    user_errors = (ParamsError, DatasetNotFoundError, DatasetFormatError, DeviceSelectionError, BackboneError)
+    user_errors = (
+        ParamsError,
+        DatasetNotFoundError,
+        DatasetFormatError,
+        DeviceSelectionError,
+        BackboneError,
+        TrackingStoreError,
+    )
     try:
         main()
     except user_errors as error:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from pipeline import params
+from pipeline import params, tracking_store
 from stages._entry import (
     CLASSIFICATION_REPORT,
     CONFUSION_PNG,
@@ -36,10 +36,11 @@ def main() -> None:
     from pipeline.evaluation import evaluate_classifier
     from stages._data import load_source
 
+    reference = tracking.RunReference.read(RUN_REFERENCE)
+    tracking_store.check_tracking_store(reference.tracking_uri, origin=f"{RUN_REFERENCE}, written by train")
     source = load_source(config.data)
     test_images, test_labels = select(source, read_manifest(MANIFEST), "test")
     model = export.load_model(TRAINED_MODEL)
-    reference = tracking.RunReference.read(RUN_REFERENCE)
     with tracking.tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:
         # The stage working on the run now: the UI then tells which stage a RUNNING run is in.
         run.set_tags(provenance.dvc_context(os.environ))

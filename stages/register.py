@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import asdict
 
-from pipeline import params
+from pipeline import params, tracking_store
 from stages._entry import EXPORTED_MODEL, METRICS, PARAMS, REGISTRY_REPORT, RUN_REFERENCE, TRAINED_MODEL, run_stage
 
 
@@ -18,9 +18,10 @@ def main() -> None:
 
     from pipeline import export, provenance, tracking
 
+    reference = tracking.RunReference.read(RUN_REFERENCE)
+    tracking_store.check_tracking_store(reference.tracking_uri, origin=f"{RUN_REFERENCE}, written by train")
     test_metrics = json.loads(METRICS.read_text(encoding="utf-8"))["test"]
     model = export.load_model(TRAINED_MODEL)
-    reference = tracking.RunReference.read(RUN_REFERENCE)
     with tracking.tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:
         # The stage working on the run now: the UI then tells which stage a RUNNING run is in.
         run.set_tags(provenance.dvc_context(os.environ))

@@ -7,7 +7,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from pipeline import params
+from pipeline import params, tracking_store
 from stages._classifier import build_classifier
 from stages._entry import (
     DATA_REPORT,
@@ -44,6 +44,12 @@ def _base_learning_rate(config: params.PipelineParams) -> tuple[float, str]:
 def main() -> None:
     config = params.load(PARAMS)
     base_learning_rate, learning_rate_source = _base_learning_rate(config)
+    # Checked here although validate checked: validate is skipped while params.yaml is unchanged, and
+    # the server may have gone down, or MLFLOW_TRACKING_URI changed, since it ran.
+    tracking_uri = tracking_store.resolve_tracking_uri(config.tracking.uri)
+    tracking_store.check_tracking_store(
+        tracking_uri, origin=tracking_store.uri_origin(), experiment=config.tracking.experiment
+    )
 
     from pipeline import devices
 
@@ -83,7 +89,6 @@ def main() -> None:
         classifier = build_classifier(config, num_classes=len(source.class_names))
     backbone = classifier.backbone
 
-    tracking_uri = tracking.resolve_tracking_uri(config.tracking.uri)
     labels_by_split = {
         split: np.array([row.label for row in rows if row.split == split], dtype=np.int64)
         for split in ("train", "val", "test")

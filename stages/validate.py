@@ -4,19 +4,28 @@ Why a stage of its own: DVC deletes a stage's outputs before running its command
 depends on this one, so an invalid params.yaml stops `dvc repro` here, in about a second, before
 TensorFlow loads and before any output is removed. Its output holds no parameter values, so a valid
 change of one parameter reruns only the stages that depend on that parameter.
+
+It also checks that the tracking store answers (`pipeline.tracking_store`), so that a server that is
+down or a database URI that is wrong stops the pipeline here, not after training. DVC skips this stage
+while params.yaml is unchanged, which is why train checks again when it starts.
 """
 
 from __future__ import annotations
 
-from pipeline import params
+from pipeline import params, tracking_store
 from stages._entry import PARAMS, PARAMS_CHECKED, run_stage
 
 
 def main() -> None:
-    params.load(PARAMS)
+    config = params.load(PARAMS)
+    tracking_uri = tracking_store.resolve_tracking_uri(config.tracking.uri)
+    answer = tracking_store.check_tracking_store(
+        tracking_uri, origin=tracking_store.uri_origin(), experiment=config.tracking.experiment
+    )
     PARAMS_CHECKED.parent.mkdir(parents=True, exist_ok=True)
     PARAMS_CHECKED.write_text("params.yaml matches the schema of pipeline/params/\n", encoding="utf-8")
     print(f"{PARAMS} is valid")
+    print(f"tracking store {tracking_store.redact(tracking_uri)} ({tracking_store.uri_origin()}): {answer}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ on a SavedModel directory."""
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
 import importlib.metadata
 import json
@@ -16,67 +15,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-from tests.conftest import export_tiny_saved_model, make_images
-
-REPO = Path(__file__).resolve().parents[1]
-STAGES = ("validate", "prepare", "lr_find", "train", "evaluate", "register")
-
-
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
-    with gzip.open(path, "wb") as handle:
-        handle.write(header + array.astype(np.uint8).tobytes())
-
-
-def _dvc(workdir: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_TRACKING")}
-    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
-    environment["DVC_NO_ANALYTICS"] = "1"
-    return subprocess.run(
-        ["dvc", *arguments], cwd=workdir, env=environment, capture_output=True, text=True, timeout=900, check=False
-    )
-
-
-def _edit_params(workdir: Path, section: str, key: str, value: object) -> None:
-    path = workdir / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    params[section][key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def _new_project(workdir: Path) -> dict:
-    """Copies the code into `workdir`, writes a tiny IDX dataset, and returns params.yaml's content to edit."""
-    for name in ("pipeline", "stages"):
-        shutil.copytree(REPO / name, workdir / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(REPO / name, workdir / name)
-    (workdir / ".dvc").mkdir()
-    shutil.copy(REPO / ".dvc" / "config", workdir / ".dvc" / "config")
-    subprocess.run(["git", "init", "-q"], cwd=workdir, check=True)
-
-    source = workdir / "idx"
-    source.mkdir()
-    for part, count, seed in (("train", 160, 1), ("t10k", 40, 2)):
-        images, labels = make_images(count, 10, seed=seed, size=28)
-        _write_idx(source / f"{part}-images-idx3-ubyte.gz", images)
-        _write_idx(source / f"{part}-labels-idx1-ubyte.gz", labels)
-
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"].update(path=str(source), subset_size=None, val_fraction=0.2, test_fraction=0.2)
-    params["backbone"].update(image_size=32)
-    return params
+from tests.conftest import export_tiny_saved_model
+from tests.tiny_project import STAGES, build_project, write_params
+from tests.tiny_project import dvc as _dvc
+from tests.tiny_project import edit_params as _edit_params
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     workdir = tmp_path_factory.mktemp("project")
-    params = _new_project(workdir)
+    params = build_project(workdir)
     # Switches of every kind on, so that the stages' wiring of each is exercised end to end.
     params["head"].update(hidden_units=[16], activation="gelu", batch_norm="after", max_norm={"value": 3.0, "axis": 0})
     params["train"].update(
-        batch_size=32,
         frozen_epochs=2,
         base_learning_rate="auto",
         label_smoothing=0.1,
@@ -94,7 +46,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     params["lr_find"].update(enabled=True, steps=20, images=64, min_lr=1e-5, max_lr=1.0)
     params["tracking"].update(experiment="e2e", registered_model="e2e-model", system_metrics_interval=0.5)
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(workdir, params)
 
     result = _dvc(workdir, "repro")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -297,7 +249,7 @@ def test_a_killed_training_shows_running_then_killed_after_the_next_run(project:
 def hub_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The pipeline on a SavedModel directory: frozen phase, then its one block unfrozen with BN trainable."""
     workdir = tmp_path_factory.mktemp("hub_project")
-    params = _new_project(workdir)
+    params = build_project(workdir)
     saved_model = export_tiny_saved_model(tmp_path_factory.mktemp("hub") / "extractor", training_endpoint=True)
     params["backbone"].update(name=saved_model, training_signature="serve_train")
     params["head"].update(hidden_units=[16], batch_norm="before")
@@ -311,7 +263,7 @@ def hub_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     params["lr_find"].update(enabled=True, steps=20, images=64, min_lr=1e-5, max_lr=1.0)
     params["tracking"].update(experiment="e2e-hub", registered_model="e2e-hub-model")
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(workdir, params)
     result = _dvc(workdir, "repro")
     assert result.returncode == 0, result.stdout + result.stderr
     for stage in STAGES:

@@ -141,13 +141,6 @@ def test_epochs_of_several_fits_share_one_step_axis(store: str, tmp_path: Path) 
     assert steps == [0, 1, 2, 3, 4]
 
 
-def test_tracking_uri_from_environment_wins(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert tracking.resolve_tracking_uri("sqlite:///mlflow.db") == "http://127.0.0.1:5000"
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    assert tracking.resolve_tracking_uri("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
-
-
 def test_run_reference_round_trip(tmp_path: Path) -> None:
     reference = tracking.RunReference(run_id="abc", experiment_id="1", tracking_uri="sqlite:///x.db")
     reference.write(tmp_path / "build" / "run.json")
