@@ -111,13 +111,22 @@ class TrackedRun:
         """A Keras callback logging each epoch's logs at the global epoch (see `EpochLogger`)."""
         return EpochLogger(self)
 
-    def log_keras_model(self, model: keras.Model, *, name: str, pip_requirements: list[str]) -> str:
+    def log_keras_model(
+        self,
+        model: keras.Model,
+        *,
+        name: str,
+        pip_requirements: list[str],
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
         """Logs a Keras model with a tensor signature built from its shapes.
 
         Args:
             model: Model with one image input and one probability output.
             name: Artifact name of the model in the run.
             pip_requirements: What the model needs to load.
+            metadata: JSON-friendly facts stored in the model's MLmodel file (the model card: class
+                names, stored image shape), read back by `load_logged_model`.
 
         Returns:
             The model URI (`runs:/<id>/<name>`).
@@ -127,7 +136,9 @@ class TrackedRun:
             outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.output_shape[1:]), "probabilities")]),
         )
         with _active(self.run_id):
-            info = mlflow.tensorflow.log_model(model, name=name, signature=signature, pip_requirements=pip_requirements)
+            info = mlflow.tensorflow.log_model(
+                model, name=name, signature=signature, pip_requirements=pip_requirements, metadata=metadata
+            )
         return info.model_uri
 
 

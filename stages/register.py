@@ -1,4 +1,4 @@
-"""DVC stage `register`: log the model on the run, add a registry version, export models/model.keras."""
+"""DVC stage `register`: log the model (with its card) on the run, add a registry version, export models/model.keras."""
 
 from __future__ import annotations
 
@@ -6,7 +6,16 @@ import json
 from dataclasses import asdict
 
 from pipeline import params
-from stages._entry import EXPORTED_MODEL, METRICS, PARAMS, REGISTRY_REPORT, RUN_REFERENCE, TRAINED_MODEL, run_stage
+from stages._entry import (
+    DATA_REPORT,
+    EXPORTED_MODEL,
+    METRICS,
+    PARAMS,
+    REGISTRY_REPORT,
+    RUN_REFERENCE,
+    TRAINED_MODEL,
+    run_stage,
+)
 
 
 def main() -> None:
@@ -16,7 +25,10 @@ def main() -> None:
     import tensorflow as tf
 
     from pipeline import export, tracking
+    from pipeline.model_card import ModelCard
 
+    # Class names and the stored image shape travel with the model, for `tl-predict`.
+    card = ModelCard.from_data_report(json.loads(DATA_REPORT.read_text(encoding="utf-8")))
     test_metrics = json.loads(METRICS.read_text(encoding="utf-8"))["test"]
     model = export.load_model(TRAINED_MODEL)
     reference = tracking.RunReference.read(RUN_REFERENCE)
@@ -25,6 +37,7 @@ def main() -> None:
             model,
             name="model",
             pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+            metadata=card.to_metadata(),
         )
         registration = tracking.register_model(
             run,
