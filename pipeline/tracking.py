@@ -3,7 +3,9 @@
 Why: this is the only module that imports mlflow, so the rest of the pipeline can be tested without a
 tracking store, and MLflow's quirks on this stack are handled in one place:
 - MLflow's TensorFlow autologging crashes `fit` on this stack, and MLflow's Keras callback restarts its step at 0
-  on every `fit`, so phases would overwrite each other: `EpochLogger` logs the global epoch instead.
+  on every `fit`, so phases would overwrite each other: `EpochLogger` (pipeline/epoch_logger.py) logs the
+  global epoch instead. It lives apart so that this module imports neither Keras nor TensorFlow: the
+  console commands that only query runs (`tl-compare`) start in seconds, without TensorFlow's start-up.
 - `log_model(..., input_example=...)` fails on Keras 3 (upstream #16183): the signature is built
   from shapes instead, and pip requirements are given, since inferring them costs seconds.
 - A run's status tells the truth: RUNNING while a stage works on it (a fluent-API call borrows the
@@ -27,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import keras
 import mlflow
 import numpy as np
 from mlflow.entities import Metric, Param, RunTag
@@ -36,7 +37,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
 if TYPE_CHECKING:
-    from pipeline.callbacks import PhaseRecord
+    import keras
 
 CHAMPION_ALIAS = "champion"
 # MLflow's log_batch limits: at most 1000 metrics or 100 params or 100 tags per call.
@@ -109,6 +110,8 @@ class TrackedRun:
 
     def epoch_logger(self) -> keras.callbacks.Callback:
         """A Keras callback logging each epoch's logs at the global epoch (see `EpochLogger`)."""
+        from pipeline.epoch_logger import EpochLogger
+
         return EpochLogger(self)
 
     def log_keras_model(
@@ -140,31 +143,6 @@ class TrackedRun:
                 model, name=name, signature=signature, pip_requirements=pip_requirements, metadata=metadata
             )
         return info.model_uri
-
-
-class EpochLogger(keras.callbacks.Callback):
-    """Logs every epoch's metrics at the global epoch number, one batch call per epoch.
-
-    Why not `mlflow.keras.MlflowCallback`: its step restarts at 0 with every `fit`, so the phases
-    of fine-tuning would overwrite each other. `pipeline.training` passes `initial_epoch`, so the
-    epoch Keras reports here is already global.
-    """
-
-    def __init__(self, run: TrackedRun) -> None:
-        super().__init__()
-        self._run = run
-        self._phase_index: int | None = None
-
-    def begin_phase(self, phase: PhaseRecord) -> None:
-        """Remembers the phase, logged as metric `phase` with each of its epochs (`pipeline.training` calls it)."""
-        self._phase_index = phase.index
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        metrics = {key: float(value) for key, value in (logs or {}).items()}
-        if self._phase_index is not None:
-            metrics["phase"] = float(self._phase_index)
-        if metrics:
-            self._run.log_metrics(metrics, step=epoch)
 
 
 def _now_ms() -> int:

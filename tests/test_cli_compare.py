@@ -161,3 +161,16 @@ def test_help(capsys) -> None:
         main(["--help"])
     assert exit_info.value.code == 0
     assert "usage: tl-compare" in capsys.readouterr().out
+
+
+def test_compare_runs_without_loading_tensorflow(store, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from pipeline.cli.compare import main; "
+        f"code = main({_args(store, tmp_path, '--limit', '1')!r}); "
+        "print(code, 'keras' in sys.modules, 'tensorflow' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.splitlines()[-1] == "0 False False"
