@@ -3,7 +3,9 @@
 Why: this is the only module that imports mlflow, so the rest of the pipeline can be tested without a
 tracking store, and MLflow's quirks on this stack are handled in one place:
 - MLflow's TensorFlow autologging crashes `fit` on this stack, and MLflow's Keras callback restarts its step at 0
-  on every `fit`, so phases would overwrite each other: `EpochLogger` logs the global epoch instead.
+  on every `fit`, so phases would overwrite each other: `EpochLogger` (pipeline/epoch_logger.py) logs the
+  global epoch instead. It lives apart so that this module imports neither Keras nor TensorFlow: the
+  console commands that only query runs (`tl-compare`) start in seconds, without TensorFlow's start-up.
 - `log_model(..., input_example=...)` fails on Keras 3 (upstream #16183): the signature is built
   from shapes instead, and pip requirements are given, since inferring them costs seconds.
 - A run's status tells the truth: RUNNING while a stage works on it (a fluent-API call borrows the
@@ -28,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import keras
 import mlflow
 import numpy as np
 from mlflow.entities import Metric, Param, RunTag
@@ -37,7 +38,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
 if TYPE_CHECKING:
-    from pipeline.callbacks import PhaseRecord
+    import keras
 
 CHAMPION_ALIAS = "champion"
 # MLflow's log_batch limits: at most 1000 metrics or 100 params or 100 tags per call.
@@ -137,15 +138,26 @@ class TrackedRun:
 
     def epoch_logger(self) -> keras.callbacks.Callback:
         """A Keras callback logging each epoch's logs at the global epoch (see `EpochLogger`)."""
+        from pipeline.epoch_logger import EpochLogger
+
         return EpochLogger(self)
 
-    def log_keras_model(self, model: keras.Model, *, name: str, pip_requirements: list[str]) -> str:
+    def log_keras_model(
+        self,
+        model: keras.Model,
+        *,
+        name: str,
+        pip_requirements: list[str],
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
         """Logs a Keras model with a tensor signature built from its shapes.
 
         Args:
             model: Model with one image input and one probability output.
             name: Artifact name of the model in the run.
             pip_requirements: What the model needs to load.
+            metadata: JSON-friendly facts stored in the model's MLmodel file (the model card: class
+                names, stored image shape), read back by `load_logged_model`.
 
         Returns:
             The model URI (`runs:/<id>/<name>`).
@@ -155,33 +167,10 @@ class TrackedRun:
             outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.output_shape[1:]), "probabilities")]),
         )
         with _active(self.run_id):
-            info = mlflow.tensorflow.log_model(model, name=name, signature=signature, pip_requirements=pip_requirements)
+            info = mlflow.tensorflow.log_model(
+                model, name=name, signature=signature, pip_requirements=pip_requirements, metadata=metadata
+            )
         return info.model_uri
-
-
-class EpochLogger(keras.callbacks.Callback):
-    """Logs every epoch's metrics at the global epoch number, one batch call per epoch.
-
-    Why not `mlflow.keras.MlflowCallback`: its step restarts at 0 with every `fit`, so the phases
-    of fine-tuning would overwrite each other. `pipeline.training` passes `initial_epoch`, so the
-    epoch Keras reports here is already global.
-    """
-
-    def __init__(self, run: TrackedRun) -> None:
-        super().__init__()
-        self._run = run
-        self._phase_index: int | None = None
-
-    def begin_phase(self, phase: PhaseRecord) -> None:
-        """Remembers the phase, logged as metric `phase` with each of its epochs (`pipeline.training` calls it)."""
-        self._phase_index = phase.index
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        metrics = {key: float(value) for key, value in (logs or {}).items()}
-        if self._phase_index is not None:
-            metrics["phase"] = float(self._phase_index)
-        if metrics:
-            self._run.log_metrics(metrics, step=epoch)
 
 
 def narrow_gpu_monitors(monitors: list[Any], *, gpu_indices: Sequence[int], gpu_monitor_type: type) -> None:
@@ -423,3 +412,147 @@ def register_model(run: TrackedRun, *, model_uri: str, name: str, metric: str, v
         value=value,
         previous_champion_value=previous_value,
     )
+
+
+# Queries of the console commands (`pipeline.cli`): runs of an experiment, and logged models.
+
+
+class TrackingLookupError(LookupError):
+    """Raised when an experiment, run, model or artifact asked for is not in the tracking store."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run as the `compare` command shows it, free of MLflow types.
+
+    Attributes:
+        run_id: The full run id.
+        name: The run name.
+        status: RUNNING, FINISHED, FAILED, KILLED or SCHEDULED.
+        start_ms: Start time, milliseconds since the epoch.
+        end_ms: End time in milliseconds, None while the run has not ended.
+        params: Every logged parameter (flattened keys such as `train.base_learning_rate`).
+        metrics: The latest value of every metric (the last epoch's `val_accuracy`).
+    """
+
+    run_id: str
+    name: str
+    status: str
+    start_ms: int
+    end_ms: int | None
+    params: dict[str, str]
+    metrics: dict[str, float]
+
+
+def experiment_runs(tracking_uri: str, experiment: str) -> list[RunSummary]:
+    """Every active (not deleted) run of an experiment, newest first.
+
+    Args:
+        tracking_uri: The tracking store.
+        experiment: The experiment's name.
+
+    Returns:
+        The runs, each with its params and latest metrics.
+
+    Raises:
+        TrackingLookupError: No experiment of that name; the message lists those that exist.
+    """
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = sorted(item.name for item in client.search_experiments())
+        raise TrackingLookupError(
+            f"no experiment {experiment!r} in {tracking_uri}; experiments there: {', '.join(names) or 'none'}"
+        )
+    runs, token = [], None
+    while True:
+        page = client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"], page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    return [
+        RunSummary(
+            run_id=run.info.run_id,
+            name=run.info.run_name or "",
+            status=run.info.status,
+            start_ms=int(run.info.start_time),
+            end_ms=int(run.info.end_time) if run.info.end_time else None,
+            params=dict(run.data.params),
+            metrics={key: float(value) for key, value in run.data.metrics.items()},
+        )
+        for run in runs
+    ]
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    """A model loaded from the tracking store, with what MLflow knows about it.
+
+    Attributes:
+        model: The Keras model.
+        uri: The URI it was loaded from.
+        run_id: The run that logged it.
+        version: The registered version, for a `models:/` URI.
+        metadata: The metadata logged with it ({} when none).
+    """
+
+    model: keras.Model
+    uri: str
+    run_id: str | None
+    version: str | None
+    metadata: dict[str, Any]
+
+
+def load_logged_model(uri: str, *, tracking_uri: str) -> LoggedModel:
+    """Loads a Keras model logged in MLflow: `models:/NAME@ALIAS`, `models:/NAME/VERSION` or `runs:/ID/PATH`.
+
+    Args:
+        uri: The model URI.
+        tracking_uri: The tracking store (and registry) to resolve it in.
+
+    Returns:
+        The model with its run, registered version and metadata.
+
+    Raises:
+        TrackingLookupError: The model, alias, version or run does not exist.
+    """
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        info = mlflow.models.get_model_info(uri)
+        version = _registered_version(MlflowClient(tracking_uri), uri)
+        model = mlflow.tensorflow.load_model(uri)
+    except (mlflow.exceptions.MlflowException, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TrackingLookupError(f"cannot load {uri} from {tracking_uri}: {reason}") from None
+    return LoggedModel(model=model, uri=uri, run_id=info.run_id, version=version, metadata=dict(info.metadata or {}))
+
+
+def _registered_version(client: MlflowClient, uri: str) -> str | None:
+    if not uri.startswith("models:/"):
+        return None
+    reference = uri.removeprefix("models:/").rstrip("/")
+    if "@" in reference:
+        name, alias = reference.rsplit("@", 1)
+        return str(client.get_model_version_by_alias(name, alias).version)
+    name, _, version = reference.rpartition("/")
+    return version if name and version.isdigit() else None
+
+
+def run_artifact_json(tracking_uri: str, run_id: str, path: str) -> Any | None:
+    """Reads a JSON artifact of a run; None when the run has no such artifact.
+
+    Args:
+        tracking_uri: The tracking store.
+        run_id: The run.
+        path: The artifact's path in the run (`evaluation/classification_report.json`).
+
+    Returns:
+        The parsed JSON, or None.
+    """
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        text = mlflow.artifacts.load_text(f"runs:/{run_id}/{path}")
+    except (mlflow.exceptions.MlflowException, OSError):
+        return None
+    return json.loads(text)

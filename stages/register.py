@@ -1,4 +1,4 @@
-"""DVC stage `register`: log the model on the run, add a registry version, export models/model.keras."""
+"""DVC stage `register`: log the model (with its card) on the run, add a registry version, export models/model.keras."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ import os
 from dataclasses import asdict
 
 from pipeline import params, tracking_store
-from stages._entry import EXPORTED_MODEL, METRICS, PARAMS, REGISTRY_REPORT, RUN_REFERENCE, TRAINED_MODEL, run_stage
+from stages._entry import (
+    DATA_REPORT,
+    EXPORTED_MODEL,
+    METRICS,
+    PARAMS,
+    REGISTRY_REPORT,
+    RUN_REFERENCE,
+    TRAINED_MODEL,
+    run_stage,
+)
 
 
 def main() -> None:
@@ -17,9 +26,12 @@ def main() -> None:
     import tensorflow as tf
 
     from pipeline import export, provenance, tracking
+    from pipeline.model_card import ModelCard
 
     reference = tracking.RunReference.read(RUN_REFERENCE)
     tracking_store.check_tracking_store(reference.tracking_uri, origin=f"{RUN_REFERENCE}, written by train")
+    # Class names and the stored image shape travel with the model, for `tl-predict`.
+    card = ModelCard.from_data_report(json.loads(DATA_REPORT.read_text(encoding="utf-8")))
     test_metrics = json.loads(METRICS.read_text(encoding="utf-8"))["test"]
     model = export.load_model(TRAINED_MODEL)
     with tracking.tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:
@@ -29,6 +41,7 @@ def main() -> None:
             model,
             name="model",
             pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+            metadata=card.to_metadata(),
         )
         registration = tracking.register_model(
             run,

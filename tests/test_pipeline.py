@@ -141,6 +141,14 @@ def test_one_run_holds_everything(project: Path, tmp_path: Path) -> None:
     champion = client.get_model_version_by_alias("e2e-model", "champion")
     assert str(champion.version) == "1"
     assert champion.run_id == run.info.run_id
+    # The model card travels with the registered model, for tl-predict.
+    import mlflow
+
+    from pipeline.data.sources import FASHION_MNIST_CLASSES
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    card = mlflow.models.get_model_info("models:/e2e-model@champion").metadata["model_card"]
+    assert card == {"class_names": list(FASHION_MNIST_CLASSES), "stored_shape": [28, 28]}
 
 
 def test_second_repro_skips_every_stage(project: Path) -> None:

@@ -234,3 +234,40 @@ def test_dataset_of_the_default_idx_folder_is_fashion_mnist() -> None:
         name="fashion-mnist", source="/usr/share/datasets/fashion-mnist"
     )
     assert dataset_identity("/") == DatasetIdentity(name="/", source="/")
+
+
+def test_experiment_runs_newest_first_with_params_and_latest_metrics(store: str) -> None:
+    client = MlflowClient(store)
+    experiment_id = client.create_experiment("listed")
+    older = client.create_run(experiment_id, start_time=1_000, run_name="older").info.run_id
+    client.log_param(older, "train.seed", "1")
+    client.log_metric(older, "val_accuracy", 0.5, step=0)
+    client.log_metric(older, "val_accuracy", 0.75, step=1)
+    client.set_terminated(older, status="FINISHED", end_time=61_000)
+    newer = client.create_run(experiment_id, start_time=2_000, run_name="newer").info.run_id
+    assert tracking.experiment_runs(store, "listed") == [
+        tracking.RunSummary(newer, "newer", "RUNNING", 2_000, None, {}, {}),
+        tracking.RunSummary(older, "older", "FINISHED", 1_000, 61_000, {"train.seed": "1"}, {"val_accuracy": 0.75}),
+    ]
+    with pytest.raises(tracking.TrackingLookupError, match="no experiment 'nope' in .*; experiments there: .*listed"):
+        tracking.experiment_runs(store, "nope")
+
+
+def test_a_logged_model_loads_with_its_metadata_version_and_run(store: str, tmp_path: Path) -> None:
+    model = _tiny_model()
+    with _open(store, tmp_path) as run:
+        uri = run.log_keras_model(model, name="model", pip_requirements=["keras"], metadata={"model_card": {"a": 1}})
+        tracking.register_model(run, model_uri=uri, name="clf", metric="accuracy", value=0.5)
+        (tmp_path / "report.json").write_text('{"class_names": ["x", "y", "z"]}')
+        run.log_artifact(tmp_path / "report.json", "evaluation")
+    loaded = tracking.load_logged_model("models:/clf@champion", tracking_uri=store)
+    assert (loaded.uri, loaded.version, loaded.run_id) == ("models:/clf@champion", "1", run.run_id)
+    assert loaded.metadata == {"model_card": {"a": 1}}
+    sample = np.ones((2, 4), np.float32)
+    np.testing.assert_allclose(loaded.model.predict(sample, verbose=0), model.predict(sample, verbose=0), rtol=1e-6)
+    assert tracking.load_logged_model(f"runs:/{run.run_id}/model", tracking_uri=store).version is None
+    assert tracking.load_logged_model("models:/clf/1", tracking_uri=store).version == "1"
+    with pytest.raises(tracking.TrackingLookupError, match=r"cannot load models:/clf@nope from sqlite:///"):
+        tracking.load_logged_model("models:/clf@nope", tracking_uri=store)
+    assert tracking.run_artifact_json(store, run.run_id, "evaluation/report.json") == {"class_names": ["x", "y", "z"]}
+    assert tracking.run_artifact_json(store, run.run_id, "evaluation/missing.json") is None

@@ -1,0 +1,121 @@
+"""`tl-compare`: the runs of an experiment as a table: status, the params that differ, key metrics, duration.
+
+Why `tl-` (transfer learning): ImageMagick installs a `compare` command, and many systems have it on PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.cli import settings
+
+if TYPE_CHECKING:
+    from pipeline.compare import Comparison
+    from pipeline.tracking import RunSummary
+
+FORMATS = ("table", "csv", "markdown")
+DEFAULT_LIMIT = 20
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `tl-compare`."""
+    from pipeline.compare import KEY_METRICS, SORT_DURATION, SORT_START
+
+    parser = argparse.ArgumentParser(
+        prog="tl-compare",
+        description="Show the runs of an MLflow experiment side by side: status, start, duration, the params "
+        "whose values differ between the listed runs, and key metrics (the last logged value of each).",
+        epilog="Defaults come from params.yaml's tracking section; MLFLOW_TRACKING_URI overrides tracking.uri. "
+        "Example: tl-compare --sort test_accuracy --limit 5 --format markdown --output runs.md",
+    )
+    parser.add_argument("--experiment", help="experiment name (default: params.yaml's tracking.experiment)")
+    parser.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else params.yaml's tracking.uri)"
+    )
+    parser.add_argument(
+        "--params", type=Path, default=settings.DEFAULT_PARAMS, help="params file with the defaults (%(default)s)"
+    )
+    parser.add_argument(
+        "--sort",
+        metavar="KEY",
+        help=f"sort by a metric (largest first), or by {SORT_START} or {SORT_DURATION}; default: newest first",
+    )
+    parser.add_argument("--ascending", action="store_true", help="sort smallest first")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=DEFAULT_LIMIT,
+        metavar="N",
+        help="show the first N runs after sorting; 0 shows all (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics",
+        default=",".join(KEY_METRICS),
+        help="comma-separated metric columns, shown when at least one run logged them (default: %(default)s)",
+    )
+    parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: %(default)s)")
+    parser.add_argument("--output", type=Path, metavar="FILE", help="write to FILE instead of standard output")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs `tl-compare`; returns the exit code (2 for a mistake the user can fix).
+
+    Args:
+        argv: The arguments (default: the command line).
+
+    Returns:
+        The exit code.
+    """
+    args = build_parser().parse_args(argv)
+    if args.limit < 0:
+        print(f"error: --limit must be 0 (all) or more, received {args.limit}", file=sys.stderr)
+        return settings.USER_ERROR_EXIT
+    from pipeline.params import ParamsError
+
+    settings.quiet_libraries()
+    try:
+        defaults = settings.project_defaults(args.params)
+        experiment = settings.required(
+            args.experiment or defaults.experiment, "--experiment", "tracking.experiment", args.params
+        )
+        uri = settings.tracking_uri(args.tracking_uri, defaults, args.params)
+        from pipeline import tracking
+
+        runs = tracking.experiment_runs(uri, experiment)
+        if not runs:
+            print(f"experiment {experiment!r} has no runs yet", file=sys.stderr)
+            return 0
+        rendered, comparison = _render(runs, args)
+    except (ParamsError, settings.SettingsError, ValueError, LookupError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return settings.USER_ERROR_EXIT
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(rendered, encoding="utf-8")
+        print(f"wrote {len(comparison.runs)} runs to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(rendered)
+    if len(comparison.runs) < comparison.total:
+        print(f"({len(comparison.runs)} of {comparison.total} runs; --limit 0 shows all)", file=sys.stderr)
+    return 0
+
+
+def _render(runs: list[RunSummary], args: argparse.Namespace) -> tuple[str, Comparison]:
+    from pipeline.compare import compare_runs, display_table, export_table
+    from pipeline.tables import render_csv, render_markdown, render_text
+
+    metrics = [name.strip() for name in args.metrics.split(",") if name.strip()]
+    comparison = compare_runs(runs, metrics=metrics, sort=args.sort, ascending=args.ascending, limit=args.limit or None)
+    if args.format == "csv":
+        return render_csv(export_table(comparison)), comparison
+    table = display_table(comparison)
+    return (render_markdown(table) if args.format == "markdown" else render_text(table)), comparison
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Defaults of the console commands: params.yaml's tracking section, MLFLOW_TRACKING_URI, the command line.
+
+Why: run from the project folder, the commands should find the same store, experiment and registered
+model as the pipeline, with nothing typed; anywhere else, they say which option is missing instead
+of silently creating an empty MLflow store.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_PARAMS = Path("params.yaml")
+USER_ERROR_EXIT = 2
+SQLITE_PREFIX = "sqlite:///"
+
+
+def quiet_libraries() -> None:
+    """Silences TensorFlow's C++ start-up chatter and MLflow's telemetry before they load (as the stages do)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+
+
+class SettingsError(ValueError):
+    """Raised when a default cannot be found; the message names the option that sets it."""
+
+
+@dataclass(frozen=True)
+class ProjectDefaults:
+    """What params.yaml says, when there is one (None where there is not).
+
+    Attributes:
+        tracking_uri: `tracking.uri`.
+        experiment: `tracking.experiment`.
+        registered_model: `tracking.registered_model`.
+        max_image_pixels: `data.max_image_pixels` (the schema's default without a params file).
+    """
+
+    tracking_uri: str | None
+    experiment: str | None
+    registered_model: str | None
+    max_image_pixels: int
+
+
+def project_defaults(params_path: Path) -> ProjectDefaults:
+    """Reads the defaults from a params file; a missing file gives none (options must be given then).
+
+    Args:
+        params_path: The params file.
+
+    Returns:
+        The defaults.
+
+    Raises:
+        ParamsError: The file exists but is invalid.
+    """
+    from pipeline import params
+    from pipeline.params.data import DataParams
+
+    if not params_path.is_file():
+        return ProjectDefaults(None, None, None, DataParams().max_image_pixels)
+    config = params.load(params_path)
+    return ProjectDefaults(
+        tracking_uri=config.tracking.uri,
+        experiment=config.tracking.experiment,
+        registered_model=config.tracking.registered_model,
+        max_image_pixels=config.data.max_image_pixels,
+    )
+
+
+def tracking_uri(option: str | None, defaults: ProjectDefaults, params_path: Path) -> str:
+    """`--tracking-uri`, else MLFLOW_TRACKING_URI, else params.yaml's `tracking.uri`.
+
+    A local sqlite store must already exist: MLflow would create an empty one, and the command would
+    then report an unknown experiment instead of a wrong folder.
+
+    Args:
+        option: The command-line value, or None.
+        defaults: What params.yaml says.
+        params_path: The params file (named in the message).
+
+    Returns:
+        The URI.
+
+    Raises:
+        SettingsError: No URI anywhere, or a sqlite file that does not exist.
+    """
+    uri = option or os.environ.get("MLFLOW_TRACKING_URI") or defaults.tracking_uri
+    if uri is None:
+        raise SettingsError(
+            f"no tracking store: give --tracking-uri, set MLFLOW_TRACKING_URI, or run where {params_path} is"
+        )
+    if uri.startswith(SQLITE_PREFIX):
+        database = Path(uri.removeprefix(SQLITE_PREFIX))
+        if not database.is_file():
+            raise SettingsError(
+                f"no MLflow database at {database.resolve()} (tracking URI {uri}): run the pipeline first, "
+                "run this command in the project folder, or give --tracking-uri"
+            )
+    return uri
+
+
+def required(value: str | None, option: str, key: str, params_path: Path) -> str:
+    """An option's value, or the error that says how to give it.
+
+    Raises:
+        SettingsError: Neither the option nor the params file gives a value.
+    """
+    if value is None:
+        raise SettingsError(f"give {option}, or run where {params_path} is (its {key} is the default)")
+    return value
