@@ -7,12 +7,11 @@ that does not answer). Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from stages import _native_log
+from pipeline import native_log as _native_log
 
 PARAMS = Path("params.yaml")
 MANIFEST = Path("data/manifest.csv")
@@ -37,16 +36,16 @@ USER_ERROR_EXIT = 2
 
 
 def quiet_libraries() -> None:
-    """Silences TensorFlow's C++ start-up chatter and MLflow's telemetry before they load."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("DO_NOT_TRACK", "true")
+    """Silences the libraries' own chatter before they load (see `pipeline.native_log.quiet_libraries`)."""
+    from pipeline import native_log
+
+    native_log.quiet_libraries()
 
 
 def run_stage(main: Callable[[], None]) -> None:
     """Runs a stage's `main`, turning user-fixable errors into one message and exit code 2.
 
-    TensorFlow's harmless C++ start-up lines are filtered from stderr meanwhile (`stages._native_log`;
+    TensorFlow's harmless C++ start-up lines are filtered from stderr meanwhile (`pipeline.native_log`;
     `PIPELINE_RAW_STDERR=1` shows them).
     """
     from pipeline.backbones.errors import BackboneError

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stages._native_log import filter_stream, harmless_patterns
+from pipeline.native_log import filter_stream, harmless_patterns
 
 REPO = Path(__file__).resolve().parent.parent
 # Verbatim from a `make run` on this stack (TensorFlow 2.21, no GPU).

@@ -82,6 +82,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 when every file was classified, 1 when some were not, 2 for a mistake the user can fix.
     """
     args = build_parser().parse_args(argv)
+    from pipeline import native_log
+
+    # TensorFlow's harmless C++ start-up lines would come before every answer.
+    log_filter = native_log.install()
+    try:
+        return _classify(args)
+    finally:
+        if log_filter is not None:
+            log_filter.uninstall()
+
+
+def _classify(args: argparse.Namespace) -> int:
     from pipeline import predict
     from pipeline.model_card import ModelCardError
     from pipeline.params import ParamsError

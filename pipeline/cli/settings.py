@@ -17,10 +17,10 @@ SQLITE_PREFIX = "sqlite:///"
 
 
 def quiet_libraries() -> None:
-    """Silences TensorFlow's C++ start-up chatter and MLflow's telemetry before they load (as the stages do)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("DO_NOT_TRACK", "true")
+    """Silences the libraries' own chatter before they load (see `pipeline.native_log.quiet_libraries`)."""
+    from pipeline import native_log
+
+    native_log.quiet_libraries()
 
 
 class SettingsError(ValueError):

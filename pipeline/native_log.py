@@ -7,7 +7,7 @@ descriptor 2 at a pipe read by this small child process, which forwards every li
 ones. A child, not a thread: when the stage dies (a C++ abort, SIGKILL) the child still reads what was
 written up to that moment and forwards it, so a crash's last words are never swallowed.
 
-Run as `python -m stages._native_log`; `install` and `uninstall` are what a stage calls.
+Run as `python -m pipeline.native_log`; `install` and `uninstall` are what a stage calls.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class NativeLogFilter:
         sys.stderr.flush()
         self._original = os.dup(2)
         self._child = subprocess.Popen(
-            [sys.executable, "-m", "stages._native_log"],
+            [sys.executable, "-m", "pipeline.native_log"],
             stdin=subprocess.PIPE,
             stdout=self._original,
             cwd=Path(__file__).resolve().parent.parent,
@@ -96,6 +96,15 @@ class NativeLogFilter:
         os.dup2(self._original, 2)
         os.close(self._original)
         self._child.wait(timeout=10)
+
+
+def quiet_libraries() -> None:
+    """Silences what the libraries print on their own before they load: TensorFlow's later C++ INFO and
+    WARNING lines, MLflow's telemetry and its artifact-download progress bars (a bar per model load)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def install() -> NativeLogFilter | None:
