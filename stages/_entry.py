@@ -51,11 +51,13 @@ def run_stage(main: Callable[[], None]) -> None:
     """
     from pipeline.data.sources import DatasetFormatError, DatasetNotFoundError
     from pipeline.devices import DeviceSelectionError
+    from pipeline.divergence import TrainingDivergedError
     from pipeline.params import ParamsError
 
     quiet_libraries()
     native_log = _native_log.install()
-    user_errors = (ParamsError, DatasetNotFoundError, DatasetFormatError, DeviceSelectionError)
+    # A diverged training is the user's to fix (a lower learning rate), so it is one line, not a traceback.
+    user_errors = (ParamsError, DatasetNotFoundError, DatasetFormatError, DeviceSelectionError, TrainingDivergedError)
     try:
         main()
     except user_errors as error:
