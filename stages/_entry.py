@@ -30,7 +30,9 @@ LR_FIND_PNG = Path("reports/lr_find.png")
 METRICS = Path("reports/metrics.json")
 CLASSIFICATION_REPORT = Path("reports/classification_report.json")
 CONFUSION_PNG = Path("reports/confusion_matrix.png")
+COMPARISON = Path("reports/champion_comparison.json")
 EXPORTED_MODEL = Path("models/model.keras")
+EXPORTED_SAVED_MODEL = Path("models/saved_model")
 REGISTRY_REPORT = Path("reports/registry.json")
 
 USER_ERROR_EXIT = 2

@@ -75,7 +75,7 @@ def test_defaults_load() -> None:
     assert params.train.unfreeze == []
     assert params.evaluate.batch_size == 128
     assert (params.device.type, params.device.gpu_indices, params.device.precision) == ("auto", None, "auto")
-    assert params.tracking.champion_metric == "accuracy"
+    assert (params.tracking.champion_metric, params.tracking.champion_margin) == ("accuracy", 0.0)
 
 
 def test_empty_document_gives_defaults(tmp_path: Path) -> None:
@@ -605,3 +605,9 @@ def test_schedule_models_match_the_schedule_registry() -> None:
 )
 def test_schedule_must_fit_its_phase(train, expected: str) -> None:
     assert expected in _error_message({"train": train})
+
+
+def test_champion_margin_is_a_share_from_zero_to_below_one() -> None:
+    assert parse({"tracking": {"champion_margin": 0.02}}).tracking.champion_margin == 0.02
+    message = _error_message({"tracking": {"champion_margin": -0.01}})
+    assert "tracking.champion_margin: received -0.01; Input should be greater than or equal to 0" in message
