@@ -1,4 +1,5 @@
-"""Keras callbacks of the pipeline: one epoch history across all phases, and early stopping per phase.
+"""Keras callbacks of the pipeline: one epoch history across all phases, early stopping per phase, and
+the divergence guard that stops a blown-up run (its rule: `pipeline.divergence`).
 
 Why: every phase is its own `fit` call, and Keras' `History` (like MLflow's Keras callback) restarts
 with each one. The recorder keeps one continuous epoch axis, stamps each epoch with its phase and the
@@ -16,6 +17,7 @@ from typing import Any
 
 import keras
 
+from pipeline.divergence import check_epoch
 from pipeline.freezing import LayerState
 from pipeline.schedules import learning_rate_used
 
@@ -116,3 +118,23 @@ def early_stopping(
     return keras.callbacks.EarlyStopping(
         monitor=monitor, patience=patience, min_delta=min_delta, restore_best_weights=restore_best
     )
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Raises `TrainingDivergedError` at the end of the first epoch that diverged (`pipeline.divergence`).
+
+    It must come last in the callback list, so that the epoch that diverged is still recorded and
+    logged to the run by the callbacks before it, where the user can see the loss blow up.
+    """
+
+    def __init__(self, *, num_classes: int) -> None:
+        super().__init__()
+        self._num_classes = num_classes
+        self._phase = ""
+
+    def begin_phase(self, phase: PhaseRecord) -> None:
+        """Remembers the phase's name for the message."""
+        self._phase = phase.name
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        check_epoch(logs or {}, epoch=epoch, num_classes=self._num_classes, phase=self._phase)

@@ -1,8 +1,9 @@
-"""Exported models: preprocessing folded in, written atomically.
+"""Exported models: preprocessing folded in, written atomically, as `.keras` and as a TF SavedModel.
 
 Why: a model in the registry or in `models/` must be usable without this repository: it takes RGB
 pixels on 0..255 at its input size and applies the backbone's own scaling itself. And a run killed
-mid-save must never leave a truncated `.keras` file where DVC or a user expects a model.
+mid-save must never leave a truncated `.keras` file where DVC or a user expects a model. The
+SavedModel serves where Keras is not installed (TensorFlow Serving, `tf.saved_model.load`).
 
 A model on a TF Hub or SavedModel backbone is the exception to "usable without this repository": its file
 holds the fine-tuned weights but only the path of the SavedModel, which must still exist where it was.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -79,6 +81,40 @@ def holds_saved_model_layer(path: str | Path) -> bool:
         return False
 
     return visit(config)
+
+
+def export_saved_model(model: keras.Model, directory: str | Path) -> Path:
+    """Writes a TF SavedModel (Keras 3's `model.export`) whose `serve` endpoint maps pixels to probabilities.
+
+    Why a SavedModel next to the `.keras` file: it loads with `tf.saved_model.load` alone, in a process
+    without Keras (TensorFlow Serving, a plain TensorFlow service), and keeps the preprocessing inside.
+    It is written into a temporary folder beside `directory` and renamed into place, so a run killed
+    mid-export never leaves half a SavedModel there (an existing one is swapped out, then deleted).
+
+    Args:
+        model: The end-to-end model (0..255 RGB in, class probabilities out).
+        directory: Destination folder (e.g. `models/saved_model`).
+
+    Returns:
+        The destination; `tf.saved_model.load(str(it)).serve(float32 batch)` gives the probabilities.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    exported, previous = temporary / "model", temporary / "previous"
+    try:
+        model.export(str(exported), format="tf_saved_model", verbose=False)
+        if directory.exists():
+            os.replace(directory, previous)
+        try:
+            os.replace(exported, directory)
+        except BaseException:
+            if previous.exists():
+                os.replace(previous, directory)
+            raise
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return directory
 
 
 def load_model(path: str | Path) -> keras.Model:

@@ -7,7 +7,11 @@ tracking store, and MLflow's quirks on this stack are handled in one place:
   global epoch instead. It lives apart so that this module imports neither Keras nor TensorFlow: the
   console commands that only query runs (`tl-compare`) start in seconds, without TensorFlow's start-up.
 - `log_model(..., input_example=...)` fails on Keras 3 (upstream #16183): the signature is built
-  from shapes instead, and pip requirements are given, since inferring them costs seconds.
+  from shapes instead, and pip requirements are given, since inferring them costs seconds. The model's
+  class names travel in its metadata, so the gate can tell whether a champion answers the same question.
+- The registry's champion is looked up by the alias of the registered model, and only "no such
+  model" or "no such alias" means "no champion": any other error (a server down) is raised, so that
+  it is never mistaken for an empty registry, which a model would enter unopposed.
 - A run's status tells the truth: RUNNING while a stage works on it (a fluent-API call borrows the
   run and `mlflow.end_run()` would mark it FINISHED, so `_active` puts RUNNING back); FAILED on an
   exception, with its one-line reason in tag `pipeline.error`; KILLED on Ctrl-C or SIGTERM (which
@@ -40,7 +44,11 @@ from mlflow.types import Schema, TensorSpec
 if TYPE_CHECKING:
     import keras
 
+    from pipeline.gate import GateDecision
+
 CHAMPION_ALIAS = "champion"
+# Key of the class names in a logged model's metadata (MLmodel's `metadata`).
+CLASS_NAMES_KEY = "class_names"
 # MLflow's log_batch limits: at most 1000 metrics or 100 params or 100 tags per call.
 _PARAMS_PER_BATCH = 100
 _METRICS_PER_BATCH = 1000
@@ -148,27 +156,41 @@ class TrackedRun:
         *,
         name: str,
         pip_requirements: list[str],
+        class_names: Sequence[str],
         metadata: dict[str, Any] | None = None,
     ) -> str:
-        """Logs a Keras model with a tensor signature built from its shapes.
+        """Logs a Keras model with a tensor signature built from its shapes and its class names as metadata.
+
+        The logged model loads through `mlflow.pyfunc` (its `predict` takes a float32 array of 0..255
+        pixels and returns class probabilities) and serves with `mlflow models serve`.
 
         Args:
             model: Model with one image input and one probability output.
             name: Artifact name of the model in the run.
             pip_requirements: What the model needs to load.
-            metadata: JSON-friendly facts stored in the model's MLmodel file (the model card: class
-                names, stored image shape), read back by `load_logged_model`.
+            class_names: Label index -> class name, one per output.
+            metadata: More JSON-friendly facts for the model's MLmodel file (the model card: class names,
+                stored image shape), read back by `load_logged_model`.
 
         Returns:
             The model URI (`runs:/<id>/<name>`).
+
+        Raises:
+            ValueError: The number of class names is not the model's number of outputs.
         """
+        if len(class_names) != model.output_shape[-1]:
+            raise ValueError(f"{len(class_names)} class names for a model with {model.output_shape[-1]} outputs")
         signature = ModelSignature(
             inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.input_shape[1:]), "pixels")]),
             outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.output_shape[1:]), "probabilities")]),
         )
         with _active(self.run_id):
             info = mlflow.tensorflow.log_model(
-                model, name=name, signature=signature, pip_requirements=pip_requirements, metadata=metadata
+                model,
+                name=name,
+                signature=signature,
+                pip_requirements=pip_requirements,
+                metadata={CLASS_NAMES_KEY: list(class_names), **(metadata or {})},
             )
         return info.model_uri
 
@@ -360,57 +382,112 @@ def run_reference(run: TrackedRun, tracking_uri: str) -> RunReference:
     return RunReference(run_id=run.run_id, experiment_id=info.experiment_id, tracking_uri=tracking_uri)
 
 
+def champion_version(run: TrackedRun, name: str) -> str | None:
+    """The version `@champion` of the registered model `name` points at.
+
+    Args:
+        run: An open run (its client reaches the registry).
+        name: Registered model name.
+
+    Returns:
+        The version, or None when the registered model or its `champion` alias does not exist.
+
+    Raises:
+        MlflowException: Any other registry error (e.g. the server cannot be reached).
+    """
+    try:
+        registered = run.client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    version = registered.aliases.get(CHAMPION_ALIAS)
+    return None if version is None else str(version)
+
+
+def load_model_version(run: TrackedRun, name: str, version: str) -> tuple[keras.Model, tuple[str, ...] | None]:
+    """Loads a registered model version as Keras, with the class names it was logged with.
+
+    Args:
+        run: An open run (it set the tracking URI the registry lives under).
+        name: Registered model name.
+        version: Version number.
+
+    Returns:
+        The model and its class names, or None for the names when it was logged without them.
+    """
+    uri = f"models:/{name}/{version}"
+    class_names = (mlflow.models.get_model_info(uri).metadata or {}).get(CLASS_NAMES_KEY)
+    model = load_keras_model(uri)
+    return model, None if class_names is None else tuple(str(item) for item in class_names)
+
+
+# Keras' refusal of a TFSMLayer in safe mode; a Lambda layer's refusal reads differently and stays refused.
+_SAVED_MODEL_LAYER_REFUSAL = "Requested the deserialization of a `TFSMLayer`"
+
+
+def load_keras_model(uri: str) -> keras.Model:
+    """Loads a logged Keras model, lifting Keras' safe mode only for a model on a TF Hub or SavedModel backbone.
+
+    Why: such a model holds a `TFSMLayer` (the SavedModel's path, see `pipeline.export`), which Keras
+    refuses in safe mode although it runs no Python code from the file; a Lambda layer, which would run
+    code, is still refused.
+
+    Args:
+        uri: `models:/...`, `runs:/...` or any model URI MLflow resolves.
+
+    Returns:
+        The uncompiled Keras model.
+    """
+    try:
+        return mlflow.tensorflow.load_model(uri, keras_model_kwargs={"compile": False})
+    except ValueError as error:
+        if _SAVED_MODEL_LAYER_REFUSAL not in str(error):
+            raise
+    return mlflow.tensorflow.load_model(uri, keras_model_kwargs={"compile": False, "safe_mode": False})
+
+
 @dataclass(frozen=True)
 class Registration:
-    """Outcome of registering a model version."""
+    """Outcome of registering a model version: the version, whether it is champion now, and the gate's decision."""
 
     name: str
     version: str
-    champion_version: str
     is_champion: bool
-    metric: str
-    value: float
-    previous_champion_value: float | None
+    champion_version: str | None
+    decision: GateDecision
 
 
-def register_model(run: TrackedRun, *, model_uri: str, name: str, metric: str, value: float) -> Registration:
-    """Adds a version to the registered model and moves `@champion` to it when it is at least as good.
+def register_model(run: TrackedRun, *, model_uri: str, name: str, decision: GateDecision) -> Registration:
+    """Adds a version to the registered model, tags it with the gate's decision, and moves `@champion` if it says so.
 
-    Why a gate: `models:/NAME@champion` is what users deploy; a worse retrain must not replace it.
-    The score travels as a version tag, so the gate needs no access to the old run.
+    Why the decision is made elsewhere (`pipeline.gate.decide`): it rests on the champion scored on
+    the challenger's own test split, which the evaluate stage measured; here it is only recorded,
+    on the version (both numbers, the baseline's, the margin and the reason) and on the run.
 
     Args:
         run: The run that logged the model.
         model_uri: The logged model's URI.
         name: Registered model name.
-        metric: Name of the test metric compared (higher is better).
-        value: This version's value of it.
+        decision: The gate's decision for this model.
 
     Returns:
-        The new version and whether it is the champion now.
+        The new version, whether it is champion, the champion's version after this (None when the
+        registry has none), and the decision.
     """
-    version = mlflow.register_model(model_uri, name)
-    tag = f"test_{metric}"
-    run.client.set_model_version_tag(name, version.version, tag, str(value))
-    run.client.set_model_version_tag(name, version.version, "run_id", run.run_id)
-    previous_value: float | None = None
-    try:
-        champion = run.client.get_model_version_by_alias(name, CHAMPION_ALIAS)
-        previous_value = float(champion.tags.get(tag, "nan"))
-    except mlflow.exceptions.MlflowException:
-        champion = None
-    is_champion = champion is None or not value < previous_value  # nan (untagged) loses
-    if is_champion:
-        run.client.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
-    champion_version = version.version if is_champion else champion.version
+    version = str(mlflow.register_model(model_uri, name).version)
+    tags = {"run_id": run.run_id, f"test_{decision.metric}": str(decision.challenger), **decision.tags()}
+    for key, value in tags.items():
+        run.client.set_model_version_tag(name, version, key, value)
+    run.set_tags({"gate.decision": tags["gate.decision"], "gate.reason": decision.reason})
+    if decision.promote:
+        run.client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
     return Registration(
         name=name,
-        version=str(version.version),
-        champion_version=str(champion_version),
-        is_champion=is_champion,
-        metric=metric,
-        value=value,
-        previous_champion_value=previous_value,
+        version=version,
+        is_champion=decision.promote,
+        champion_version=version if decision.promote else champion_version(run, name),
+        decision=decision,
     )
 
 
@@ -521,7 +598,7 @@ def load_logged_model(uri: str, *, tracking_uri: str) -> LoggedModel:
     try:
         info = mlflow.models.get_model_info(uri)
         version = _registered_version(MlflowClient(tracking_uri), uri)
-        model = mlflow.tensorflow.load_model(uri)
+        model = load_keras_model(uri)
     except (mlflow.exceptions.MlflowException, OSError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise TrackingLookupError(f"cannot load {uri} from {tracking_uri}: {reason}") from None

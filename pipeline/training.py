@@ -6,7 +6,7 @@ axis. `plan_phases` turns the `train` section into that list of phases, resolvin
 inherited settings. The mechanics live elsewhere: `pipeline.freezing` (what trains, BatchNorm
 policy), `pipeline.features` (frozen activations computed once), `pipeline.optimizers`,
 `pipeline.schedules`, `pipeline.layerwise` (discriminative learning rates), `pipeline.losses`,
-`pipeline.callbacks` (one history for all phases, early stopping).
+`pipeline.callbacks` (one history for all phases, early stopping, the divergence guard).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import keras
 
-from pipeline.callbacks import HistoryRecorder, PhaseRecord, TrainingHistory, early_stopping
+from pipeline.callbacks import DivergenceGuard, HistoryRecorder, PhaseRecord, TrainingHistory, early_stopping
 from pipeline.features import ImageSplit, PhaseDataFactory
 from pipeline.freezing import layer_map, set_trainable_blocks
 from pipeline.head import Classifier
@@ -158,11 +158,16 @@ def fine_tune(
 
     Returns:
         Every epoch of every phase on one axis, the phase boundaries and the trainable-layer map.
+
+    Raises:
+        TrainingDivergedError: An epoch's loss was NaN or infinite, or far above that of guessing
+            (`pipeline.divergence`); training stops at that epoch, and no model should be kept.
     """
     history = TrainingHistory()
     recorder = HistoryRecorder(history)
-    blocks = classifier.backbone.blocks_top_down
     num_classes = classifier.model.output_shape[-1]
+    guard = DivergenceGuard(num_classes=num_classes)
+    blocks = classifier.backbone.blocks_top_down
     data = PhaseDataFactory(
         classifier,
         train=train,
@@ -226,6 +231,7 @@ def fine_tune(
             data_note=phase_data.note,
         )
         recorder.begin_phase(record)
+        guard.begin_phase(record)
         for callback in callbacks:
             if callable(getattr(callback, "begin_phase", None)):
                 callback.begin_phase(record)
@@ -235,8 +241,9 @@ def fine_tune(
             validation_data=phase_data.val,
             initial_epoch=first_epoch,
             epochs=record.end_epoch,
-            # The recorder first, so it logs the LR this epoch used before a plateau callback lowers it.
-            callbacks=[recorder, *schedule.callbacks, *([stopper] if stopper else []), *callbacks],
+            # The recorder first, so it logs the LR this epoch used before a plateau callback lowers it; the
+            # divergence guard last, so that the epoch that blew up is still recorded and logged to the run.
+            callbacks=[recorder, *schedule.callbacks, *([stopper] if stopper else []), *callbacks, guard],
             shuffle=False,  # the datasets reshuffle themselves, with the run's seed
             verbose=verbose,
         )

@@ -29,7 +29,9 @@ LR_FIND_PNG = Path("reports/lr_find.png")
 METRICS = Path("reports/metrics.json")
 CLASSIFICATION_REPORT = Path("reports/classification_report.json")
 CONFUSION_PNG = Path("reports/confusion_matrix.png")
+COMPARISON = Path("reports/champion_comparison.json")
 EXPORTED_MODEL = Path("models/model.keras")
+EXPORTED_SAVED_MODEL = Path("models/saved_model")
 REGISTRY_REPORT = Path("reports/registry.json")
 
 USER_ERROR_EXIT = 2
@@ -51,11 +53,13 @@ def run_stage(main: Callable[[], None]) -> None:
     from pipeline.backbones.errors import BackboneError
     from pipeline.data.sources import DatasetFormatError, DatasetNotFoundError
     from pipeline.devices import DeviceSelectionError
+    from pipeline.divergence import TrainingDivergedError
     from pipeline.params import ParamsError
     from pipeline.tracking_store import TrackingStoreError
 
     quiet_libraries()
     native_log = _native_log.install()
+    # A diverged training is the user's to fix (a lower learning rate), so it is one line, not a traceback.
     user_errors = (
         ParamsError,
         DatasetNotFoundError,
@@ -63,6 +67,7 @@ def run_stage(main: Callable[[], None]) -> None:
         DeviceSelectionError,
         BackboneError,
         TrackingStoreError,
+        TrainingDivergedError,
     )
     try:
         main()

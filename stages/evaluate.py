@@ -1,4 +1,8 @@
-"""DVC stage `evaluate`: test-set metrics of the trained model, into reports/ and the run."""
+"""DVC stage `evaluate`: test metrics of the trained model and of the champion on one split, to reports/ and the run.
+
+The current `@champion` of `tracking.registered_model` is scored on this run's test images, with the
+majority-class baseline, so that the register stage's gate compares like with like (`pipeline.gate`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import os
 from pipeline import params, tracking_store
 from stages._entry import (
     CLASSIFICATION_REPORT,
+    COMPARISON,
     CONFUSION_PNG,
     MANIFEST,
     METRICS,
@@ -31,9 +36,9 @@ def main() -> None:
         memory_growth=config.device.memory_growth,
     )
 
-    from pipeline import export, plots, provenance, tracking
+    from pipeline import export, gate, plots, provenance, tracking
     from pipeline.data.split import read_manifest, select
-    from pipeline.evaluation import evaluate_classifier
+    from pipeline.evaluation import evaluate_classifier, majority_baseline, score_champion
     from stages._data import load_source
 
     reference = tracking.RunReference.read(RUN_REFERENCE)
@@ -41,6 +46,7 @@ def main() -> None:
     source = load_source(config.data)
     test_images, test_labels = select(source, read_manifest(MANIFEST), "test")
     model = export.load_model(TRAINED_MODEL)
+    registered_model = config.tracking.registered_model
     with tracking.tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:
         # The stage working on the run now: the UI then tells which stage a RUNNING run is in.
         run.set_tags(provenance.dvc_context(os.environ))
@@ -67,10 +73,51 @@ def main() -> None:
             encoding="utf-8",
         )
         plots.plot_confusion_matrix(result.confusion, source.class_names, CONFUSION_PNG)
-        run.log_metrics({f"test_{key}": float(value) for key, value in result.summary().items()})
-        for artifact in (METRICS, CLASSIFICATION_REPORT, CONFUSION_PNG):
+
+        baseline = majority_baseline(test_labels, class_names=source.class_names)
+        version = tracking.champion_version(run, registered_model)
+        champion = (
+            None
+            if version is None
+            else score_champion(
+                version,
+                lambda: tracking.load_model_version(run, registered_model, version),
+                test_images,
+                test_labels,
+                class_names=source.class_names,
+                batch_size=config.evaluate.batch_size,
+            )
+        )
+        gate.Comparison(
+            class_names=list(source.class_names),
+            challenger=result.summary(),
+            baseline=baseline.summary(),
+            majority_class=baseline.class_name,
+            champion=champion,
+        ).write(COMPARISON)
+
+        metrics = {f"test_{key}": float(value) for key, value in result.summary().items()}
+        metrics.update({f"baseline_test_{key}": value for key, value in baseline.summary().items()})
+        if champion is not None and champion.scores is not None:
+            metrics.update({f"champion_test_{key}": float(champion.scores[key]) for key in gate.GATE_METRICS})
+        run.log_metrics(metrics)
+        if champion is None:
+            compared = "no champion"
+        elif champion.scores is None:
+            compared = f"v{champion.version}, not comparable: {champion.reason}"
+        else:
+            compared = f"v{champion.version}"
+        run.set_tags({"gate.compared_with": compared})
+        for artifact in (METRICS, CLASSIFICATION_REPORT, CONFUSION_PNG, COMPARISON):
             run.log_artifact(artifact, "evaluation")
     print(f"test accuracy {result.accuracy:.4f}, macro F1 {result.macro_f1:.4f} on {result.examples} images")
+    print(f"majority-class baseline ({baseline.class_name}) accuracy {baseline.accuracy:.4f}")
+    if champion is None:
+        print(f"no @champion of {registered_model} to compare with")
+    elif champion.scores is None:
+        print(f"@champion v{champion.version} cannot be compared: {champion.reason}")
+    else:
+        print(f"@champion v{champion.version} on the same test images: accuracy {champion.scores['accuracy']:.4f}")
 
 
 if __name__ == "__main__":

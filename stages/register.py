@@ -1,4 +1,5 @@
-"""DVC stage `register`: log the model (with its card) on the run, add a registry version, export models/model.keras."""
+"""DVC stage `register`: log the model (with its card) on the run, add a registry version, move `@champion`
+if the gate says so, and export models/model.keras and models/saved_model."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from dataclasses import asdict
 
 from pipeline import params, tracking_store
 from stages._entry import (
+    COMPARISON,
     DATA_REPORT,
     EXPORTED_MODEL,
-    METRICS,
+    EXPORTED_SAVED_MODEL,
     PARAMS,
     REGISTRY_REPORT,
     RUN_REFERENCE,
@@ -25,15 +27,16 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from pipeline import export, provenance, tracking
+    from pipeline import export, gate, provenance, tracking
     from pipeline.model_card import ModelCard
 
     reference = tracking.RunReference.read(RUN_REFERENCE)
     tracking_store.check_tracking_store(reference.tracking_uri, origin=f"{RUN_REFERENCE}, written by train")
     # Class names and the stored image shape travel with the model, for `tl-predict`.
     card = ModelCard.from_data_report(json.loads(DATA_REPORT.read_text(encoding="utf-8")))
-    test_metrics = json.loads(METRICS.read_text(encoding="utf-8"))["test"]
+    comparison = gate.Comparison.read(COMPARISON)
     model = export.load_model(TRAINED_MODEL)
+    name = tracking_params.registered_model
     with tracking.tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:
         # The stage working on the run now: the UI then tells which stage a RUNNING run is in.
         run.set_tags(provenance.dvc_context(os.environ))
@@ -41,23 +44,26 @@ def main() -> None:
             model,
             name="model",
             pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+            class_names=comparison.class_names,
             metadata=card.to_metadata(),
         )
-        registration = tracking.register_model(
-            run,
-            model_uri=model_uri,
-            name=tracking_params.registered_model,
+        decision = gate.decide(
+            comparison,
             metric=tracking_params.champion_metric,
-            value=float(test_metrics[tracking_params.champion_metric]),
+            margin=tracking_params.champion_margin,
+            current_champion=tracking.champion_version(run, name),
         )
+        registration = tracking.register_model(run, model_uri=model_uri, name=name, decision=decision)
         export.save_model(model, EXPORTED_MODEL)
+        export.export_saved_model(model, EXPORTED_SAVED_MODEL)
         REGISTRY_REPORT.write_text(json.dumps(asdict(registration), indent=2) + "\n", encoding="utf-8")
-    verdict = (
-        "is the new @champion"
-        if registration.is_champion
-        else (f"stays behind @champion v{registration.champion_version}")
-    )
-    print(f"registered {registration.name} v{registration.version} ({model_uri}); it {verdict}")
+    if registration.is_champion:
+        verdict = "it is the new @champion"
+    elif registration.champion_version is None:
+        verdict = "it is not @champion, and there is none"
+    else:
+        verdict = f"@champion stays v{registration.champion_version}"
+    print(f"registered {name} v{registration.version} ({model_uri}); {verdict}: {decision.reason}")
 
 
 if __name__ == "__main__":

@@ -63,6 +63,32 @@ def make_images(count: int, classes: int, seed: int = 0, size: int = 8) -> tuple
     return images, labels.astype(np.int64)
 
 
+def brightness_classifier(mapping: list[int], *, image_size: int = 8):
+    """A classifier of `brightness_images` with set weights: it reads the true class, then answers `mapping[c]`.
+
+    Why: the champion gate's tests need models of exactly known accuracy on a given split.
+    """
+    import keras
+
+    classes = len(mapping)
+    pixels = keras.Input((image_size, image_size, 3), name="pixels")
+    brightness = keras.layers.GlobalAveragePooling2D()(pixels)
+    # logit_c = c v - 50 c^2 = -50 ((c - k)^2 - k^2) at v = 100 k: the true class k leads by at least 50.
+    true_class = keras.layers.Dense(classes, activation="softmax")(brightness)
+    answer = keras.layers.Dense(classes, activation="softmax", use_bias=False)(true_class)
+    model = keras.Model(pixels, answer)
+    kernel = np.zeros((3, classes), np.float32)
+    kernel[0] = np.arange(classes)
+    model.layers[2].set_weights([kernel, -50.0 * np.arange(classes, dtype=np.float32) ** 2])
+    model.layers[3].set_weights([np.eye(classes, dtype=np.float32)[mapping] * 50])
+    return model
+
+
+def brightness_images(labels: list[int], size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 RGB images whose every pixel is 100 x their label (0, 100, 200), and the labels."""
+    return np.stack([np.full((size, size, 3), 100 * label, np.uint8) for label in labels]), np.array(labels)
+
+
 @pytest.fixture
 def tiny_backbone() -> Callable[..., object]:
     return build_tiny_backbone

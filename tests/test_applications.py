@@ -167,7 +167,8 @@ def test_fine_tuning_on_cached_features_equals_training_on_images(name: str, tmp
     val_images, val_labels = make_images(12, 3, seed=2, size=8)
     phases = [
         Phase("frozen", 0, 1, 0.01, optimizer=AdamParams(name="adam"), schedule=ConstantParams(name="constant")),
-        Phase("top", 2, 1, 0.001, optimizer=AdamParams(name="adam"), schedule=ConstantParams(name="constant")),
+        # Adam at 1e-3 blew the random-init VGG16 up (loss 20 on 3 classes), which training now refuses.
+        Phase("top", 2, 1, 0.0001, optimizer=AdamParams(name="adam"), schedule=ConstantParams(name="constant")),
     ]
     results = []
     for cache_bytes in (1 << 30, 0):

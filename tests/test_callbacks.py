@@ -10,7 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.callbacks import HistoryRecorder, PhaseRecord, TrainingHistory, early_stopping
+from pipeline.callbacks import DivergenceGuard, HistoryRecorder, PhaseRecord, TrainingHistory, early_stopping
+from pipeline.divergence import TrainingDivergedError
 from pipeline.schedules import learning_rate_used
 
 PHASE = PhaseRecord(
@@ -113,3 +114,26 @@ def test_save_writes_exact_csv_and_json(tmp_path: Path) -> None:
     document = json.loads((tmp_path / "sub" / "h.json").read_text())
     assert document["epochs"] == [row]
     assert document["phases"][0]["end_epoch"] == 7
+
+
+def test_divergence_guard_stops_fit_after_the_spy_saw_the_epoch() -> None:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=1e6), loss="sparse_categorical_crossentropy")
+    guard = DivergenceGuard(num_classes=3)
+    guard.begin_phase(PHASE)
+    seen: list[int] = []
+    spy = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(epoch))
+    features = np.random.default_rng(0).normal(size=(32, 2)).astype(np.float32)
+    with pytest.raises(TrainingDivergedError, match=r"^training diverged in epoch 1 \(phase unfreeze_top_2\): loss "):
+        model.fit(features, np.arange(32) % 3, epochs=5, batch_size=4, verbose=0, callbacks=[spy, guard])
+    assert seen == [0]
+
+
+def test_divergence_guard_lets_a_sane_run_finish() -> None:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1), loss="sparse_categorical_crossentropy")
+    features = np.random.default_rng(0).normal(size=(32, 2)).astype(np.float32)
+    history = model.fit(features, np.arange(32) % 3, epochs=3, verbose=0, callbacks=[DivergenceGuard(num_classes=3)])
+    assert len(history.history["loss"]) == 3

@@ -13,6 +13,7 @@ from PIL import Image
 from pipeline import tracking
 from pipeline.cli.predict import main, model_uri
 from pipeline.export import save_model
+from pipeline.gate import GateDecision
 from pipeline.model_card import ModelCard
 
 NAMES = ["zero", "one", "two"]
@@ -26,6 +27,20 @@ def _classifier() -> keras.Model:
     return keras.Model(pixels, keras.layers.Dense(3, activation="softmax")(features), name="classifier")
 
 
+def promoted(value: float) -> GateDecision:
+    """A gate decision that moves @champion to the new version."""
+    return GateDecision(
+        promote=True,
+        metric="accuracy",
+        margin=0.0,
+        challenger=value,
+        baseline=0.1,
+        champion=None,
+        champion_version=None,
+        reason="test registry",
+    )
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A registry holding v1 (logged before model cards: names only in its evaluation report) and v2 (with
@@ -36,8 +51,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict:
     runs = []
     for value, metadata in ((0.5, None), (0.9, CARD.to_metadata())):
         with tracking.tracked_run(tracking_uri=store, experiment="e", artifact_dir=root / "artifacts") as run:
-            uri = run.log_keras_model(model, name="model", pip_requirements=["keras"], metadata=metadata)
-            tracking.register_model(run, model_uri=uri, name="clf", metric="accuracy", value=value)
+            uri = run.log_keras_model(
+                model, name="model", pip_requirements=["keras"], class_names=NAMES, metadata=metadata
+            )
+            tracking.register_model(run, model_uri=uri, name="clf", decision=promoted(value))
             (root / "classification_report.json").write_text(json.dumps({"class_names": NAMES}))
             run.log_artifact(root / "classification_report.json", "evaluation")
         runs.append(run.run_id)

@@ -1,7 +1,11 @@
-"""Export: preprocessing folded into the model, atomic save, lossless reload."""
+"""Export: preprocessing folded into the model, atomic save, lossless reload, a SavedModel served without Keras."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -10,7 +14,7 @@ import numpy as np
 import pytest
 
 from pipeline.backbones.hub import load_hub_backbone
-from pipeline.export import end_to_end_model, holds_saved_model_layer, load_model, save_model
+from pipeline.export import end_to_end_model, export_saved_model, holds_saved_model_layer, load_model, save_model
 from pipeline.features import ImageSplit
 from pipeline.head import attach_head
 from pipeline.params.optimizer import AdamParams
@@ -101,3 +105,58 @@ def test_a_model_on_a_saved_model_reloads_with_its_fine_tuned_weights(tiny_backb
 
     plain = save_model(attach_head(tiny_backbone(), num_classes=3, seed=0).model, tmp_path / "plain.keras")
     assert holds_saved_model_layer(plain) is False
+
+
+# Run in a child process where `import keras` fails: what it loads and calls cannot be using Keras.
+_SERVE_WITHOUT_KERAS = """
+import json, sys
+sys.modules["keras"] = None
+sys.modules["tf_keras"] = None
+import numpy as np
+import tensorflow as tf
+
+served = tf.saved_model.load(sys.argv[1])
+pixels = np.load(sys.argv[2])
+probabilities = served.serve(tf.constant(pixels)).numpy()
+loaded = sorted(name for name, module in sys.modules.items() if name.split(".")[0] == "keras" and module is not None)
+print(json.dumps({"probabilities": probabilities.tolist(), "keras_modules": loaded}))
+"""
+
+
+def test_saved_model_serves_the_same_probabilities_without_keras(tiny_backbone, tmp_path: Path) -> None:
+    backbone = tiny_backbone()
+    classifier = attach_head(backbone, num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    model = end_to_end_model(classifier.model, backbone.make_preprocessing(), image_size=16)
+    directory = export_saved_model(model, tmp_path / "models" / "saved_model")
+    assert directory == tmp_path / "models" / "saved_model"
+    assert sorted(item.name for item in directory.parent.iterdir()) == ["saved_model"]  # no temporary left
+    assert (directory / "saved_model.pb").is_file()
+    pixels = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype(np.float32)
+    np.save(tmp_path / "pixels.npy", pixels)
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, "-c", _SERVE_WITHOUT_KERAS, str(directory), str(tmp_path / "pixels.npy")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=environment,
+    )
+    assert result.returncode == 0, result.stderr
+    served = json.loads(result.stdout.strip().splitlines()[-1])
+    assert served["keras_modules"] == []
+    np.testing.assert_allclose(served["probabilities"], model.predict(pixels, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_saved_model_export_replaces_the_previous_one(tiny_backbone, tmp_path: Path) -> None:
+    backbone = tiny_backbone()
+    classifier = attach_head(backbone, num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    model = end_to_end_model(classifier.model, backbone.make_preprocessing(), image_size=16)
+    directory = tmp_path / "saved_model"
+    directory.mkdir()
+    (directory / "stale.txt").write_text("from an earlier run")
+    export_saved_model(model, directory)
+    assert sorted(item.name for item in directory.iterdir()) == sorted(
+        ["assets", "fingerprint.pb", "saved_model.pb", "variables"]
+    )
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["saved_model"]

@@ -83,7 +83,7 @@ def test_defaults_load() -> None:
         "auto",
         True,
     )
-    assert params.tracking.champion_metric == "accuracy"
+    assert (params.tracking.champion_metric, params.tracking.champion_margin) == ("accuracy", 0.0)
 
 
 def test_empty_document_gives_defaults(tmp_path: Path) -> None:
@@ -741,3 +741,9 @@ def test_schedule_must_fit_its_phase(train, expected: str) -> None:
 )
 def test_device_section_refusals(device: dict[str, Any], message: str) -> None:
     assert re.search(message, _error_message({"device": device}))
+
+
+def test_champion_margin_is_a_share_from_zero_to_below_one() -> None:
+    assert parse({"tracking": {"champion_margin": 0.02}}).tracking.champion_margin == 0.02
+    message = _error_message({"tracking": {"champion_margin": -0.01}})
+    assert "tracking.champion_margin: received -0.01; Input should be greater than or equal to 0" in message

@@ -41,7 +41,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "lr_factor": 0.1,
                 "optimizer": {"name": "sgd", "momentum": 0.9, "clipnorm": 1.0},
             },
-            {"blocks": 3, "epochs": 1, "lr_factor": 0.01},
+            # 0.01 (Adam at 1.6e-3 on three pretrained blocks) left a model answering one class everywhere,
+            # test accuracy 0.1 = the majority baseline, which the champion gate rightly refuses.
+            {"blocks": 3, "epochs": 1, "lr_factor": 0.001},
         ],
     )
     params["lr_find"].update(enabled=True, steps=20, images=64, min_lr=1e-5, max_lr=1.0)
@@ -72,8 +74,15 @@ def test_outputs_with_fixed_names(project: Path) -> None:
     assert metrics["test"]["examples"] == 40
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
     assert (project / "models" / "model.keras").stat().st_size > 1_000_000
+    assert (project / "models" / "saved_model" / "saved_model.pb").stat().st_size > 100_000
     for name in ("history.png", "confusion_matrix.png", "data_report.json", "registry.json", "lr_find.png"):
         assert (project / "reports" / name).stat().st_size > 0
+    comparison = json.loads((project / "reports" / "champion_comparison.json").read_text())
+    assert comparison["baseline"]["accuracy"] == 0.1  # 4 test images of each of the 10 classes
+    assert comparison["champion"] is None  # the registry was empty
+    assert comparison["challenger"]["accuracy"] == metrics["test"]["accuracy"]
+    registry = json.loads((project / "reports" / "registry.json").read_text())
+    assert registry["decision"]["challenger"] == metrics["test"]["accuracy"]
     with (project / "reports" / "trainable_layers.csv").open(newline="") as handle:
         layers = list(csv.DictReader(handle))
     last_phase = {(row["block"], row["trainable"], row["lr_multiplier"]) for row in layers if row["phase"] == "2"}
@@ -120,7 +129,7 @@ def test_one_run_holds_everything(project: Path, tmp_path: Path) -> None:
         assert [point.step for point in history] == [0, 1, 2, 3], metric
     assert [point.value for point in client.get_metric_history(run.info.run_id, "phase")] == [0.0, 0.0, 1.0, 2.0]
     lrs = [point.value for point in client.get_metric_history(run.info.run_id, "lr")]
-    assert lrs == pytest.approx([suggested, suggested, suggested * 0.1, suggested * 0.01], rel=1e-6)
+    assert lrs == pytest.approx([suggested, suggested, suggested * 0.1, suggested * 0.001], rel=1e-6)
     assert set(run.data.metrics) >= {"test_accuracy", "test_macro_f1"}
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id, "training")}
     assert {"training/history.png", "training/trainable_layers.csv"} <= artifacts
@@ -138,6 +147,9 @@ def test_one_run_holds_everything(project: Path, tmp_path: Path) -> None:
     summary = client.download_artifacts(run.info.run_id, "model/summary.txt", str(tmp_path))
     assert "Total params" in Path(summary).read_text()
     assert run.data.metrics["system/system_memory_usage_megabytes"] > 0
+    assert run.data.metrics["baseline_test_accuracy"] == 0.1
+    assert run.data.tags["gate.compared_with"] == "no champion"
+    assert run.data.tags["gate.decision"] == "champion"
     champion = client.get_model_version_by_alias("e2e-model", "champion")
     assert str(champion.version) == "1"
     assert champion.run_id == run.info.run_id
@@ -149,6 +161,10 @@ def test_one_run_holds_everything(project: Path, tmp_path: Path) -> None:
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     card = mlflow.models.get_model_info("models:/e2e-model@champion").metadata["model_card"]
     assert card == {"class_names": list(FASHION_MNIST_CLASSES), "stored_shape": [28, 28]}
+
+    assert champion.tags["gate.reason"] == (
+        "accuracy 0.2000 beats the majority-class baseline (T-shirt/top) 0.1000 by more than the margin 0"
+    )
 
 
 def test_second_repro_skips_every_stage(project: Path) -> None:
@@ -164,7 +180,8 @@ def test_changing_one_param_reruns_only_its_stages(project: Path) -> None:
     result = _dvc(project, "repro")
     assert result.returncode == 0, result.stderr
     ran = [stage for stage in STAGES if f"Running stage '{stage}'" in result.stdout]
-    assert ran == ["validate", "register"]
+    # evaluate scores the champion of the registered model named, so it reruns too.
+    assert ran == ["validate", "evaluate", "register"]
     assert json.loads((project / "reports" / "registry.json").read_text())["name"] == "e2e-renamed"
 
 
@@ -192,7 +209,7 @@ def test_dvc_exp_run_with_a_set_param(project: Path) -> None:
     result = _dvc(project, "exp", "run", "-S", "tracking.registered_model=e2e-experiment")
     assert result.returncode == 0, result.stdout + result.stderr
     ran = [stage for stage in STAGES if f"Running stage '{stage}'" in result.stdout]
-    assert ran == ["validate", "register"]
+    assert ran == ["validate", "evaluate", "register"]
     registry = json.loads((project / "reports" / "registry.json").read_text())
     assert registry["name"] == "e2e-experiment"
     shown = _dvc(project, "exp", "show", "--no-pager", "--csv")
@@ -302,12 +319,17 @@ def test_a_saved_model_backbone_runs_every_stage(hub_project: Path) -> None:
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "extractor-32px"
     assert run.data.tags["phase.1"].startswith("unfreeze_top_1: epochs 3-4")
-    assert client.get_model_version_by_alias("e2e-hub-model", "champion").run_id == run.info.run_id
+    # Registered whatever the gate decided (this tiny model may not beat the majority baseline).
+    version = client.get_model_version("e2e-hub-model", "1")
+    assert version.run_id == run.info.run_id
+    assert version.tags["gate.decision"] in ("champion", "not champion")
     import mlflow
 
     # The registered model holds a TFSMLayer too: it loads outside Keras' safe mode, like models/model.keras.
     mlflow.set_tracking_uri(f"sqlite:///{hub_project / 'mlflow.db'}")
-    registered = mlflow.tensorflow.load_model("models:/e2e-hub-model@champion", keras_model_kwargs={"safe_mode": False})
+    from pipeline import tracking
+
+    registered = tracking.load_keras_model("models:/e2e-hub-model/1")
     np.testing.assert_array_equal(
         registered.predict(np.full((2, 32, 32, 3), 128.0, np.float32), verbose=0), probabilities
     )
@@ -342,3 +364,56 @@ def test_an_uncached_hub_handle_stops_train_in_one_line(hub_project: Path, tmp_p
 
     client = MlflowClient(f"sqlite:///{hub_project / 'mlflow.db'}")
     assert len(client.search_runs([client.get_experiment_by_name("e2e-hub").experiment_id])) == 1
+
+
+def test_evaluating_again_scores_the_champion_on_the_same_split(project: Path, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    workdir = tmp_path / "again"
+    shutil.copytree(project, workdir, symlinks=True)
+    _edit_params(workdir, "tracking", "registered_model", "e2e-model")  # the registry holding v1, champion
+    result = _dvc(workdir, "repro", "-f", "-s", "evaluate")
+    assert result.returncode == 0, result.stdout + result.stderr
+    comparison = json.loads((workdir / "reports" / "champion_comparison.json").read_text())
+    # The champion is this very model: scored on the same images, it scores the same.
+    assert comparison["champion"]["version"] == "1"
+    assert comparison["champion"]["scores"]["accuracy"] == comparison["challenger"]["accuracy"]
+    result = _dvc(workdir, "repro", "-s", "register")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "@champion stays v1: accuracy " in result.stdout
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    assert str(client.get_model_version_by_alias("e2e-model", "champion").version) == "1"
+    latest = max(client.search_model_versions("name = 'e2e-model'"), key=lambda item: int(item.version))
+    assert latest.tags["gate.decision"] == "not champion"  # a tie keeps the champion
+    assert latest.tags["gate.champion_accuracy"] == str(comparison["challenger"]["accuracy"])
+    run = client.get_run(latest.run_id)
+    assert run.data.metrics["champion_test_accuracy"] == comparison["challenger"]["accuracy"]
+
+
+def test_a_diverged_training_fails_before_anything_is_registered(project: Path, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    workdir = tmp_path / "diverged"
+    shutil.copytree(project, workdir, symlinks=True)
+    _edit_params(workdir, "tracking", "registered_model", "e2e-model")
+    _edit_params(workdir, "train", "base_learning_rate", 10.0)  # the issue's: SGD diverged to loss 70,002
+    _edit_params(workdir, "train", "optimizer", "sgd")
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    versions = len(client.search_model_versions("name = 'e2e-model'"))
+    exported = [workdir / "models" / "model.keras", workdir / "models" / "saved_model" / "saved_model.pb"]
+    before = [path.stat().st_mtime_ns for path in exported]
+
+    result = _dvc(workdir, "repro")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "error: training diverged in epoch 1 (phase frozen, lr 10): loss " in output
+    assert "Traceback" not in output
+    assert "Running stage 'evaluate'" not in output
+    assert not (workdir / "build" / "model.keras").exists()
+    assert [path.stat().st_mtime_ns for path in exported] == before
+    assert len(client.search_model_versions("name = 'e2e-model'")) == versions
+    failed = client.search_runs(
+        [client.get_experiment_by_name("e2e").experiment_id], order_by=["attributes.start_time DESC"]
+    )[0]
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["pipeline.error"].startswith("TrainingDivergedError: training diverged in epoch 1")

@@ -1,21 +1,28 @@
-"""MLflow tracking: run lifecycle, one epoch axis across fits, params, registry and champion gate."""
+"""MLflow tracking: run lifecycle, one epoch axis across fits, params, registry, champion gate, pyfunc and serving."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.request
 from pathlib import Path
 
 import keras
 import mlflow
 import numpy as np
 import pytest
+from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 from mlflow.tracking import MlflowClient
 
-from pipeline import tracking
+from pipeline import gate, tracking
+from pipeline.evaluation import evaluate_classifier, majority_baseline, score_champion
+from tests.conftest import brightness_classifier, brightness_images
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,7 +76,7 @@ def test_a_run_stays_running_while_fluent_calls_borrow_it(store: str, tmp_path: 
         row = {"path": "a.png", "label": 0, "split": "train"}
         run.log_dataset(rows=[row], name="d", source="/d", context="training")
         assert client.get_run(run.run_id).info.status == "RUNNING"
-        run.log_keras_model(_tiny_model(), name="model", pip_requirements=["keras"])
+        run.log_keras_model(_tiny_model(), name="model", pip_requirements=["keras"], class_names=["a", "b", "c"])
         assert client.get_run(run.run_id).info.status == "RUNNING"
         assert client.get_run(run.run_id).data.tags[tracking.PID_TAG] == str(os.getpid())
     assert client.get_run(run.run_id).info.status == "FINISHED"
@@ -147,33 +154,189 @@ def test_run_reference_round_trip(tmp_path: Path) -> None:
     assert tracking.RunReference.read(tmp_path / "build" / "run.json") == reference
 
 
-def test_champion_gate_and_loading_the_champion(store: str, tmp_path: Path) -> None:
-    model = _tiny_model()
-    registrations = []
-    for accuracy in (0.8, 0.7, 0.9):
-        with _open(store, tmp_path) as run:
-            uri = run.log_keras_model(model, name="model", pip_requirements=["keras"])
-            registrations.append(
-                tracking.register_model(run, model_uri=uri, name="clf", metric="accuracy", value=accuracy)
-            )
-    assert [(item.version, item.is_champion, item.champion_version) for item in registrations] == [
-        ("1", True, "1"),
-        ("2", False, "1"),
-        ("3", True, "3"),
-    ]
-    assert registrations[2].previous_champion_value == 0.8
-    client = MlflowClient(store)
-    assert str(client.get_model_version_by_alias("clf", "champion").version) == "3"
-    assert client.get_model_version("clf", "2").tags["test_accuracy"] == "0.7"
+CLASSES = ("a", "b", "c")
 
-    mlflow.set_tracking_uri(store)
-    loaded = mlflow.tensorflow.load_model("models:/clf@champion")
-    sample = np.random.default_rng(0).uniform(size=(5, 4)).astype(np.float32)
-    np.testing.assert_allclose(loaded.predict(sample, verbose=0), model.predict(sample, verbose=0), rtol=1e-6)
-    signature = mlflow.models.get_model_info("models:/clf@champion").signature
-    assert signature.inputs.to_dict() == [
-        {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 4)}, "name": "pixels"}
+
+def _gate_round(store: str, tmp_path: Path, mapping: list[int], labels: list[int], *, margin: float = 0.0):
+    """What the evaluate and register stages do for one new model: score both on one split, decide, register."""
+    model = brightness_classifier(mapping)
+    images, truth = brightness_images(labels)
+    with _open(store, tmp_path) as run:
+        result = evaluate_classifier(model, images, truth, class_names=CLASSES, image_size=8, batch_size=16)
+        baseline = majority_baseline(truth, class_names=CLASSES)
+        scored = tracking.champion_version(run, "clf")
+        champion = None
+        if scored is not None:
+            champion = score_champion(
+                scored,
+                lambda: tracking.load_model_version(run, "clf", scored),
+                images,
+                truth,
+                class_names=CLASSES,
+                batch_size=16,
+            )
+        comparison = gate.Comparison(list(CLASSES), result.summary(), baseline.summary(), baseline.class_name, champion)
+        uri = run.log_keras_model(model, name="model", pip_requirements=["keras"], class_names=CLASSES)
+        decision = gate.decide(
+            comparison, metric="accuracy", margin=margin, current_champion=tracking.champion_version(run, "clf")
+        )
+        return tracking.register_model(run, model_uri=uri, name="clf", decision=decision)
+
+
+# Half the images of class a: the majority-class baseline scores 0.5.
+SPLIT = [0, 0, 0, 0, 0, 1, 1, 1, 2, 2]
+
+
+def test_useless_then_good_then_worse_then_better(store: str, tmp_path: Path) -> None:
+    rounds = [
+        _gate_round(store, tmp_path, [0, 0, 0], SPLIT),  # always a: the baseline itself, 0.5
+        _gate_round(store, tmp_path, [0, 1, 1], SPLIT),  # 0.8
+        _gate_round(store, tmp_path, [0, 0, 2], SPLIT),  # 0.7
+        _gate_round(store, tmp_path, [0, 1, 2], SPLIT),  # 1.0
     ]
+    assert [(item.version, item.is_champion, item.champion_version) for item in rounds] == [
+        ("1", False, None),
+        ("2", True, "2"),
+        ("3", False, "2"),
+        ("4", True, "4"),
+    ]
+    client = MlflowClient(store)
+    assert str(client.get_model_version_by_alias("clf", "champion").version) == "4"
+    useless, worse = client.get_model_version("clf", "1").tags, client.get_model_version("clf", "3").tags
+    assert useless["gate.decision"] == "not champion"
+    assert useless["gate.reason"] == (
+        "accuracy 0.5000 does not beat the majority-class baseline (a) 0.5000 by more than the margin 0"
+    )
+    assert (useless["gate.champion_version"], useless["gate.champion_accuracy"]) == ("none", "none")
+    assert worse["gate.decision"] == "not champion"
+    assert (worse["gate.challenger_accuracy"], worse["gate.champion_accuracy"]) == ("0.7", "0.8")
+    assert (worse["gate.baseline_accuracy"], worse["gate.champion_version"], worse["gate.margin"]) == (
+        "0.5",
+        "2",
+        "0.0",
+    )
+    assert worse["gate.reason"] == (
+        "accuracy 0.7000 does not beat @champion v2 0.8000 on the same test split by more than the margin 0"
+    )
+    assert client.get_model_version("clf", "4").tags["gate.reason"] == (
+        "accuracy 1.0000 beats @champion v2 0.8000 on the same test split and the majority-class baseline (a) "
+        "0.5000 by more than the margin 0"
+    )
+    run = client.get_run(client.get_model_version("clf", "3").run_id)
+    assert run.data.tags["gate.decision"] == "not champion"
+    assert rounds[2].decision.champion == 0.8
+
+    # The champion loads through pyfunc and predicts class probabilities.
+    mlflow.set_tracking_uri(store)
+    images, _ = brightness_images([0, 1, 2, 2])
+    pixels = images.astype(np.float32)
+    probabilities = mlflow.pyfunc.load_model("models:/clf@champion").predict(pixels)
+    np.testing.assert_allclose(probabilities, brightness_classifier([0, 1, 2]).predict(pixels, verbose=0), atol=1e-6)
+    assert probabilities.argmax(axis=1).tolist() == [0, 1, 2, 2]
+    info = mlflow.models.get_model_info("models:/clf@champion")
+    assert info.metadata == {"class_names": ["a", "b", "c"]}
+    assert info.signature.inputs.to_dict() == [
+        {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 8, 8, 3)}, "name": "pixels"}
+    ]
+
+
+def test_the_champion_is_scored_on_the_new_split_not_by_its_stored_number(store: str, tmp_path: Path) -> None:
+    first = _gate_round(store, tmp_path, [0, 1, 1], SPLIT)  # 0.8 on the first split
+    # Another split (as after changing data.seed): class c is 6 in 10, and the champion scores 0.4 on it.
+    second = _gate_round(store, tmp_path, [2, 1, 2], [0, 0, 0, 1, 2, 2, 2, 2, 2, 2])  # 0.7 < 0.8 stored
+    assert (first.is_champion, second.is_champion) == (True, True)
+    assert (second.decision.challenger, second.decision.champion, second.decision.baseline) == (0.7, 0.4, 0.6)
+    assert MlflowClient(store).get_model_version("clf", "1").tags["gate.challenger_accuracy"] == "0.8"
+
+
+def test_champion_margin_is_respected(store: str, tmp_path: Path) -> None:
+    _gate_round(store, tmp_path, [0, 1, 1], SPLIT)  # 0.8
+    held_back = _gate_round(store, tmp_path, [0, 1, 2], SPLIT, margin=0.25)  # 1.0 - 0.8 is not > 0.25
+    assert (held_back.is_champion, held_back.champion_version) == (False, "1")
+    assert held_back.decision.reason.endswith("by more than the margin 0.25")
+
+
+def test_champion_version_is_none_only_when_there_is_none(
+    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _open(store, tmp_path) as run:
+        assert tracking.champion_version(run, "never-registered") is None
+        uri = run.log_keras_model(_tiny_model(), name="model", pip_requirements=["keras"], class_names=CLASSES)
+        mlflow.register_model(uri, "clf")
+        assert tracking.champion_version(run, "clf") is None  # a version, but no alias yet
+        run.client.set_registered_model_alias("clf", "champion", "1")
+        assert tracking.champion_version(run, "clf") == "1"
+
+        def unreachable(name: str) -> None:
+            raise mlflow.exceptions.MlflowException("API request failed", error_code=TEMPORARILY_UNAVAILABLE)
+
+        monkeypatch.setattr(run.client, "get_registered_model", unreachable)
+        with pytest.raises(mlflow.exceptions.MlflowException, match="API request failed"):
+            tracking.champion_version(run, "clf")
+
+
+def test_class_names_must_match_the_outputs(store: str, tmp_path: Path) -> None:
+    with _open(store, tmp_path) as run, pytest.raises(ValueError, match="2 class names for a model with 3 outputs"):
+        run.log_keras_model(_tiny_model(), name="model", pip_requirements=["keras"], class_names=["a", "b"])
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_with_the_keras_models_classes(store: str, tmp_path: Path) -> None:
+    model = brightness_classifier([0, 1, 2], image_size=16)
+    with _open(store, tmp_path) as run:
+        uri = run.log_keras_model(model, name="model", pip_requirements=["keras"], class_names=CLASSES)
+        version = mlflow.register_model(uri, "served")
+        run.client.set_registered_model_alias("served", "champion", version.version)
+
+    port = _free_port()
+    environment = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": store,
+        # uvicorn, which `mlflow models serve` starts, is a script of this environment.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/served@champion"]
+    command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    log = tmp_path / "serve.log"
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            command, env=environment, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the server did not answer /ping in 180 s\n" + log.read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.25)
+        images, _ = brightness_images([2, 0, 1, 1], size=16)
+        pixels = np.concatenate([images, np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3))]).astype(np.float32)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": pixels.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            served = np.array(json.loads(response.read())["predictions"])
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+    expected = model.predict(pixels, verbose=0)
+    assert served.argmax(axis=1).tolist() == expected.argmax(axis=1).tolist()
+    assert served.argmax(axis=1).tolist()[:4] == [2, 0, 1, 1]
+    np.testing.assert_allclose(served, expected, atol=1e-6)
 
 
 class _FakeGpuMonitor:
@@ -256,13 +419,29 @@ def test_experiment_runs_newest_first_with_params_and_latest_metrics(store: str)
 def test_a_logged_model_loads_with_its_metadata_version_and_run(store: str, tmp_path: Path) -> None:
     model = _tiny_model()
     with _open(store, tmp_path) as run:
-        uri = run.log_keras_model(model, name="model", pip_requirements=["keras"], metadata={"model_card": {"a": 1}})
-        tracking.register_model(run, model_uri=uri, name="clf", metric="accuracy", value=0.5)
+        uri = run.log_keras_model(
+            model,
+            name="model",
+            pip_requirements=["keras"],
+            class_names=["x", "y", "z"],
+            metadata={"model_card": {"a": 1}},
+        )
+        decision = gate.GateDecision(
+            promote=True,
+            metric="accuracy",
+            margin=0.0,
+            challenger=0.5,
+            baseline=0.1,
+            champion=None,
+            champion_version=None,
+            reason="test registry",
+        )
+        tracking.register_model(run, model_uri=uri, name="clf", decision=decision)
         (tmp_path / "report.json").write_text('{"class_names": ["x", "y", "z"]}')
         run.log_artifact(tmp_path / "report.json", "evaluation")
     loaded = tracking.load_logged_model("models:/clf@champion", tracking_uri=store)
     assert (loaded.uri, loaded.version, loaded.run_id) == ("models:/clf@champion", "1", run.run_id)
-    assert loaded.metadata == {"model_card": {"a": 1}}
+    assert loaded.metadata == {"class_names": ["x", "y", "z"], "model_card": {"a": 1}}
     sample = np.ones((2, 4), np.float32)
     np.testing.assert_allclose(loaded.model.predict(sample, verbose=0), model.predict(sample, verbose=0), rtol=1e-6)
     assert tracking.load_logged_model(f"runs:/{run.run_id}/model", tracking_uri=store).version is None

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.augmentation import build_augmentation
+from pipeline.divergence import TrainingDivergedError
 from pipeline.features import ImageSplit, cut_tensor
 from pipeline.head import attach_head
 from pipeline.params import parse
@@ -438,3 +439,11 @@ def test_flip_cache_counts_both_orientations_against_the_budget(tiny_backbone) -
     factory = _flip_factory(classifier, train, val, deepest=2, cache_bytes=fits_without_flip)
     assert factory.caching is False
     assert "over train.feature_cache_mb" in factory.for_phase(0).note
+
+
+def test_an_absurd_learning_rate_ends_training_with_divergence(tiny_backbone) -> None:
+    classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    sgd = SGDParams(name="sgd")
+    phases = [_phase("frozen", 0, 3, 1e4, optimizer=sgd), _phase("unfreeze_top_1", 1, 1, 1e3, optimizer=sgd)]
+    with pytest.raises(TrainingDivergedError, match=r"^training diverged in epoch 1 \(phase frozen, lr 10000\): loss"):
+        _run(classifier, phases)

@@ -91,6 +91,13 @@ class TrackingParams(Section):
     experiment: Annotated[str, Field(min_length=1)] = "transfer-learning"
     registered_model: Annotated[str, Field(min_length=1)] = "transfer-classifier"
     champion_metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    champion_margin: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        default=0.0,
+        description=(
+            "The new model becomes @champion when its champion_metric beats both the champion's score on the "
+            "same test split and the majority-class baseline's by more than this (0: any strict improvement)."
+        ),
+    )
     system_metrics_interval: Annotated[float, Field(ge=0.0, le=3600.0)] = Field(
         default=10.0,
         description="Seconds between CPU/memory/GPU samples on the run (system/* metrics); 0 turns them off.",
