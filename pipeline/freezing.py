@@ -14,6 +14,13 @@ BatchNorm policies, for the BN layers of the unfrozen blocks (those of frozen bl
   subclass whose `call` forces inference mode; its variables and config are untouched, and any other
   policy swaps the original class back (so a saved model never names our subclass).
 - `trainable`: gamma, beta and the moving statistics all follow the new data.
+
+Layers that are random while training (Dropout and its kin, Gaussian noise) ignore `trainable`, so in a
+frozen block they would still drop units on every training step: a backbone from a `.keras` file may
+end in its old head's dropout, and keras.applications' EfficientNets hold stochastic-depth dropout.
+Frozen, they are switched to inference mode by the same class swap, so a frozen block computes the
+same function in every step; that is also what the frozen-prefix cache (`pipeline.features`) computes
+once. `restore_layer_classes` undoes every swap before a model is saved.
 """
 
 from __future__ import annotations
@@ -32,6 +39,13 @@ from pipeline.backbones.registry import BlockGroup
 
 BN_POLICIES = ("frozen", "affine", "trainable")
 HEAD_BLOCK = "head"
+# Layers whose training-mode output is random; frozen, they run in inference mode.
+RANDOM_LAYERS = (
+    keras.layers.Dropout,
+    keras.layers.AlphaDropout,
+    keras.layers.GaussianDropout,
+    keras.layers.GaussianNoise,
+)
 
 
 class _InferenceModeBatchNorm:
@@ -41,14 +55,37 @@ class _InferenceModeBatchNorm:
         return super().call(inputs, training=False, mask=mask)
 
 
+class _InferenceModeRandomLayer:
+    """Mixin: a dropout or noise layer that passes its input through as at inference, even while training."""
+
+    def call(self, inputs: Any, training: bool | None = None) -> Any:
+        return super().call(inputs, training=False)
+
+
 @functools.cache
 def _affine_class(batch_norm_class: type) -> type:
     return type(f"Affine{batch_norm_class.__name__}", (_InferenceModeBatchNorm, batch_norm_class), {})
 
 
+@functools.cache
+def _frozen_random_class(layer_class: type) -> type:
+    return type(f"Frozen{layer_class.__name__}", (_InferenceModeRandomLayer, layer_class), {})
+
+
 def _original_class(layer: keras.layers.Layer) -> type:
     cls = type(layer)
-    return cls.__bases__[1] if issubclass(cls, _InferenceModeBatchNorm) else cls
+    swapped = issubclass(cls, (_InferenceModeBatchNorm, _InferenceModeRandomLayer))
+    return cls.__bases__[1] if swapped else cls
+
+
+def restore_layer_classes(model: keras.Model) -> None:
+    """Gives every layer swapped by a BatchNorm policy or by freezing its own Keras class back.
+
+    Why: a saved model must name only Keras' classes, or it would not load without this repository.
+    The layers' `trainable` flags stay as they are.
+    """
+    for layer in model.layers:
+        layer.__class__ = _original_class(layer)
 
 
 def apply_bn_policy(layer: keras.layers.BatchNormalization, *, trains: bool, policy: str) -> None:
@@ -75,7 +112,8 @@ def set_trainable_blocks(
 ) -> dict[str, bool]:
     """Makes the top `trainable_blocks` groups trainable and every other backbone layer frozen.
 
-    Layers outside the groups (the new head) stay trainable, their BatchNorm included.
+    Layers outside the groups (the new head) stay trainable, their BatchNorm included. Dropout and noise
+    layers of frozen groups run in inference mode (see the module doc).
 
     Args:
         model: The classifier holding the backbone's layers.
@@ -105,8 +143,11 @@ def set_trainable_blocks(
             layer = model.get_layer(name)
             if isinstance(layer, keras.layers.BatchNormalization):
                 apply_bn_policy(layer, trains=trains, policy=bn_policy)
-            else:
-                layer.trainable = trains
+                continue
+            if isinstance(layer, RANDOM_LAYERS):
+                original = _original_class(layer)
+                layer.__class__ = original if trains else _frozen_random_class(original)
+            layer.trainable = trains
     return state
 
 
