@@ -52,6 +52,12 @@ def save_model(model: keras.Model, path: str | Path) -> Path:
     return path
 
 
-def load_model(path: str | Path) -> keras.Model:
-    """Loads a `.keras` model saved by `save_model`."""
-    return keras.saving.load_model(Path(path), compile=False)
+def load_model(path: str | Path, *, safe_mode: bool = True) -> keras.Model:
+    """Loads a `.keras` model saved by `save_model`.
+
+    Args:
+        path: The file.
+        safe_mode: Keras' safe mode; False for a model whose backbone came from a .keras file that needed it
+            (a Lambda layer's code then runs again).
+    """
+    return keras.saving.load_model(Path(path), compile=False, safe_mode=safe_mode)

@@ -15,14 +15,26 @@ if TYPE_CHECKING:
 
 def build_classifier(config: PipelineParams, *, num_classes: int) -> Classifier:
     """Loads the configured backbone and attaches the configured head."""
+    from pipeline.backbones.names import backbone_kind
     from pipeline.backbones.registry import load_backbone
     from pipeline.head import attach_head
 
+    settings = config.backbone
+    kind_options = {}
+    if backbone_kind(settings.name) == "keras_file":
+        kind_options = {
+            "cut_layer": settings.cut_layer,
+            "block_prefixes": settings.block_prefixes,
+            "safe_mode": settings.safe_mode,
+            "input_range": settings.input_range,
+            "reinitialize": settings.reinitialize,
+        }
     backbone = load_backbone(
-        config.backbone.name,
-        image_size=config.backbone.image_size,
-        cache_dir=config.backbone.cache_dir,
-        weights=config.backbone.weights,
+        settings.name,
+        image_size=settings.image_size,
+        cache_dir=settings.cache_dir,
+        weights=settings.weights,
+        **kind_options,
     )
     head = config.head
     return attach_head(

@@ -43,12 +43,13 @@ def quiet_libraries() -> None:
 
 def run_stage(main: Callable[[], None]) -> None:
     """Runs a stage's `main`, turning user-fixable errors into one message and exit code 2."""
+    from pipeline.backbones.keras_archive import KerasFileError
     from pipeline.data.sources import DatasetFormatError, DatasetNotFoundError
     from pipeline.devices import DeviceSelectionError
     from pipeline.params import ParamsError
 
     quiet_libraries()
-    user_errors = (ParamsError, DatasetNotFoundError, DatasetFormatError, DeviceSelectionError)
+    user_errors = (ParamsError, DatasetNotFoundError, DatasetFormatError, DeviceSelectionError, KerasFileError)
     try:
         main()
     except user_errors as error:

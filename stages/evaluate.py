@@ -33,7 +33,7 @@ def main() -> None:
 
     source = load_source(config.data)
     test_images, test_labels = select(source, read_manifest(MANIFEST), "test")
-    model = export.load_model(TRAINED_MODEL)
+    model = export.load_model(TRAINED_MODEL, safe_mode=config.backbone.safe_mode)
     reference = tracking.RunReference.read(RUN_REFERENCE)
     with tracking.tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:
         result = evaluate_classifier(

@@ -10,7 +10,8 @@ from stages._entry import EXPORTED_MODEL, METRICS, PARAMS, REGISTRY_REPORT, RUN_
 
 
 def main() -> None:
-    tracking_params = params.load(PARAMS).tracking
+    config = params.load(PARAMS)
+    tracking_params = config.tracking
 
     import keras
     import tensorflow as tf
@@ -18,7 +19,7 @@ def main() -> None:
     from pipeline import export, tracking
 
     test_metrics = json.loads(METRICS.read_text(encoding="utf-8"))["test"]
-    model = export.load_model(TRAINED_MODEL)
+    model = export.load_model(TRAINED_MODEL, safe_mode=config.backbone.safe_mode)
     reference = tracking.RunReference.read(RUN_REFERENCE)
     with tracking.tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:
         model_uri = run.log_keras_model(

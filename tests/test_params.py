@@ -573,3 +573,149 @@ def test_schedule_models_match_the_schedule_registry() -> None:
 )
 def test_schedule_must_fit_its_phase(train, expected: str) -> None:
     assert expected in _error_message({"train": train})
+
+
+# A local .keras file as the backbone: read without TensorFlow, refused with the key to change.
+
+
+@pytest.fixture(scope="module")
+def keras_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from tests.conftest import save_tiny_classifier
+
+    path = tmp_path_factory.mktemp("keras") / "task_a.keras"
+    save_tiny_classifier(path)
+    return str(path)
+
+
+def _keras_backbone(path: str, **settings: Any) -> dict[str, Any]:
+    return {"name": path, "image_size": 32, **settings}
+
+
+def test_keras_file_blocks_are_read_from_the_file(keras_file: str) -> None:
+    backbone = parse({"backbone": _keras_backbone(keras_file)}).backbone
+
+    assert backbone.block_names()[:3] == ("tiny_classifier_head_bn_1", "tiny_classifier_head_dense_1", "top_bn")
+    assert len(backbone.block_names()) == 10
+    assert (backbone.cut_layer, backbone.block_prefixes, backbone.safe_mode, backbone.reinitialize) == (
+        None,
+        None,
+        True,
+        False,
+    )
+    prefixed = parse(
+        {"backbone": _keras_backbone(keras_file, cut_layer="top_bn", block_prefixes=["top", "block", "stem", "pre"])}
+    ).backbone
+    assert prefixed.block_names() == ("top", "block", "stem", "pre")
+
+
+def test_missing_keras_file_says_what_is_allowed(tmp_path: Path) -> None:
+    message = _error_message({"backbone": {"name": str(tmp_path / "task_a.keras")}})
+
+    assert (
+        f"backbone.name: received '{tmp_path / 'task_a.keras'}'; {tmp_path / 'task_a.keras'}: no such file" in message
+    )
+    assert "allowed: a registered backbone, a TF Hub handle, or an existing .keras file" in message
+
+
+def test_keras_file_image_size_must_be_the_files(keras_file: str) -> None:
+    message = _error_message({"backbone": {"name": keras_file, "image_size": 64}})
+
+    assert message.splitlines()[1] == (
+        f"  backbone.image_size is 64, but {keras_file} takes 32x32 images only; set backbone.image_size: 32"
+    )
+
+
+def test_keras_file_unknown_cut_layer_and_stray_layer(keras_file: str) -> None:
+    message = _error_message({"backbone": _keras_backbone(keras_file, cut_layer="top_actvation")})
+    assert message.splitlines()[1].startswith(
+        f"  backbone.cut_layer 'top_actvation' is not a layer of {keras_file}; close names: top_activation"
+    )
+    message = _error_message(
+        {"backbone": _keras_backbone(keras_file, cut_layer="top_bn", block_prefixes=["top", "block", "stem"])}
+    )
+    assert message.splitlines()[1] == (
+        f"  backbone.block_prefixes: layer 'preprocessing' of {keras_file} starts with none of top, block, stem; "
+        "every layer below the cut must belong to a block"
+    )
+    message = _error_message({"backbone": _keras_backbone(keras_file, block_prefixes=["top", "top"])})
+    assert "backbone.block_prefixes: received ['top', 'top']; each prefix may name one block only" in message
+
+
+def test_unsafe_keras_file_is_refused_unless_safe_mode_is_off(tmp_path: Path) -> None:
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    tensor = keras.layers.Conv2D(2, 3, name="conv")(inputs)
+    tensor = keras.layers.Lambda(lambda features: features * 2.0, name="double")(tensor)
+    tensor = keras.layers.GlobalAveragePooling2D(name="pool")(tensor)
+    keras.Model(inputs, keras.layers.Dense(2, name="out")(tensor)).save(tmp_path / "lambda.keras")
+    path = str(tmp_path / "lambda.keras")
+
+    message = _error_message({"backbone": _keras_backbone(path)})
+    assert message.splitlines()[1] == (
+        f"  backbone.safe_mode is true, but {path} loads only with safe_mode=False: it holds Lambda 'double' (the "
+        "Python bytecode of a Lambda layer's function), which loading it would execute; set backbone.safe_mode: "
+        "false only if you trust the file"
+    )
+    assert parse({"backbone": _keras_backbone(path, safe_mode=False)}).backbone.block_names() == ("conv",)
+
+
+def test_unfreeze_deeper_than_a_keras_files_blocks_lists_them(keras_file: str) -> None:
+    message = _error_message(
+        {
+            "backbone": _keras_backbone(keras_file),
+            "train": {"unfreeze": [{"blocks": 11, "epochs": 1, "lr_factor": 0.1}]},
+        }
+    )
+
+    assert f"train.unfreeze.0.blocks is 11, but {keras_file} has 10 blocks (top-down: tiny_classifier_head_bn_1, " in (
+        message
+    )
+    assert "stem_bn, stem_conv); use all to unfreeze every block" in message
+    accepted = parse(
+        {
+            "backbone": _keras_backbone(keras_file),
+            "train": {"unfreeze": [{"blocks": 10, "epochs": 1, "lr_factor": 0.1}]},
+        }
+    )
+    assert accepted.train.unfreeze[0].blocks == 10
+
+
+@pytest.mark.parametrize(
+    ("backbone", "expected"),
+    [
+        (
+            {"name": "resnet50", "cut_layer": "conv5_block3_out"},
+            "backbone.cut_layer applies to .keras files only, and backbone.name 'resnet50' is a registered "
+            "backbone; remove backbone.cut_layer",
+        ),
+        (
+            {"name": "resnet50", "input_range": [0, 1]},
+            "backbone.input_range applies to TF Hub handles and .keras files only, and backbone.name 'resnet50' is "
+            "a registered backbone; remove backbone.input_range",
+        ),
+        ({"name": "resnet50", "safe_mode": False}, "backbone.safe_mode applies to .keras files only"),
+        ({"name": "resnet50", "reinitialize": True}, "backbone.reinitialize applies to .keras files only"),
+        (
+            {"name": "https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5"},
+            "TF Hub handles are not supported yet",
+        ),
+    ],
+)
+def test_backbone_keys_of_another_kind_are_refused(backbone: dict[str, Any], expected: str) -> None:
+    assert expected in _error_message({"backbone": backbone})
+
+
+def test_weights_of_a_keras_file_are_refused(keras_file: str) -> None:
+    message = _error_message({"backbone": _keras_backbone(keras_file, weights="none")})
+
+    assert message.splitlines()[1] == (
+        f"  backbone.weights applies to registered backbones only, and backbone.name '{keras_file}' is a .keras "
+        "file (a .keras file brings its own weights; reinitialize: true draws fresh ones); remove backbone.weights"
+    )
+
+
+def test_input_range_must_rise(keras_file: str) -> None:
+    message = _error_message({"backbone": _keras_backbone(keras_file, input_range=[1, 0])})
+
+    assert "backbone.input_range: received [1, 0]; give [low, high] with low < high" in message

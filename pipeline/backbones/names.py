@@ -8,6 +8,9 @@ built model has exactly these groups.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 from pipeline.backbones import efficientnet_lite
 from pipeline.backbones.applications import APPLICATIONS
 
@@ -22,3 +25,23 @@ BACKBONE_MIN_SIZES: dict[str, int] = {
     **{name: spec.min_size for name, spec in APPLICATIONS.items()},
 }
 BACKBONE_NAMES: tuple[str, ...] = tuple(BACKBONE_BLOCKS)
+
+BackboneKind = Literal["registered", "hub", "keras_file"]
+
+
+def backbone_kind(name: str) -> BackboneKind:
+    """registered: a name in BACKBONE_NAMES; hub: an http(s):// URL, or a local directory (a SavedModel,
+    as tensorflow_hub resolves it); keras_file: a path ending in .keras. Raises ValueError otherwise,
+    listing the registered names and the two other forms."""
+    if name in BACKBONE_NAMES:
+        return "registered"
+    if name.startswith(("http://", "https://")):
+        return "hub"
+    if name.endswith(".keras"):
+        return "keras_file"
+    if Path(name).is_dir():
+        return "hub"
+    raise ValueError(
+        f"unknown backbone {name!r}; registered backbones: {', '.join(BACKBONE_NAMES)}; or a TF Hub handle (an "
+        "http(s):// URL or a local SavedModel directory), or the path of a local .keras file"
+    )

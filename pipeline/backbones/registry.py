@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.backbones.applications import (
     APPLICATIONS,
@@ -21,7 +21,8 @@ from pipeline.backbones.applications import (
     IMAGENET_STD_RGB,
     ApplicationSpec,
 )
-from pipeline.backbones.names import BACKBONE_BLOCKS, BACKBONE_NAMES
+from pipeline.backbones.cuts import cut_flags
+from pipeline.backbones.names import BACKBONE_BLOCKS, BACKBONE_NAMES, backbone_kind
 
 if TYPE_CHECKING:
     import keras
@@ -112,12 +113,11 @@ def single_tensor_cuts(model: keras.Model) -> list[bool]:
         ]
         for operation in operations
     ]
-    cuts = [False] * len(operations)
-    earliest_read_after = len(operations)
-    for index in range(len(operations) - 1, -1, -1):
-        cuts[index] = earliest_read_after >= index
-        earliest_read_after = min([earliest_read_after, *inbound[index]])
-    return [cut for cut, operation in zip(cuts, operations, strict=True) if isinstance(operation, keras.layers.Layer)]
+    return [
+        cut
+        for cut, operation in zip(cut_flags(inbound), operations, strict=True)
+        if isinstance(operation, keras.layers.Layer)
+    ]
 
 
 def group_layers_at_cuts(model: keras.Model, blocks: tuple[tuple[str, str], ...]) -> tuple[BlockGroup, ...]:
@@ -292,25 +292,37 @@ if tuple(_BUILDERS) != BACKBONE_NAMES:
     raise ImportError("pipeline.backbones.names.BACKBONE_NAMES is out of step with the registry")
 
 
-def load_backbone(name: str, *, image_size: int, cache_dir: str | Path, weights: str = "imagenet") -> Backbone:
-    """Builds a registered backbone with its pretrained weights.
+def load_backbone(
+    name: str, *, image_size: int, cache_dir: str | Path, weights: str = "imagenet", **kind_options: Any
+) -> Backbone:
+    """Builds a backbone: a registered one with its pretrained weights, or one from a local .keras file.
 
     Args:
-        name: Registry name (see `BACKBONE_NAMES`).
+        name: Registry name (see `BACKBONE_NAMES`), or a path ending in .keras.
         image_size: Square input size.
         cache_dir: Folder for converted weights.
-        weights: "imagenet", "none" (random initialisation) or the path of a Keras weights file.
+        weights: Registered backbones: "imagenet", "none" (random initialisation) or the path of a Keras
+            weights file.
+        **kind_options: The options of the name's kind (for a .keras file, those of
+            `pipeline.backbones.keras_file.load_keras_file_backbone`).
 
     Returns:
         The backbone, every layer trainable (freezing is `pipeline.freezing`'s job).
 
     Raises:
-        ValueError: `name` is not registered; the message lists the registered names.
+        ValueError: `name` is neither registered nor a handle or a .keras path; the message lists the
+            registered names and the other forms.
         FileNotFoundError: The pretrained weights are not installed, or cannot be downloaded; the
             message names the file and the folder to place it in.
+        pipeline.backbones.keras_archive.KerasFileError: A .keras file that can't serve as configured.
     """
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown backbone {name!r}; registered: {', '.join(BACKBONE_NAMES)}")
+    kind = backbone_kind(name)
+    if kind == "hub":
+        raise ValueError("TF Hub handles are not supported yet")
+    if kind == "keras_file":
+        from pipeline.backbones.keras_file import load_keras_file_backbone
+
+        return load_keras_file_backbone(name, image_size=image_size, cache_dir=cache_dir, **kind_options)
     backbone = _BUILDERS[name](image_size=image_size, cache_dir=Path(cache_dir), weights=weights)
     if backbone.block_names != BACKBONE_BLOCKS[name]:
         raise RuntimeError(f"{name} builds blocks {backbone.block_names}, names.py declares {BACKBONE_BLOCKS[name]}")

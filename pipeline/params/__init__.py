@@ -14,7 +14,6 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from pipeline.backbones.names import BACKBONE_BLOCKS
 from pipeline.optimizers import MOMENTUM_TERM
 from pipeline.params.backbone import BackboneParams
 from pipeline.params.common import Section
@@ -42,12 +41,14 @@ class PipelineParams(Section):
 
     @model_validator(mode="after")
     def _unfreeze_within_backbone(self) -> PipelineParams:
-        blocks = BACKBONE_BLOCKS[self.backbone.name]
+        blocks = self.backbone.block_names()
         for index, stage in enumerate(self.train.unfreeze):
             if stage.blocks != "all" and stage.blocks > len(blocks):
+                # A .keras file may have a block per layer: name the top ones, count the rest.
+                listed = ", ".join(blocks[:12]) + (f", ... ({len(blocks) - 12} more)" if len(blocks) > 12 else "")
                 raise ValueError(
                     f"train.unfreeze.{index}.blocks is {stage.blocks}, but {self.backbone.name} has "
-                    f"{len(blocks)} blocks (top-down: {', '.join(blocks)}); use all to unfreeze every block"
+                    f"{len(blocks)} blocks (top-down: {listed}); use all to unfreeze every block"
                 )
         return self
 
