@@ -315,8 +315,11 @@ def test_flatten_gives_dotted_keys() -> None:
         "data.color": "rgb",
         "data.max_image_pixels": "40000000",
         "data.subset_size": "1000",
+        "data.classes": "null",
+        "data.test_part": "null",
         "data.val_fraction": "0.1",
         "data.test_fraction": "0.1",
+        "data.train_size": "null",
         "data.seed": "42",
         "train.optimizer.name": "sgd",
         "train.optimizer.momentum": "0.9",
@@ -719,3 +722,39 @@ def test_input_range_must_rise(keras_file: str) -> None:
     message = _error_message({"backbone": _keras_backbone(keras_file, input_range=[1, 0])})
 
     assert "backbone.input_range: received [1, 0]; give [low, high] with low < high" in message
+
+
+# Data: a subset of the classes, the official test set as the test split, a cap on training images.
+
+
+def test_classes_test_part_and_train_size_are_accepted() -> None:
+    data = parse({"data": {"classes": ["Sandal", "Shirt"], "test_part": "t10k", "train_size": 200}}).data
+
+    assert (data.classes, data.test_part, data.train_size) == (["Sandal", "Shirt"], "t10k", 200)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            {"classes": ["Sandal", "Shoe"]},
+            "data.classes: 'Shoe' not in the dataset; allowed: T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, "
+            "Shirt, Sneaker, Bag, Ankle boot",
+        ),
+        ({"classes": ["Sandal"]}, "data.classes: received ['Sandal']; keep at least 2 classes, or null for all"),
+        ({"classes": ["Bag", "Bag"]}, "data.classes: received ['Bag', 'Bag']; each class may be listed once"),
+        (
+            {"kind": "folder", "path": "photos", "classes": ["cat", "dog"]},
+            "data.classes works with kind idx only, and kind is 'folder'",
+        ),
+        ({"test_part": "train"}, "data.test_part: received 'train'; Input should be 't10k'"),
+        (
+            {"test_part": "t10k", "test_fraction": 0.2, "subset_size": 1000},
+            "data.test_part takes every t10k image as the test split, so data.subset_size and data.test_fraction "
+            "would be ignored; remove it (data.train_size caps the training images)",
+        ),
+        ({"train_size": 0}, "data.train_size: received 0; Input should be greater than 0"),
+    ],
+)
+def test_data_subset_options_are_checked(data: dict[str, Any], expected: str) -> None:
+    assert expected in _error_message({"data": data})
