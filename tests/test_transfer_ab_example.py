@@ -70,3 +70,13 @@ def test_the_arms_differ_in_backbone_reinitialize_only() -> None:
 
     assert (transfer["backbone"].pop("reinitialize"), scratch["backbone"].pop("reinitialize")) == (False, True)
     assert transfer == scratch
+
+
+def test_the_efficientnet_variant_of_task_a_validates() -> None:
+    config = load(EXAMPLE / "task_a" / "params.efficientnet_lite0.yaml")
+
+    assert (config.backbone.name, config.backbone.weights, config.data.train_size) == (
+        "efficientnet_lite0",
+        "none",
+        24000,
+    )
