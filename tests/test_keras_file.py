@@ -226,3 +226,36 @@ def test_a_model_trained_from_a_keras_file_is_a_keras_file_backbone_again(task_a
         "task_a_classifier_head_activation_1",
     ]
     assert task_c.block_names[:2] == ("task_a_classifier_head_dense_1", "tiny_classifier_head_bn_1")
+
+
+def test_a_sequential_model_unrolls_its_nested_sequential(tmp_path: Path) -> None:
+    inner = keras.Sequential([keras.layers.Conv2D(4, 3, name="conv"), keras.layers.ReLU(name="relu")], name="stage")
+    model = keras.Sequential(
+        [
+            keras.Input((32, 32, 3), name="image"),
+            inner,
+            keras.layers.GlobalAveragePooling2D(name="pool"),
+            keras.layers.Dense(2, name="out"),
+        ],
+        name="mlp",
+    )
+    model.save(tmp_path / "sequential.keras")
+    backbone = _load(tmp_path / "sequential.keras")
+    assert [layer.name for layer in backbone.model.layers] == ["image", "conv", "relu", "pool"]
+    assert backbone.block_names == ("conv",)
+    expected = keras.Model(model.inputs, model.get_layer("pool").output).predict(_pixels(), verbose=0)
+    np.testing.assert_allclose(backbone.model.predict(_pixels(), verbose=0), expected, rtol=1e-6)
+
+
+def test_layers_saved_under_mixed_precision_follow_this_runs_policy(tmp_path: Path) -> None:
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        inputs = keras.Input((32, 32, 3), name="image")
+        tensor = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+        tensor = keras.layers.GlobalAveragePooling2D(name="pool")(tensor)
+        outputs = keras.layers.Dense(2, dtype="float32", name="out")(tensor)
+        keras.Model(inputs, outputs).save(tmp_path / "mixed.keras")
+    finally:
+        keras.config.set_dtype_policy("float32")
+    backbone = _load(tmp_path / "mixed.keras")
+    assert backbone.model.get_layer("conv").dtype_policy.name == "float32"
