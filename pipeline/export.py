@@ -117,7 +117,7 @@ def export_saved_model(model: keras.Model, directory: str | Path) -> Path:
     return directory
 
 
-def load_model(path: str | Path) -> keras.Model:
+def load_model(path: str | Path, *, safe_mode: bool = True) -> keras.Model:
     """Loads a `.keras` model saved by `save_model`.
 
     A model with a TF Hub or SavedModel backbone holds a TFSMLayer, which Keras loads only outside safe
@@ -128,9 +128,11 @@ def load_model(path: str | Path) -> keras.Model:
 
     Args:
         path: The `.keras` file.
+        safe_mode: Keras' safe mode; False for a model whose backbone came from a .keras file that needed it
+            (a Lambda layer's code then runs again).
 
     Returns:
         The model, uncompiled.
     """
     path = Path(path)
-    return keras.saving.load_model(path, compile=False, safe_mode=not holds_saved_model_layer(path))
+    return keras.saving.load_model(path, compile=False, safe_mode=safe_mode and not holds_saved_model_layer(path))

@@ -22,6 +22,13 @@ updated: `trainable`). TFSMLayer calls the training endpoint whenever `fit` pass
 the layer is frozen, so a frozen or `affine` SavedModel gets its inference function in the training slot;
 its class and config stay TFSMLayer's own. `frozen` cannot be honoured for an unfrozen SavedModel, nor
 `trainable` without a training endpoint: both are refused.
+
+Layers that are random while training (Dropout and its kin, Gaussian noise) ignore `trainable`, so in a
+frozen block they would still drop units on every training step: a backbone from a `.keras` file may
+end in its old head's dropout, and keras.applications' EfficientNets hold stochastic-depth dropout.
+Frozen, they are switched to inference mode by the same class swap, so a frozen block computes the
+same function in every step; that is also what the frozen-prefix cache (`pipeline.features`) computes
+once. `restore_layer_classes` undoes every swap before a model is saved.
 """
 
 from __future__ import annotations
@@ -41,6 +48,13 @@ from pipeline.backbones.registry import BlockGroup
 
 BN_POLICIES = ("frozen", "affine", "trainable")
 HEAD_BLOCK = "head"
+# Layers whose training-mode output is random; frozen, they run in inference mode.
+RANDOM_LAYERS = (
+    keras.layers.Dropout,
+    keras.layers.AlphaDropout,
+    keras.layers.GaussianDropout,
+    keras.layers.GaussianNoise,
+)
 
 
 class _InferenceModeBatchNorm:
@@ -50,14 +64,37 @@ class _InferenceModeBatchNorm:
         return super().call(inputs, training=False, mask=mask)
 
 
+class _InferenceModeRandomLayer:
+    """Mixin: a dropout or noise layer that passes its input through as at inference, even while training."""
+
+    def call(self, inputs: Any, training: bool | None = None) -> Any:
+        return super().call(inputs, training=False)
+
+
 @functools.cache
 def _affine_class(batch_norm_class: type) -> type:
     return type(f"Affine{batch_norm_class.__name__}", (_InferenceModeBatchNorm, batch_norm_class), {})
 
 
+@functools.cache
+def _frozen_random_class(layer_class: type) -> type:
+    return type(f"Frozen{layer_class.__name__}", (_InferenceModeRandomLayer, layer_class), {})
+
+
 def _original_class(layer: keras.layers.Layer) -> type:
     cls = type(layer)
-    return cls.__bases__[1] if issubclass(cls, _InferenceModeBatchNorm) else cls
+    swapped = issubclass(cls, (_InferenceModeBatchNorm, _InferenceModeRandomLayer))
+    return cls.__bases__[1] if swapped else cls
+
+
+def restore_layer_classes(model: keras.Model) -> None:
+    """Gives every layer swapped by a BatchNorm policy or by freezing its own Keras class back.
+
+    Why: a saved model must name only Keras' classes, or it would not load without this repository.
+    The layers' `trainable` flags stay as they are.
+    """
+    for layer in model.layers:
+        layer.__class__ = _original_class(layer)
 
 
 def apply_bn_policy(layer: keras.layers.BatchNormalization, *, trains: bool, policy: str) -> None:
@@ -120,7 +157,8 @@ def set_trainable_blocks(
 ) -> dict[str, bool]:
     """Makes the top `trainable_blocks` groups trainable and every other backbone layer frozen.
 
-    Layers outside the groups (the new head) stay trainable, their BatchNorm included.
+    Layers outside the groups (the new head) stay trainable, their BatchNorm included. Dropout and noise
+    layers of frozen groups run in inference mode (see the module doc).
 
     Args:
         model: The classifier holding the backbone's layers.
@@ -151,10 +189,14 @@ def set_trainable_blocks(
             layer = model.get_layer(name)
             if isinstance(layer, keras.layers.BatchNormalization):
                 apply_bn_policy(layer, trains=trains, policy=bn_policy)
-            elif isinstance(layer, keras.layers.TFSMLayer):
+                continue
+            if isinstance(layer, keras.layers.TFSMLayer):
                 apply_saved_model_policy(layer, trains=trains, policy=bn_policy)
-            else:
-                layer.trainable = trains
+                continue
+            if isinstance(layer, RANDOM_LAYERS):
+                original = _original_class(layer)
+                layer.__class__ = original if trains else _frozen_random_class(original)
+            layer.trainable = trains
     return state
 
 

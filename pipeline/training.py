@@ -20,7 +20,7 @@ import keras
 
 from pipeline.callbacks import DivergenceGuard, HistoryRecorder, PhaseRecord, TrainingHistory, early_stopping
 from pipeline.features import ImageSplit, PhaseDataFactory
-from pipeline.freezing import layer_map, set_trainable_blocks
+from pipeline.freezing import layer_map, restore_layer_classes, set_trainable_blocks
 from pipeline.head import Classifier
 from pipeline.layerwise import block_multipliers, variable_multipliers
 from pipeline.losses import classification_loss, needs_one_hot
@@ -256,6 +256,7 @@ def fine_tune(
                 seconds=time.perf_counter() - started,
             )
         )
-    # Leave no BatchNorm layer in the affine policy's subclass, so the saved model names only Keras classes.
+    # Leave no layer in a class swapped by freezing or a BN policy, so the saved model names only Keras classes.
     set_trainable_blocks(classifier.model, blocks, trainable_blocks=0)
+    restore_layer_classes(classifier.model)
     return history

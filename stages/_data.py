@@ -23,15 +23,17 @@ def load_source(data: DataParams) -> ImageSource:
         data: The validated `data` section.
 
     Returns:
-        The IDX dataset read into memory (kind idx), or the image cache mapped from disk (folder, csv).
+        The IDX dataset read into memory, only `data.classes` when given (kind idx), or the image cache
+        mapped from disk (folder, csv).
 
     Raises:
         DatasetNotFoundError: The IDX files or the cache are missing.
     """
     if data.kind == "idx":
-        from pipeline.data.sources import load_idx_dataset
+        from pipeline.data.sources import load_idx_dataset, select_classes
 
-        return load_idx_dataset(data.path)
+        source = load_idx_dataset(data.path)
+        return select_classes(source, data.classes) if data.classes is not None else source
     from pipeline.data.images import open_cache
 
     return open_cache(IMAGE_CACHE)

@@ -51,6 +51,7 @@ def run_stage(main: Callable[[], None]) -> None:
     `PIPELINE_RAW_STDERR=1` shows them).
     """
     from pipeline.backbones.errors import BackboneError
+    from pipeline.backbones.keras_archive import KerasFileError
     from pipeline.data.sources import DatasetFormatError, DatasetNotFoundError
     from pipeline.devices import DeviceSelectionError
     from pipeline.divergence import TrainingDivergedError
@@ -66,6 +67,7 @@ def run_stage(main: Callable[[], None]) -> None:
         DatasetFormatError,
         DeviceSelectionError,
         BackboneError,
+        KerasFileError,
         TrackingStoreError,
         TrainingDivergedError,
     )

@@ -45,7 +45,7 @@ def main() -> None:
     tracking_store.check_tracking_store(reference.tracking_uri, origin=f"{RUN_REFERENCE}, written by train")
     source = load_source(config.data)
     test_images, test_labels = select(source, read_manifest(MANIFEST), "test")
-    model = export.load_model(TRAINED_MODEL)
+    model = export.load_model(TRAINED_MODEL, safe_mode=config.backbone.safe_mode)
     registered_model = config.tracking.registered_model
     with tracking.tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:
         # The stage working on the run now: the UI then tells which stage a RUNNING run is in.

@@ -22,7 +22,8 @@ from stages._entry import (
 
 
 def main() -> None:
-    tracking_params = params.load(PARAMS).tracking
+    config = params.load(PARAMS)
+    tracking_params = config.tracking
 
     import keras
     import tensorflow as tf
@@ -35,7 +36,7 @@ def main() -> None:
     # Class names and the stored image shape travel with the model, for `tl-predict`.
     card = ModelCard.from_data_report(json.loads(DATA_REPORT.read_text(encoding="utf-8")))
     comparison = gate.Comparison.read(COMPARISON)
-    model = export.load_model(TRAINED_MODEL)
+    model = export.load_model(TRAINED_MODEL, safe_mode=config.backbone.safe_mode)
     name = tracking_params.registered_model
     with tracking.tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:
         # The stage working on the run now: the UI then tells which stage a RUNNING run is in.

@@ -140,3 +140,24 @@ def export_tiny_saved_model(
         archive.add_endpoint("serve_train", lambda images: model(images, training=True), input_signature=spec)
     archive.write_out(str(path), verbose=False)
     return str(path)
+
+
+def save_tiny_classifier(path, *, image_size: int = 32, seed: int = 0):
+    """Saves what the train stage exports for the tiny backbone: 0..255 pixels -> preprocessing -> classifier.
+
+    The classifier (backbone, then a head with one hidden layer: pool, dropout, dense, BN, activation,
+    dropout, softmax) is nested in the wrapper, as `pipeline.export.end_to_end_model` nests it.
+
+    Returns:
+        The saved model.
+    """
+    from pipeline.export import end_to_end_model, save_model
+    from pipeline.head import attach_head
+
+    backbone = build_tiny_backbone(image_size, seed=seed)
+    classifier = attach_head(
+        backbone, num_classes=3, seed=seed, dropout=0.1, hidden_units=[8], batch_norm="before", hidden_dropout=0.1
+    )
+    model = end_to_end_model(classifier.model, backbone.make_preprocessing(), image_size=image_size)
+    save_model(model, path)
+    return model

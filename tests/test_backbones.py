@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from pipeline.backbones import efficientnet_lite
 from pipeline.backbones.legacy_torch import load_legacy_state_dict
-from pipeline.backbones.names import BACKBONE_BLOCKS, BACKBONE_MIN_SIZES
+from pipeline.backbones.names import BACKBONE_BLOCKS, BACKBONE_MIN_SIZES, backbone_kind
 from pipeline.backbones.registry import group_layers, load_backbone
 
 EGYPTIAN_CAT, TABBY, TIGER_CAT, ESPRESSO = 285, 281, 282, 967
@@ -237,6 +237,15 @@ def test_unknown_backbone_lists_registered_ones(tmp_path) -> None:
         "efficientnet_lite2, ",
     ):
         load_backbone("resnet9000", image_size=64, cache_dir=tmp_path)
+
+
+def test_backbone_kind_follows_the_name(tmp_path) -> None:
+    assert backbone_kind("efficientnet_lite0") == "registered"
+    assert backbone_kind("https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5") == "hub"
+    assert backbone_kind(str(tmp_path)) == "hub"
+    assert backbone_kind("models/model.keras") == "keras_file"
+    with pytest.raises(ValueError, match="unknown backbone 'no_such_folder'"):
+        backbone_kind("no_such_folder")
 
 
 def test_layer_outside_every_group_is_an_error() -> None:

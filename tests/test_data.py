@@ -17,10 +17,12 @@ from pipeline.data.sources import (
     idx_file_digests,
     load_idx_dataset,
     read_idx,
+    select_classes,
 )
 from pipeline.data.split import (
     MANIFEST_COLUMNS,
     ManifestRow,
+    cap_training_rows,
     class_counts,
     manifest_rows,
     read_manifest,
@@ -408,3 +410,63 @@ def test_class_counts(source: ImageSource) -> None:
         "val": {**zero, "T-shirt/top": 2},
         "test": {**zero, "Trouser": 1, "Dress": 1},
     }
+
+
+def _source(labels: np.ndarray, parts: np.ndarray) -> ImageSource:
+    return ImageSource(
+        images=np.arange(len(labels), dtype=np.uint8)[:, None, None].repeat(2, 1).repeat(2, 2),
+        labels=labels.astype(np.int64),
+        parts=parts,
+        indices=np.arange(len(labels)),
+        class_names=FASHION_MNIST_CLASSES,
+    )
+
+
+def test_select_classes_keeps_them_labelled_in_the_order_given() -> None:
+    source = _source(np.array([5, 0, 6, 6, 9, 5]), np.array(["train"] * 4 + ["t10k"] * 2))
+
+    selected = select_classes(source, ["Shirt", "Sandal"])
+
+    assert selected.class_names == ("Shirt", "Sandal")
+    assert selected.labels.tolist() == [1, 0, 0, 1]
+    assert selected.indices.tolist() == [0, 2, 3, 5]
+    assert selected.parts.tolist() == ["train", "train", "train", "t10k"]
+    assert selected.images[:, 0, 0].tolist() == [0, 2, 3, 5]
+    with pytest.raises(DatasetFormatError, match="classes 'Shoe' are not in the dataset; it has T-shirt/top, "):
+        select_classes(source, ["Shirt", "Shoe"])
+
+
+def test_fixed_test_split_takes_the_whole_part_and_splits_the_rest() -> None:
+    labels = np.arange(150) % 3
+    parts = np.array(["train"] * 120 + ["t10k"] * 30)
+
+    split = stratified_split(
+        labels, subset_size=None, val_fraction=0.25, test_fraction=0.1, seed=0, test_mask=parts == "t10k"
+    )
+
+    assert split["test"].tolist() == list(range(120, 150))
+    assert _split_sizes(split) == {"train": 90, "val": 30, "test": 30}
+    assert np.bincount(labels[split["val"]]).tolist() == [10, 10, 10]
+    assert set(split["train"].tolist()) | set(split["val"].tolist()) == set(range(120))
+    with pytest.raises(ValueError, match="a fixed test split takes every image of its part: it can't be combined"):
+        stratified_split(labels, subset_size=60, val_fraction=0.25, test_fraction=0.1, seed=0, test_mask=parts == "x")
+
+
+def test_cap_training_rows_draws_stratified_and_keeps_val_and_test() -> None:
+    rows = [ManifestRow("train", index, index % 2, "train") for index in range(40)]
+    rows += [ManifestRow("train", 40 + index, index % 2, "val") for index in range(6)]
+    rows += [ManifestRow("t10k", index, index % 2, "test") for index in range(8)]
+
+    capped = cap_training_rows(rows, 10, seed=0)
+
+    train = [row for row in capped if row.split == "train"]
+    assert len(train) == 10
+    assert sorted(row.label for row in train) == [0] * 5 + [1] * 5
+    assert [row for row in capped if row.split != "train"] == rows[40:]
+    assert capped == [row for row in rows if row in capped]
+    assert cap_training_rows(rows, 10, seed=0) == capped
+    assert cap_training_rows(rows, None, seed=0) == rows
+    with pytest.raises(ValueError, match="data.train_size is 41, but the split leaves 40 training images"):
+        cap_training_rows(rows, 41, seed=0)
+    with pytest.raises(ValueError, match="data.train_size is 1, fewer than the 2 classes it must hold"):
+        cap_training_rows(rows, 1, seed=0)

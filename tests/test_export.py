@@ -160,3 +160,12 @@ def test_saved_model_export_replaces_the_previous_one(tiny_backbone, tmp_path: P
         ["assets", "fingerprint.pb", "saved_model.pb", "variables"]
     )
     assert sorted(item.name for item in tmp_path.iterdir()) == ["saved_model"]
+
+
+def test_a_model_with_a_lambda_loads_only_outside_safe_mode(tmp_path: Path) -> None:
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda values: values * 2.0, name="double")(inputs))
+    path = save_model(model, tmp_path / "lambda.keras")
+    with pytest.raises(ValueError, match="Requested the deserialization of a `Lambda` layer"):
+        load_model(path)
+    np.testing.assert_array_equal(load_model(path, safe_mode=False).predict(np.ones((1, 4)), verbose=0), [[2.0] * 4])

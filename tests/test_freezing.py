@@ -119,3 +119,30 @@ def test_out_of_range_block_count_names_the_blocks(tiny_backbone) -> None:
     expected = r"trainable_blocks is 5; the backbone has 4 blocks \(top, block2, block1, stem\)"
     with pytest.raises(ValueError, match=expected):
         set_trainable_blocks(classifier.model, classifier.backbone.blocks_top_down, trainable_blocks=5)
+
+
+def test_dropout_of_frozen_blocks_runs_in_inference_mode_until_unfrozen() -> None:
+    from pipeline.backbones.registry import BlockGroup
+    from pipeline.freezing import restore_layer_classes
+
+    inputs = keras.Input((64,))
+    tensor = keras.layers.Dense(64, name="low")(inputs)
+    tensor = keras.layers.Dropout(0.5, seed=1, name="low_dropout")(tensor)
+    tensor = keras.layers.GaussianNoise(1.0, seed=1, name="low_noise")(tensor)
+    model = keras.Model(inputs, keras.layers.Dense(4, name="high")(tensor))
+    groups = (BlockGroup("high", ("high",)), BlockGroup("low", ("low", "low_dropout", "low_noise")))
+    features = keras.ops.ones((2, 64))
+
+    set_trainable_blocks(model, groups, trainable_blocks=1)
+    assert type(model.get_layer("low_dropout")).__name__ == "FrozenDropout"
+    inference = keras.ops.convert_to_numpy(model(features, training=False))
+    assert (keras.ops.convert_to_numpy(model(features, training=True)) == inference).all()
+
+    set_trainable_blocks(model, groups, trainable_blocks=2)
+    assert type(model.get_layer("low_dropout")) is keras.layers.Dropout
+    assert not (keras.ops.convert_to_numpy(model(features, training=True)) == inference).all()
+
+    set_trainable_blocks(model, groups, trainable_blocks=0)
+    restore_layer_classes(model)
+    assert type(model.get_layer("low_noise")) is keras.layers.GaussianNoise
+    assert not model.get_layer("low_noise").trainable

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -272,10 +273,15 @@ def test_cache_layout_split_order_and_contiguous_views(tmp_path: Path) -> None:
 
     cache = tmp_path / "cache"
     assert sorted(path.name for path in cache.iterdir()) == sorted([CACHE_IMAGES, CACHE_INFO, CACHE_LABELS])
+    contents = sorted(
+        f"{path.parent.name}\t{hashlib.sha256(path.read_bytes()).hexdigest()}\n"
+        for path in (tmp_path / "set").glob("*/*")
+    )
     assert json.loads((cache / CACHE_INFO).read_text()) == {
         "shape": [10, SIZE, SIZE, 3],
         "dtype": "uint8",
         "class_names": ["a", "b"],
+        "source_sha256": hashlib.sha256("".join(contents).encode()).hexdigest(),
     }
     assert {name: len(rows) for name, rows in cached.split.items()} == {"train": 6, "val": 2, "test": 2}
     assert cached.split["train"].tolist() == [0, 1, 2, 3, 4, 5]

@@ -116,3 +116,57 @@ def test_prepare_refuses_csv_without_label_column(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("error: labels.csv has no 'label' column: its header is ['path', 'kind']")
     assert "Traceback" not in result.stderr
+
+
+def _idx_dataset(root: Path) -> Path:
+    """Fashion-MNIST-shaped IDX files: 60 training and 20 test images, labels cycling through the 10 classes."""
+    import gzip
+
+    root.mkdir()
+    for part, count in (("train", 60), ("t10k", 20)):
+        labels = np.arange(count, dtype=np.uint8) % 10
+        images = np.repeat(labels[:, None, None] * 20, 28, axis=1).repeat(28, axis=2).astype(np.uint8)
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+            with gzip.open(root / f"{part}-{kind}-ubyte.gz", "wb") as handle:
+                handle.write(header + array.tobytes())
+    return root
+
+
+def test_prepare_keeps_two_classes_tests_on_t10k_and_caps_training(tmp_path: Path) -> None:
+    idx_path = _idx_dataset(tmp_path / "idx")
+    data = {
+        "path": str(idx_path),
+        "classes": ["Shirt", "Sandal"],
+        "test_part": "t10k",
+        "val_fraction": 0.25,
+        "train_size": 4,
+    }
+
+    result = _run_prepare(tmp_path, data)
+
+    assert result.returncode == 0, result.stderr
+    assert (
+        result.stdout.strip()
+        == "split {'train': 4, 'val': 3, 'test': 4} of 16 images -> data/manifest.csv (0 files skipped)"
+    )
+    report = json.loads((tmp_path / "reports" / "data_report.json").read_text(encoding="utf-8"))
+    assert report["class_names"] == ["Shirt", "Sandal"]
+    assert report["class_counts"]["train"] == {"Shirt": 2, "Sandal": 2}
+    rows = read_manifest(tmp_path / "data" / "manifest.csv")
+    assert sorted((row.part, row.index, row.label) for row in rows if row.split == "test") == [
+        ("t10k", 5, 1),
+        ("t10k", 6, 0),
+        ("t10k", 15, 1),
+        ("t10k", 16, 0),
+    ]
+    assert {row.part for row in rows if row.split != "test"} == {"train"}
+
+
+def test_prepare_refuses_a_training_cap_above_the_split_in_one_line(tmp_path: Path) -> None:
+    data = {"path": str(_idx_dataset(tmp_path / "idx")), "classes": ["Shirt", "Sandal"], "train_size": 50}
+
+    result = _run_prepare(tmp_path, data)
+
+    assert result.returncode == 2
+    assert result.stderr == "error: data.train_size is 50, but the split leaves 12 training images\n"

@@ -1,7 +1,7 @@
 """Names of the registered backbones and their block groups, and the kind of any `backbone.name`, without TensorFlow.
 
-Why: params validation must reject an unknown backbone, or an unfreeze stage deeper than the
-backbone, before TensorFlow loads. The block lists come from the architecture modules' own group
+Importable without TensorFlow. Why: params validation must reject an unknown backbone, or an unfreeze
+stage deeper than the backbone, before TensorFlow loads. The block lists come from the architecture modules' own group
 maps (which need no TensorFlow), and `pipeline.backbones.registry` checks at load time that the
 built model has exactly these groups. `backbone.name` also takes a TF Hub handle, a SavedModel
 directory or a `.keras` file; `backbone_kind` tells which, so validation and the registry agree.

@@ -25,6 +25,7 @@ from pipeline.backbones.applications import (
     IMAGENET_STD_RGB,
     ApplicationSpec,
 )
+from pipeline.backbones.cuts import cut_flags
 from pipeline.backbones.names import BACKBONE_BLOCKS, BACKBONE_NAMES, backbone_kind
 
 if TYPE_CHECKING:
@@ -116,12 +117,11 @@ def single_tensor_cuts(model: keras.Model) -> list[bool]:
         ]
         for operation in operations
     ]
-    cuts = [False] * len(operations)
-    earliest_read_after = len(operations)
-    for index in range(len(operations) - 1, -1, -1):
-        cuts[index] = earliest_read_after >= index
-        earliest_read_after = min([earliest_read_after, *inbound[index]])
-    return [cut for cut, operation in zip(cuts, operations, strict=True) if isinstance(operation, keras.layers.Layer)]
+    return [
+        cut
+        for cut, operation in zip(cut_flags(inbound), operations, strict=True)
+        if isinstance(operation, keras.layers.Layer)
+    ]
 
 
 def group_layers_at_cuts(model: keras.Model, blocks: tuple[tuple[str, str], ...]) -> tuple[BlockGroup, ...]:
@@ -298,18 +298,19 @@ if tuple(_BUILDERS) != BACKBONE_NAMES:
 def load_backbone(
     name: str, *, image_size: int, cache_dir: str | Path, weights: str = "imagenet", **kind_options: Any
 ) -> Backbone:
-    """Builds the backbone `name` names: a registered one, a TF Hub handle or a SavedModel directory.
+    """Builds the backbone `name` names: a registered one, a TF Hub handle, a SavedModel directory or a .keras file.
 
     Args:
-        name: A registry name (see `BACKBONE_NAMES`), an http(s):// TF Hub handle or a SavedModel directory
-            (see `pipeline.backbones.names.backbone_kind`).
+        name: A registry name (see `BACKBONE_NAMES`), an http(s):// TF Hub handle, a SavedModel directory
+            or a path ending in .keras (see `pipeline.backbones.names.backbone_kind`).
         image_size: Square input size.
         cache_dir: Folder for converted weights and the TF Hub cache (`<cache_dir>/tfhub`).
         weights: Registered backbones: "imagenet", "none" (random initialisation) or the path of a Keras
             weights file. Others hold their own weights and take only the default.
         **kind_options: Options of the kind: for a TF Hub handle or SavedModel, those of
             `pipeline.backbones.hub.load_hub_backbone` (`signature`, `training_signature`, `output_key`,
-            `input_range`). None means unset.
+            `input_range`); for a .keras file, those of `pipeline.backbones.keras_file.load_keras_file_backbone`.
+            None means unset.
 
     Returns:
         The backbone, every layer trainable (freezing is `pipeline.freezing`'s job).
@@ -320,6 +321,7 @@ def load_backbone(
         FileNotFoundError: The pretrained weights are not installed, or cannot be downloaded; the
             message names the file and the folder to place it in.
         BackboneError: A TF Hub handle or SavedModel cannot be loaded as configured (see `load_hub_backbone`).
+        pipeline.backbones.keras_archive.KerasFileError: A .keras file that can't serve as configured.
     """
     kind = backbone_kind(name)
     given = sorted(option for option, value in kind_options.items() if value is not None)
@@ -329,10 +331,14 @@ def load_backbone(
         if weights != "imagenet":
             raise ValueError(f"weights applies to registered backbones only; {name} holds its own weights")
         return load_hub_backbone(name, image_size=image_size, cache_dir=cache_dir, **kind_options)
-    if kind != "registered":
-        raise ValueError(f"{name}: .keras backbones are not supported yet")
+    if kind == "keras_file":
+        from pipeline.backbones.keras_file import load_keras_file_backbone
+
+        return load_keras_file_backbone(name, image_size=image_size, cache_dir=cache_dir, **kind_options)
     if given:
-        raise ValueError(f"{', '.join(given)} apply to TF Hub handles and SavedModel directories, not to {name}")
+        raise ValueError(
+            f"{', '.join(given)} apply to TF Hub handles, SavedModel directories and .keras files, not to {name}"
+        )
     backbone = _BUILDERS[name](image_size=image_size, cache_dir=Path(cache_dir), weights=weights)
     if backbone.block_names != BACKBONE_BLOCKS[name]:
         raise RuntimeError(f"{name} builds blocks {backbone.block_names}, names.py declares {BACKBONE_BLOCKS[name]}")

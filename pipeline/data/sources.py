@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,4 +202,39 @@ def load_idx_dataset(directory: str | Path, class_names: tuple[str, ...] = FASHI
         parts=np.concatenate(parts),
         indices=np.concatenate(indices),
         class_names=class_names,
+    )
+
+
+def select_classes(source: ImageSource, classes: Sequence[str]) -> ImageSource:
+    """Keeps the images of some classes, labelled by their position in `classes`.
+
+    Why: a task may use part of a dataset (Hands-On ML's transfer example trains on 8 Fashion-MNIST
+    classes, then on the other 2); the labels must then run 0..k-1 for the classifier's k outputs.
+
+    Args:
+        source: All images.
+        classes: Names of the classes to keep, in the label order wanted.
+
+    Returns:
+        The kept images in source order, with their new labels and `classes` as class names.
+
+    Raises:
+        DatasetFormatError: A name is not one of the source's classes.
+    """
+    unknown = [name for name in classes if name not in source.class_names]
+    if unknown:
+        raise DatasetFormatError(
+            f"classes {', '.join(map(repr, unknown))} are not in the dataset; it has {', '.join(source.class_names)}"
+        )
+    relabel = np.full(len(source.class_names), -1, dtype=np.int64)
+    for label, name in enumerate(classes):
+        relabel[source.class_names.index(name)] = label
+    new_labels = relabel[source.labels]
+    keep = new_labels >= 0
+    return ImageSource(
+        images=source.images[keep],
+        labels=new_labels[keep],
+        parts=source.parts[keep],
+        indices=source.indices[keep],
+        class_names=tuple(classes),
     )

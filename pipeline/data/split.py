@@ -37,24 +37,37 @@ def stratified_split(
     val_fraction: float,
     test_fraction: float,
     seed: int,
+    test_mask: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Splits positions 0..len(labels)-1 into train, val and test, keeping class proportions.
 
     Args:
         labels: One label per image.
         subset_size: Total images to keep (stratified); None keeps all.
-        val_fraction: Share of the kept images for validation.
-        test_fraction: Share of the kept images for testing.
+        val_fraction: Share of the kept images for validation (with `test_mask`: of the images outside it).
+        test_fraction: Share of the kept images for testing (unused with `test_mask`).
         seed: Seed of the shuffles.
+        test_mask: The images that make up the test split, all of them (a dataset's official test set); the
+            others are split into train and val. None draws the test split like val.
 
     Returns:
         Split name -> sorted positions into `labels`.
 
     Raises:
         ValueError: The subset is larger than the dataset, or too small to hold every class in
-            every split.
+            every split; or `test_mask` is combined with a subset, or leaves no image outside the test split.
     """
     positions = np.arange(len(labels))
+    if test_mask is not None:
+        if subset_size is not None:
+            raise ValueError("a fixed test split takes every image of its part: it can't be combined with a subset")
+        test, rest = positions[test_mask], positions[~test_mask]
+        if not len(test) or not len(rest):
+            raise ValueError(f"the fixed test split holds {len(test)} of {len(labels)} images; both parts need images")
+        train, val = train_test_split(
+            rest, test_size=round(val_fraction * len(rest)), stratify=labels[rest], random_state=seed
+        )
+        return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
     if subset_size is not None and subset_size > len(labels):
         raise ValueError(f"data.subset_size is {subset_size}, the dataset has only {len(labels)} images")
     if subset_size is not None and subset_size < len(labels):
@@ -65,6 +78,38 @@ def stratified_split(
     rest, test = train_test_split(positions, test_size=test_count, stratify=labels[positions], random_state=seed)
     train, val = train_test_split(rest, test_size=val_count, stratify=labels[rest], random_state=seed)
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def cap_training_rows(rows: list[ManifestRow], train_size: int | None, *, seed: int) -> list[ManifestRow]:
+    """Keeps `train_size` of the training rows, drawn stratified by label; val and test rows are untouched.
+
+    Why: a small-data task (200 training images) must still be validated and tested on the full splits, and
+    capping after the split keeps those the same whatever the cap.
+
+    Args:
+        rows: The manifest rows.
+        train_size: Training rows to keep; None keeps all.
+        seed: Seed of the draw.
+
+    Returns:
+        The rows, in their order, without the training rows not drawn.
+
+    Raises:
+        ValueError: `train_size` exceeds the training rows, or is smaller than the number of classes in them.
+    """
+    train = [index for index, row in enumerate(rows) if row.split == "train"]
+    if train_size is None or train_size == len(train):
+        return rows
+    if train_size > len(train):
+        raise ValueError(f"data.train_size is {train_size}, but the split leaves {len(train)} training images")
+    labels = np.array([rows[index].label for index in train])
+    if train_size < len(np.unique(labels)):
+        raise ValueError(
+            f"data.train_size is {train_size}, fewer than the {len(np.unique(labels))} classes it must hold"
+        )
+    kept, _ = train_test_split(np.array(train), train_size=train_size, stratify=labels, random_state=seed)
+    dropped = set(train) - {int(index) for index in kept}
+    return [row for index, row in enumerate(rows) if index not in dropped]
 
 
 def manifest_rows(source: ImageSource, split: dict[str, np.ndarray]) -> list[ManifestRow]:

@@ -51,9 +51,11 @@ class PipelineParams(Section):
                         "TensorFlow Hub and SavedModel backbones are one opaque block "
                         f"({SAVED_MODEL_BLOCK}), so at most 1 block (or all) can be unfrozen"
                     )
+                # A .keras file may have a block per layer: name the top ones, count the rest.
+                listed = ", ".join(blocks[:12]) + (f", ... ({len(blocks) - 12} more)" if len(blocks) > 12 else "")
                 raise ValueError(
                     f"train.unfreeze.{index}.blocks is {stage.blocks}, but {self.backbone.name} has "
-                    f"{len(blocks)} blocks (top-down: {', '.join(blocks)}); use all to unfreeze every block"
+                    f"{len(blocks)} blocks (top-down: {listed}); use all to unfreeze every block"
                 )
         return self
 

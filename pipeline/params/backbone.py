@@ -1,9 +1,10 @@
 """The `backbone` section: the pretrained network to start from, its weights and its input size.
 
-`name` decides the kind of backbone (`pipeline.backbones.names.backbone_kind`): a registered name, a TF Hub
-handle or SavedModel directory, or a `.keras` file. Each of the other keys applies to some kinds only, and
-one written for a kind it does not apply to is refused rather than silently ignored. A field validator runs
-only on a value the user wrote (defaults are not validated), which is what makes that check possible.
+`name` decides the kind (`pipeline.backbones.names.backbone_kind`): a registered name, a TF Hub handle
+or SavedModel directory, or a local `.keras` file. Each other key applies to some kinds only, and setting
+it for another kind is an error rather than silently ignored. A `.keras` file is read here, without
+TensorFlow (`pipeline.backbones.keras_archive`), so that a missing file, an image size it can't take, an
+unknown cut layer, a bad block list or a file needing `safe_mode: false` stops validation.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from pipeline.backbones.keras_archive import KerasFileError, read_keras_archive
 from pipeline.backbones.names import (
     BACKBONE_BLOCKS,
     BACKBONE_MIN_SIZES,
@@ -23,24 +25,34 @@ from pipeline.backbones.names import (
 )
 from pipeline.params.common import Section
 
-_KIND_WORDS: dict[str, str] = {
-    "registered": "a registered backbone",
-    "hub": "a TF Hub handle or SavedModel directory",
-    "keras_file": "a .keras file",
+# Key -> the kinds of backbone it applies to.
+_APPLIES_TO: dict[str, tuple[BackboneKind, ...]] = {
+    "weights": ("registered",),
+    "signature": ("hub",),
+    "training_signature": ("hub",),
+    "output_key": ("hub",),
+    "input_range": ("hub", "keras_file"),
+    "cut_layer": ("keras_file",),
+    "block_prefixes": ("keras_file",),
+    "safe_mode": ("keras_file",),
+    "reinitialize": ("keras_file",),
+}
+# Kind -> (what the kind's names are, in the plural, for "applies to ..."; one of them).
+_KIND_WORDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "registered": (("registered backbones",), "a registered backbone"),
+    "hub": (("TF Hub handles", "SavedModel directories"), "a TF Hub handle or SavedModel directory"),
+    "keras_file": ((".keras files",), "a .keras file"),
 }
 
 
-def _kind_of(info: ValidationInfo) -> tuple[str, BackboneKind] | None:
-    """`backbone.name` and its kind, or None when the name itself was invalid (its own error says why)."""
-    name = info.data.get("name")
-    return None if name is None else (name, backbone_kind(name))
+def _listed(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
-def _applies_to(info: ValidationInfo, kinds: tuple[BackboneKind, ...], what: str) -> None:
-    found = _kind_of(info)
-    if found is not None and found[1] not in kinds:
-        name, kind = found
-        raise ValueError(f"applies to {what} only; {name} is {_KIND_WORDS[kind]}")
+_HINTS: dict[tuple[str, str], str] = {
+    ("weights", "keras_file"): " (a .keras file brings its own weights; reinitialize: true draws fresh ones)",
+    ("weights", "hub"): " (a SavedModel holds its own weights)",
+}
 
 
 class BackboneParams(Section):
@@ -48,7 +60,8 @@ class BackboneParams(Section):
 
     name: str = Field(
         default="efficientnet_lite0",
-        description="A registered name, a TF Hub handle (http(s):// URL), a SavedModel directory, or a .keras file.",
+        description="A registered backbone, a TF Hub handle (an http(s):// URL), a SavedModel directory, or the "
+        "path of a local .keras file.",
     )
     weights: str = Field(
         default="imagenet",
@@ -76,12 +89,33 @@ class BackboneParams(Section):
     input_range: tuple[float, float] | None = Field(
         default=None,
         description="TF Hub / SavedModel / .keras: what 0..255 pixels are mapped to, linearly; unset: [0, 1] for "
-        "TF Hub handles and SavedModels (the TF Hub image convention), [0, 255] for .keras files.",
+        "TF Hub handles and SavedModels (the TF Hub image convention), [0, 255] for .keras files (a model this "
+        "pipeline exported holds its own preprocessing layer).",
+    )
+    cut_layer: str | None = Field(
+        default=None,
+        description=".keras files: the backbone's last layer; null: the layer feeding the file's last layer "
+        "(the classifier is cut off).",
+    )
+    block_prefixes: list[str] | None = Field(
+        default=None,
+        description=".keras files: layer-name prefixes of the blocks, top-down; null: one block per layer with "
+        "weights (layers without weights join the block below them).",
+    )
+    safe_mode: bool = Field(
+        default=True,
+        description=".keras files: Keras' safe mode; false lets a file holding a Lambda layer or a TFSMLayer load "
+        "(it runs code from the file).",
+    )
+    reinitialize: bool = Field(
+        default=False,
+        description=".keras files: the same architecture with every weight drawn afresh by its layer's initialiser "
+        "(training from scratch), instead of the file's weights.",
     )
 
     @field_validator("name")
     @classmethod
-    def _name_is_a_backbone(cls, name: str) -> str:
+    def _name_has_a_kind(cls, name: str) -> str:
         kind = backbone_kind(name)
         if kind == "hub" and not name.startswith(HUB_URL_SCHEMES) and not (Path(name) / "saved_model.pb").is_file():
             raise ValueError(
@@ -90,13 +124,17 @@ class BackboneParams(Section):
                 "backbone or a .keras file"
             )
         if kind == "keras_file":
-            raise ValueError(".keras backbones are not supported yet")
+            try:
+                read_keras_archive(name)
+            except KerasFileError as error:
+                raise ValueError(
+                    f"{error}; allowed: a registered backbone, a TF Hub handle, or an existing .keras file"
+                ) from None
         return name
 
     @field_validator("weights")
     @classmethod
-    def _weights_exist(cls, weights: str, info: ValidationInfo) -> str:
-        _applies_to(info, ("registered",), "registered backbones (a SavedModel or .keras file holds its weights)")
+    def _weights_exist(cls, weights: str) -> str:
         if weights not in ("imagenet", "none") and not Path(weights).is_file():
             raise ValueError("not a file; allowed: imagenet, none, or the path of a Keras weights file")
         return weights
@@ -109,38 +147,68 @@ class BackboneParams(Section):
             raise ValueError(f"{name} takes inputs of at least {BACKBONE_MIN_SIZES[name]} px")
         return image_size
 
-    @field_validator("signature", "training_signature", "output_key")
-    @classmethod
-    def _hub_only(cls, value: str | None, info: ValidationInfo) -> str | None:
-        _applies_to(info, ("hub",), "TF Hub handles and SavedModel directories")
-        return value
-
     @field_validator("input_range")
     @classmethod
-    def _input_range_is_an_interval(
-        cls, input_range: tuple[float, float] | None, info: ValidationInfo
-    ) -> tuple[float, float] | None:
-        _applies_to(info, ("hub", "keras_file"), "TF Hub handles, SavedModel directories and .keras files")
+    def _range_rises(cls, input_range: tuple[float, float] | None) -> tuple[float, float] | None:
         if input_range is not None and not input_range[0] < input_range[1]:
             raise ValueError("give [low, high] with low < high, e.g. [0, 1] or [-1, 1]")
         return input_range
+
+    @field_validator("block_prefixes")
+    @classmethod
+    def _prefixes_distinct(cls, prefixes: list[str] | None) -> list[str] | None:
+        if prefixes is not None and (not prefixes or any(not prefix for prefix in prefixes)):
+            raise ValueError("give one non-empty layer-name prefix per block, top-down, or null for the default")
+        if prefixes is not None and len(set(prefixes)) != len(prefixes):
+            raise ValueError("each prefix may name one block only")
+        return prefixes
+
+    @model_validator(mode="after")
+    def _keys_fit_the_kind(self) -> BackboneParams:
+        kind = backbone_kind(self.name)
+        for key in sorted(self.model_fields_set & set(_APPLIES_TO)):
+            if kind not in _APPLIES_TO[key]:
+                kinds = _listed([words for applies in _APPLIES_TO[key] for words in _KIND_WORDS[applies][0]])
+                raise ValueError(
+                    f"backbone.{key} applies to {kinds} only, and backbone.name {self.name!r} is "
+                    f"{_KIND_WORDS[kind][1]}{_HINTS.get((key, kind), '')}; remove backbone.{key}"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _keras_file_fits(self) -> BackboneParams:
+        if backbone_kind(self.name) != "keras_file":
+            return self
+        archive = read_keras_archive(self.name)
+        if archive.unsafe and self.safe_mode:
+            raise ValueError(f"backbone.safe_mode is true, but {archive.unsafe_refusal()}")
+        fixed = archive.fixed_size
+        if fixed is not None and fixed[0] != fixed[1]:
+            raise ValueError(
+                f"backbone.name: {self.name} takes {fixed[0]}x{fixed[1]} images; the pipeline feeds squares"
+            )
+        if fixed is not None and fixed[0] != self.image_size:
+            raise ValueError(
+                f"backbone.image_size is {self.image_size}, but {self.name} takes {fixed[0]}x{fixed[1]} images only; "
+                f"set backbone.image_size: {fixed[0]}"
+            )
+        try:
+            archive.blocks(cut_layer=self.cut_layer, block_prefixes=self.block_prefixes)
+        except KerasFileError as error:
+            message = str(error)
+            raise ValueError(message if message.startswith("backbone.") else f"backbone.name: {message}") from None
+        return self
 
     def kind(self) -> BackboneKind:
         """Which kind of backbone `name` names (see `pipeline.backbones.names.backbone_kind`)."""
         return backbone_kind(self.name)
 
     def block_names(self) -> tuple[str, ...]:
-        """The backbone's blocks top-down, as the registry will build them; known before TensorFlow loads.
-
-        Returns:
-            A registered backbone's block groups; the one opaque block of a TF Hub handle or SavedModel.
-
-        Raises:
-            ValueError: A `.keras` backbone (not supported yet).
-        """
-        kind = self.kind()
+        """The backbone's block names, top-down: what `train.unfreeze.*.blocks` counts."""
+        kind = backbone_kind(self.name)
         if kind == "registered":
             return BACKBONE_BLOCKS[self.name]
         if kind == "hub":
             return (SAVED_MODEL_BLOCK,)
-        raise ValueError(".keras backbones are not supported yet")
+        blocks = read_keras_archive(self.name).blocks(cut_layer=self.cut_layer, block_prefixes=self.block_prefixes)
+        return tuple(block.name for block in blocks)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from pipeline.data.sources import FASHION_MNIST_CLASSES
 from pipeline.params.common import Fraction, PositiveInt, Section
 
 IDX_DEFAULT_PATH = "/usr/share/datasets/fashion-mnist"
@@ -36,9 +37,59 @@ class DataParams(Section):
     subset_size: PositiveInt | None = Field(
         default=None, description="Stratified subsample of all images; null keeps every image."
     )
+    classes: list[str] | None = Field(
+        default=None,
+        description="idx: keep only these classes, labelled 0, 1, ... in this order; null keeps every class.",
+    )
+    test_part: Literal["t10k"] | None = Field(
+        default=None,
+        description="idx: the test split is every image of this part of the dataset (t10k: Fashion-MNIST's "
+        "official test set), val and train come from the other part; null splits all images by test_fraction.",
+    )
     val_fraction: Fraction = 0.1
     test_fraction: Fraction = 0.1
+    train_size: PositiveInt | None = Field(
+        default=None,
+        description="Training images kept after the split (a stratified draw); val and test are untouched; null "
+        "keeps them all.",
+    )
     seed: int = 42
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_known(cls, classes: list[str] | None) -> list[str] | None:
+        if classes is None:
+            return None
+        if len(set(classes)) != len(classes):
+            raise ValueError("each class may be listed once")
+        if len(classes) < 2:
+            raise ValueError("keep at least 2 classes, or null for all")
+        return classes
+
+    @model_validator(mode="after")
+    def _idx_only_options(self) -> DataParams:
+        for key in ("classes", "test_part"):
+            if getattr(self, key) is not None and self.kind != "idx":
+                raise ValueError(
+                    f"data.{key} works with kind idx only, and kind is {self.kind!r}; for a folder or a CSV, give it "
+                    "only the images (and the train/ val/ test/ folders) you want"
+                )
+        if self.kind == "idx" and self.classes is not None:
+            unknown = [name for name in self.classes if name not in FASHION_MNIST_CLASSES]
+            if unknown:
+                raise ValueError(
+                    f"data.classes: {', '.join(map(repr, unknown))} not in the dataset; allowed: "
+                    f"{', '.join(FASHION_MNIST_CLASSES)}"
+                )
+        if self.test_part is not None:
+            clashing = sorted({"test_fraction", "subset_size"} & self.model_fields_set)
+            if clashing:
+                raise ValueError(
+                    f"data.test_part takes every {self.test_part} image as the test split, so "
+                    f"data.{' and data.'.join(clashing)} would be ignored; remove it (data.train_size caps the "
+                    "training images)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DataParams:

@@ -69,7 +69,8 @@ def describe(root: type[BaseModel], error: Any) -> str:
         allowed = ", ".join(sorted(model.model_fields)) if model is not None else ""
         return f"{key}: unknown key (received {error['input']!r}); allowed keys here: {allowed}"
     message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    if not key:
-        # A check across sections (its message names the keys itself): the input is the whole file.
+    if not key or message.startswith(f"{key}."):
+        # A check across sections, or across a section's keys, whose message names the keys itself: the input
+        # is the whole file or section, too long to repeat.
         return message
     return f"{key}: received {error['input']!r}; {message}"
