@@ -161,3 +161,19 @@ def save_tiny_classifier(path, *, image_size: int = 32, seed: int = 0):
     model = end_to_end_model(classifier.model, backbone.make_preprocessing(), image_size=image_size)
     save_model(model, path)
     return model
+
+
+def promoted_decision(value: float):
+    """A champion-gate decision that moves @champion to the new version (for tests that need a registry)."""
+    from pipeline.gate import GateDecision
+
+    return GateDecision(
+        promote=True,
+        metric="accuracy",
+        margin=0.0,
+        challenger=value,
+        baseline=0.1,
+        champion=None,
+        champion_version=None,
+        reason="test registry",
+    )

@@ -13,8 +13,8 @@ from PIL import Image
 from pipeline import tracking
 from pipeline.cli.predict import main, model_uri
 from pipeline.export import save_model
-from pipeline.gate import GateDecision
 from pipeline.model_card import ModelCard
+from tests.conftest import promoted_decision
 
 NAMES = ["zero", "one", "two"]
 CARD = ModelCard(class_names=tuple(NAMES), stored_shape=(8, 8))
@@ -25,20 +25,6 @@ def _classifier() -> keras.Model:
     pixels = keras.Input((8, 8, 3), name="pixels")
     features = keras.layers.Dropout(0.3)(keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(pixels)))
     return keras.Model(pixels, keras.layers.Dense(3, activation="softmax")(features), name="classifier")
-
-
-def promoted(value: float) -> GateDecision:
-    """A gate decision that moves @champion to the new version."""
-    return GateDecision(
-        promote=True,
-        metric="accuracy",
-        margin=0.0,
-        challenger=value,
-        baseline=0.1,
-        champion=None,
-        champion_version=None,
-        reason="test registry",
-    )
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +40,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict:
             uri = run.log_keras_model(
                 model, name="model", pip_requirements=["keras"], class_names=NAMES, metadata=metadata
             )
-            tracking.register_model(run, model_uri=uri, name="clf", decision=promoted(value))
+            tracking.register_model(run, model_uri=uri, name="clf", decision=promoted_decision(value))
             (root / "classification_report.json").write_text(json.dumps({"class_names": NAMES}))
             run.log_artifact(root / "classification_report.json", "evaluation")
         runs.append(run.run_id)

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import gate, tracking
 from pipeline.evaluation import evaluate_classifier, majority_baseline, score_champion
-from tests.conftest import brightness_classifier, brightness_images
+from tests.conftest import brightness_classifier, brightness_images, promoted_decision
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -426,17 +426,7 @@ def test_a_logged_model_loads_with_its_metadata_version_and_run(store: str, tmp_
             class_names=["x", "y", "z"],
             metadata={"model_card": {"a": 1}},
         )
-        decision = gate.GateDecision(
-            promote=True,
-            metric="accuracy",
-            margin=0.0,
-            challenger=0.5,
-            baseline=0.1,
-            champion=None,
-            champion_version=None,
-            reason="test registry",
-        )
-        tracking.register_model(run, model_uri=uri, name="clf", decision=decision)
+        tracking.register_model(run, model_uri=uri, name="clf", decision=promoted_decision(0.5))
         (tmp_path / "report.json").write_text('{"class_names": ["x", "y", "z"]}')
         run.log_artifact(tmp_path / "report.json", "evaluation")
     loaded = tracking.load_logged_model("models:/clf@champion", tracking_uri=store)

@@ -33,12 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Example: tl-compare --sort test_accuracy --limit 5 --format markdown --output runs.md",
     )
     parser.add_argument("--experiment", help="experiment name (default: params.yaml's tracking.experiment)")
-    parser.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else params.yaml's tracking.uri)"
-    )
-    parser.add_argument(
-        "--params", type=Path, default=settings.DEFAULT_PARAMS, help="params file with the defaults (%(default)s)"
-    )
+    settings.add_store_arguments(parser)
     parser.add_argument(
         "--sort",
         metavar="KEY",

@@ -45,12 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, a run id, or a .keras file "
         "(default: models:/<params.yaml's tracking.registered_model>@champion)",
     )
-    parser.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else params.yaml's tracking.uri)"
-    )
-    parser.add_argument(
-        "--params", type=Path, default=settings.DEFAULT_PARAMS, help="params file with the defaults (%(default)s)"
-    )
+    settings.add_store_arguments(parser)
     parser.add_argument(
         "--data-report",
         type=Path,

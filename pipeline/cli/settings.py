@@ -7,6 +7,7 @@ of silently creating an empty MLflow store.
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,16 @@ from pathlib import Path
 DEFAULT_PARAMS = Path("params.yaml")
 USER_ERROR_EXIT = 2
 SQLITE_PREFIX = "sqlite:///"
+
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every command shares: where the tracking store is, and which params file holds the defaults."""
+    parser.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else params.yaml's tracking.uri)"
+    )
+    parser.add_argument(
+        "--params", type=Path, default=DEFAULT_PARAMS, help="params file with the defaults (%(default)s)"
+    )
 
 
 def quiet_libraries() -> None:
