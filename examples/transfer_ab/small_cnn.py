@@ -12,14 +12,18 @@ Usage: python small_cnn.py OUTPUT.keras
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
-import keras
+if TYPE_CHECKING:
+    import keras
 
 IMAGE_SIZE = 32  # the pipeline's smallest input; Fashion-MNIST's 28 px images are resized to it
 
 
 def build_small_cnn(seed: int = 42) -> keras.Model:
     """Three conv-pool stages and a 128-unit feature layer; pixels 0..255 in, features out (no classifier)."""
+    import keras
+
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name="image")
     tensor = keras.layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
@@ -34,4 +38,13 @@ def build_small_cnn(seed: int = 42) -> keras.Model:
 
 
 if __name__ == "__main__":
-    build_small_cnn().save(sys.argv[1])
+    from pipeline import native_log
+
+    # Quiet like the stages: TensorFlow's start-up lines are filtered before Keras loads.
+    native_log.quiet_libraries()
+    log_filter = native_log.install()
+    try:
+        build_small_cnn().save(sys.argv[1])
+    finally:
+        if log_filter is not None:
+            log_filter.uninstall()
