@@ -177,3 +177,31 @@ def promoted_decision(value: float):
         champion_version=None,
         reason="test registry",
     )
+
+
+def tiny_splits(train_count: int = 96, val_count: int = 30, classes: int = 3):
+    """Train and val `ImageSplit`s of `make_images` (seeds 1 and 2), the data of the fine-tuning tests."""
+    from pipeline.features import ImageSplit
+
+    return ImageSplit(*make_images(train_count, classes, seed=1)), ImageSplit(*make_images(val_count, classes, seed=2))
+
+
+def fine_tune_tiny(
+    classifier, phases, *, image_size: int, splits=None, cache_bytes: int = 1 << 30, batch_size: int = 16, **options
+):
+    """`pipeline.training.fine_tune` on `splits` (default `tiny_splits()`), seed 0, silent."""
+    from pipeline.training import fine_tune
+
+    train, val = splits if splits is not None else tiny_splits()
+    return fine_tune(
+        classifier,
+        train=train,
+        val=val,
+        phases=phases,
+        batch_size=batch_size,
+        image_size=image_size,
+        seed=0,
+        feature_cache_bytes=cache_bytes,
+        verbose=0,
+        **options,
+    )

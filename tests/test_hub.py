@@ -5,6 +5,7 @@ Every SavedModel here is one the test exports itself; a monkeypatched `urlopen` 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shutil
 import urllib.error
@@ -18,14 +19,13 @@ import tensorflow as tf
 from pipeline.backbones.errors import BackboneError
 from pipeline.backbones.hub import cached_handle_dir, hub_cache_dir, load_hub_backbone
 from pipeline.backbones.registry import load_backbone
-from pipeline.features import ImageSplit
 from pipeline.freezing import layer_map, set_trainable_blocks
 from pipeline.head import attach_head
 from pipeline.params import parse
 from pipeline.params.optimizer import AdamParams
 from pipeline.params.schedule import ConstantParams
-from pipeline.training import Phase, fine_tune, plan_phases
-from tests.conftest import export_tiny_saved_model, make_images
+from pipeline.training import Phase, plan_phases
+from tests.conftest import export_tiny_saved_model, fine_tune_tiny
 
 IMAGE_SIZE = 16
 HANDLE = "https://tfhub.dev/example/tiny/feature_vector/1"
@@ -57,25 +57,7 @@ def _variables(backbone) -> dict[str, np.ndarray]:
     return {variable.name: np.array(variable) for variable in layer.variables}
 
 
-def _splits() -> tuple[ImageSplit, ImageSplit]:
-    train_images, train_labels = make_images(96, 3, seed=1)
-    val_images, val_labels = make_images(30, 3, seed=2)
-    return ImageSplit(train_images, train_labels), ImageSplit(val_images, val_labels)
-
-
-def _run(classifier, phases, *, cache_bytes: int = 1 << 30):
-    train, val = _splits()
-    return fine_tune(
-        classifier,
-        train=train,
-        val=val,
-        phases=phases,
-        batch_size=16,
-        image_size=IMAGE_SIZE,
-        seed=0,
-        feature_cache_bytes=cache_bytes,
-        verbose=0,
-    )
+_run = functools.partial(fine_tune_tiny, image_size=IMAGE_SIZE)
 
 
 def _phase(name: str, blocks: int, epochs: int, learning_rate: float, bn_policy: str = "affine") -> Phase:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import keras
@@ -10,12 +11,11 @@ import pytest
 
 from pipeline.backbones.keras_archive import KerasFileError
 from pipeline.backbones.registry import load_backbone
-from pipeline.features import ImageSplit
 from pipeline.head import attach_head
 from pipeline.params.optimizer import AdamParams
 from pipeline.params.schedule import ConstantParams, OneCycleParams
-from pipeline.training import Phase, fine_tune
-from tests.conftest import make_images, save_tiny_classifier
+from pipeline.training import Phase
+from tests.conftest import fine_tune_tiny, save_tiny_classifier, tiny_splits
 from tests.test_keras_archive import BACKBONE_LAYERS, DEFAULT_BLOCKS
 
 ADAM = AdamParams(name="adam")
@@ -37,29 +37,12 @@ def _pixels(count: int = 4) -> np.ndarray:
     return np.random.default_rng(0).uniform(0, 255, (count, 32, 32, 3)).astype("float32")
 
 
-def _splits() -> tuple[ImageSplit, ImageSplit]:
-    train_images, train_labels = make_images(48, 2, seed=1, size=8)
-    val_images, val_labels = make_images(16, 2, seed=2, size=8)
-    return ImageSplit(train_images, train_labels), ImageSplit(val_images, val_labels)
-
-
 def _snapshot(model: keras.Model, names) -> dict[str, list[np.ndarray]]:
     return {name: [np.array(value) for value in model.get_layer(name).get_weights()] for name in names}
 
 
-def _fine_tune(classifier, phases, *, cache_bytes: int = 1 << 30):
-    train, val = _splits()
-    return fine_tune(
-        classifier,
-        train=train,
-        val=val,
-        phases=phases,
-        batch_size=16,
-        image_size=32,
-        seed=0,
-        feature_cache_bytes=cache_bytes,
-        verbose=0,
-    )
+# Two classes of 8 px images, fed to the model at 32 px.
+_fine_tune = functools.partial(fine_tune_tiny, image_size=32, splits=tiny_splits(48, 16, classes=2))
 
 
 def test_backbone_computes_what_the_file_computes_up_to_the_cut(task_a) -> None:

@@ -3,6 +3,7 @@ switches a phase carries (schedule, BatchNorm policy, discriminative LR, early s
 
 from __future__ import annotations
 
+import functools
 import math
 
 import keras
@@ -11,14 +12,14 @@ import pytest
 
 from pipeline.augmentation import build_augmentation
 from pipeline.divergence import TrainingDivergedError
-from pipeline.features import ImageSplit, cut_tensor
+from pipeline.features import cut_tensor
 from pipeline.head import attach_head
 from pipeline.params import parse
 from pipeline.params.optimizer import AdamParams, SGDParams
 from pipeline.params.schedule import ConstantParams, ExponentialParams
 from pipeline.params.train import EarlyStoppingParams
-from pipeline.training import Phase, fine_tune, plan_phases
-from tests.conftest import make_images
+from pipeline.training import Phase, plan_phases
+from tests.conftest import fine_tune_tiny, tiny_splits
 
 IMAGE_SIZE = 16
 ADAM = AdamParams(name="adam")
@@ -31,30 +32,11 @@ def _phase(name: str, blocks: int, epochs: int, learning_rate: float, **settings
     return Phase(name, blocks, epochs, learning_rate, **settings)
 
 
-def _splits() -> tuple[ImageSplit, ImageSplit]:
-    train_images, train_labels = make_images(96, 3, seed=1)
-    val_images, val_labels = make_images(30, 3, seed=2)
-    return ImageSplit(train_images, train_labels), ImageSplit(val_images, val_labels)
+_run = functools.partial(fine_tune_tiny, image_size=IMAGE_SIZE)
 
 
 def _snapshot(model: keras.Model) -> dict[str, list[np.ndarray]]:
     return {layer.name: [np.array(value) for value in layer.get_weights()] for layer in model.layers if layer.weights}
-
-
-def _run(classifier, phases, *, cache_bytes: int = 1 << 30, batch_size: int = 16, **options):
-    train, val = _splits()
-    return fine_tune(
-        classifier,
-        train=train,
-        val=val,
-        phases=phases,
-        batch_size=batch_size,
-        image_size=IMAGE_SIZE,
-        seed=0,
-        feature_cache_bytes=cache_bytes,
-        verbose=0,
-        **options,
-    )
 
 
 def _changed(before, after, layer: str) -> list[bool]:
@@ -342,7 +324,7 @@ def test_augmentation_reaches_training_batches_only(tiny_backbone) -> None:
     from pipeline.features import PhaseDataFactory
 
     classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
-    train, val = _splits()
+    train, val = tiny_splits()
     batches = {}
     for label, augmentation in (("plain", None), ("flipped", build_augmentation(flip="horizontal", seed=0))):
         data = PhaseDataFactory(
@@ -392,7 +374,7 @@ def test_flip_alone_caches_both_orientations_and_draws_one_per_epoch(tiny_backbo
     from pipeline.data.datasets import to_model_input
 
     classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
-    train, val = _splits()
+    train, val = tiny_splits()
     factory = _flip_factory(classifier, train, val, deepest=2)
     data = factory.for_phase(trainable_blocks)
     assert data.cached is True
@@ -433,7 +415,7 @@ def test_flip_alone_caches_both_orientations_and_draws_one_per_epoch(tiny_backbo
 
 def test_flip_cache_counts_both_orientations_against_the_budget(tiny_backbone) -> None:
     classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
-    train, val = _splits()
+    train, val = tiny_splits()
     per_example = int(np.prod(cut_tensor(classifier, 2).shape[1:])) * 4
     fits_without_flip = per_example * (96 + 30)
     factory = _flip_factory(classifier, train, val, deepest=2, cache_bytes=fits_without_flip)
