@@ -21,35 +21,16 @@ def build_classifier(config: PipelineParams, *, num_classes: int) -> Classifier:
             missing endpoint, an input size it does not take); the stages report it in one line.
         KerasFileError: A .keras file cannot serve as configured (also one line).
     """
-    from pipeline.backbones.names import backbone_kind
     from pipeline.backbones.registry import load_backbone
     from pipeline.head import attach_head
 
     settings = config.backbone
-    # Each kind takes its own options; the params refuse an option set for a kind it does not apply to.
-    kind = backbone_kind(settings.name)
-    kind_options: dict[str, object] = {}
-    if kind == "hub":
-        kind_options = {
-            "signature": settings.signature,
-            "training_signature": settings.training_signature,
-            "output_key": settings.output_key,
-            "input_range": settings.input_range,
-        }
-    elif kind == "keras_file":
-        kind_options = {
-            "cut_layer": settings.cut_layer,
-            "block_prefixes": settings.block_prefixes,
-            "safe_mode": settings.safe_mode,
-            "input_range": settings.input_range,
-            "reinitialize": settings.reinitialize,
-        }
     backbone = load_backbone(
         settings.name,
         image_size=settings.image_size,
         cache_dir=settings.cache_dir,
         weights=settings.weights,
-        **kind_options,
+        **settings.kind_options(),
     )
     head = config.head
     return attach_head(

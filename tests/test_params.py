@@ -925,3 +925,22 @@ def test_classes_test_part_and_train_size_are_accepted() -> None:
 )
 def test_data_subset_options_are_checked(data: dict[str, Any], expected: str) -> None:
     assert expected in _error_message({"data": data})
+
+
+def test_each_kind_passes_only_its_own_options(keras_file: str, tmp_path: Path) -> None:
+    assert parse({"backbone": {"name": "resnet50"}}).backbone.kind_options() == {}
+    hub = parse({"backbone": {"name": _saved_model_dir(tmp_path), "output_key": "features"}}).backbone
+    assert hub.kind_options() == {
+        "signature": None,
+        "training_signature": None,
+        "output_key": "features",
+        "input_range": None,
+    }
+    local = parse({"backbone": _keras_backbone(keras_file, safe_mode=True, input_range=[0, 1])}).backbone
+    assert local.kind_options() == {
+        "input_range": (0.0, 1.0),
+        "cut_layer": None,
+        "block_prefixes": None,
+        "safe_mode": True,
+        "reinitialize": False,
+    }

@@ -203,6 +203,15 @@ class BackboneParams(Section):
         """Which kind of backbone `name` names (see `pipeline.backbones.names.backbone_kind`)."""
         return backbone_kind(self.name)
 
+    def kind_options(self) -> dict[str, object]:
+        """The options of this backbone's kind, as `pipeline.backbones.registry.load_backbone` takes them.
+
+        Derived from the same table that refuses a key written for another kind, so the two cannot drift.
+        `weights` is left out: `load_backbone` takes it for every kind.
+        """
+        kind = self.kind()
+        return {key: getattr(self, key) for key, kinds in _APPLIES_TO.items() if key != "weights" and kind in kinds}
+
     def block_names(self) -> tuple[str, ...]:
         """The backbone's block names, top-down: what `train.unfreeze.*.blocks` counts."""
         kind = backbone_kind(self.name)
