@@ -94,10 +94,10 @@ def _run_variant(name: str, settings: list[str]) -> dict[str, str]:
 
 
 def _tag(run_id: str, variant: str) -> None:
-    from pipeline import tracking
+    from pipeline.tracking import lifecycle, runs
 
-    reference = tracking.RunReference.read(Path("build/run.json"))
-    with tracking.tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:
+    reference = runs.RunReference.read(Path("build/run.json"))
+    with lifecycle.tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:
         run.set_tags({"ablation": variant})
 
 

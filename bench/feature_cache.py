@@ -29,11 +29,11 @@ def main() -> None:
 
     from pipeline.backbones.registry import load_backbone
     from pipeline.data.sources import load_idx_dataset
-    from pipeline.features import ImageSplit
-    from pipeline.head import attach_head
+    from pipeline.model.head import attach_head
     from pipeline.params.optimizer import AdamParams
     from pipeline.params.schedule import ConstantParams
-    from pipeline.training import Phase, fine_tune
+    from pipeline.training.features import ImageSplit
+    from pipeline.training.recipe import Phase, fine_tune
 
     source = load_idx_dataset(arguments.source_dir)
     validation_count = arguments.images // 4

@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 BUILD = """
 import resource, sys, time
-from pipeline.data.images import build_cache, scan_folder
+from pipeline.data.cache import build_cache
+from pipeline.data.files import scan_folder
 started = time.perf_counter()
 cached = build_cache(scan_folder(sys.argv[1]), sys.argv[2], size=int(sys.argv[3]), color="rgb",
                      max_pixels=40_000_000, val_fraction=0.1, test_fraction=0.1, seed=0)
@@ -33,7 +34,7 @@ STREAM = """
 import os, resource, sys, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 from pipeline.data.datasets import image_dataset
-from pipeline.data.images import open_cache
+from pipeline.data.cache import open_cache
 source = open_cache(sys.argv[1])
 train = int(0.8 * len(source.labels))
 dataset = image_dataset(source.images[:train], source.labels[:train], image_size=int(sys.argv[2]),

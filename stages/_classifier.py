@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pipeline.head import Classifier
+    from pipeline.model.head import Classifier
     from pipeline.params import PipelineParams
 
 
@@ -22,7 +22,7 @@ def build_classifier(config: PipelineParams, *, num_classes: int) -> Classifier:
         KerasFileError: A .keras file cannot serve as configured (also one line).
     """
     from pipeline.backbones.registry import load_backbone
-    from pipeline.head import attach_head
+    from pipeline.model.head import attach_head
 
     settings = config.backbone
     backbone = load_backbone(

@@ -34,7 +34,7 @@ def load_source(data: DataParams) -> ImageSource:
 
         source = load_idx_dataset(data.path)
         return select_classes(source, data.classes) if data.classes is not None else source
-    from pipeline.data.images import open_cache
+    from pipeline.data.cache import open_cache
 
     return open_cache(IMAGE_CACHE)
 
@@ -50,7 +50,7 @@ def source_sha256(data: DataParams) -> str:
     """
     import hashlib
 
-    from pipeline.data.images import CACHE_INFO
+    from pipeline.data.cache import CACHE_INFO
     from pipeline.data.sources import DatasetNotFoundError
 
     info_path = IMAGE_CACHE / CACHE_INFO

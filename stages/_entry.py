@@ -2,7 +2,8 @@
 
 Why: DVC shows a stage's stderr and stops on a non-zero exit; a user should read one line naming
 what is wrong, not a traceback, for mistakes they can fix (params, missing data, a tracking store
-that does not answer). Anything else is a bug and keeps its traceback.
+that does not answer, a diverged training): every such error derives from `pipeline.errors.PipelineError`.
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline import native_log as _native_log
+from pipeline.errors import USER_ERROR_EXIT, PipelineError
+from pipeline.runtime import native_log as _native_log
 
 PARAMS = Path("params.yaml")
 MANIFEST = Path("data/manifest.csv")
@@ -34,46 +36,23 @@ EXPORTED_MODEL = Path("models/model.keras")
 EXPORTED_SAVED_MODEL = Path("models/saved_model")
 REGISTRY_REPORT = Path("reports/registry.json")
 
-USER_ERROR_EXIT = 2
-
 
 def quiet_libraries() -> None:
-    """Silences the libraries' own chatter before they load (see `pipeline.native_log.quiet_libraries`)."""
-    from pipeline import native_log
-
-    native_log.quiet_libraries()
+    """Silences the libraries' own chatter before they load (see `pipeline.runtime.native_log.quiet_libraries`)."""
+    _native_log.quiet_libraries()
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Runs a stage's `main`, turning user-fixable errors into one message and exit code 2.
+    """Runs a stage's `main`, turning a mistake the user can fix (`PipelineError`) into one line and exit code 2.
 
-    TensorFlow's harmless C++ start-up lines are filtered from stderr meanwhile (`pipeline.native_log`;
-    `PIPELINE_RAW_STDERR=1` shows them).
+    Every other exception is a bug and keeps its traceback. TensorFlow's harmless C++ start-up lines are
+    filtered from stderr meanwhile (`pipeline.runtime.native_log`; `PIPELINE_RAW_STDERR=1` shows them).
     """
-    from pipeline.backbones.errors import BackboneError
-    from pipeline.backbones.keras_archive import KerasFileError
-    from pipeline.data.sources import DatasetFormatError, DatasetNotFoundError
-    from pipeline.devices import DeviceSelectionError
-    from pipeline.divergence import TrainingDivergedError
-    from pipeline.params import ParamsError
-    from pipeline.tracking_store import TrackingStoreError
-
     quiet_libraries()
     native_log = _native_log.install()
-    # A diverged training is the user's to fix (a lower learning rate), so it is one line, not a traceback.
-    user_errors = (
-        ParamsError,
-        DatasetNotFoundError,
-        DatasetFormatError,
-        DeviceSelectionError,
-        BackboneError,
-        KerasFileError,
-        TrackingStoreError,
-        TrainingDivergedError,
-    )
     try:
         main()
-    except user_errors as error:
+    except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
     finally:

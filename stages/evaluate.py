@@ -1,7 +1,7 @@
 """DVC stage `evaluate`: test metrics of the trained model and of the champion on one split, to reports/ and the run.
 
 The current `@champion` of `tracking.registered_model` is scored on this run's test images, with the
-majority-class baseline, so that the register stage's gate compares like with like (`pipeline.gate`).
+majority-class baseline, so that the register stage's gate compares like with like (`pipeline.evaluation.gate`).
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import os
 
-from pipeline import params, tracking_store
+from pipeline import params
+from pipeline.tracking import store as tracking_store
 from stages._entry import (
     CLASSIFICATION_REPORT,
     COMPARISON,
@@ -26,7 +27,7 @@ from stages._entry import (
 def main() -> None:
     config = params.load(PARAMS)
 
-    from pipeline import devices
+    from pipeline.runtime import devices
 
     devices.configure(
         accelerator=config.device.accelerator,
@@ -36,18 +37,20 @@ def main() -> None:
         memory_growth=config.device.memory_growth,
     )
 
-    from pipeline import export, gate, plots, provenance, tracking
     from pipeline.data.split import read_manifest, select
-    from pipeline.evaluation import evaluate_classifier, majority_baseline, score_champion
+    from pipeline.evaluation import gate, plots
+    from pipeline.evaluation.metrics import evaluate_classifier, majority_baseline, score_champion
+    from pipeline.model import export
+    from pipeline.tracking import lifecycle, models, provenance, registry, runs
     from stages._data import load_source
 
-    reference = tracking.RunReference.read(RUN_REFERENCE)
+    reference = runs.RunReference.read(RUN_REFERENCE)
     tracking_store.check_tracking_store(reference.tracking_uri, origin=f"{RUN_REFERENCE}, written by train")
     source = load_source(config.data)
     test_images, test_labels = select(source, read_manifest(MANIFEST), "test")
     model = export.load_model(TRAINED_MODEL, safe_mode=config.backbone.safe_mode)
     registered_model = config.tracking.registered_model
-    with tracking.tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:
+    with lifecycle.tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:
         # The stage working on the run now: the UI then tells which stage a RUNNING run is in.
         run.set_tags(provenance.dvc_context(os.environ))
         result = evaluate_classifier(
@@ -75,13 +78,13 @@ def main() -> None:
         plots.plot_confusion_matrix(result.confusion, source.class_names, CONFUSION_PNG)
 
         baseline = majority_baseline(test_labels, class_names=source.class_names)
-        version = tracking.champion_version(run, registered_model)
+        version = registry.champion_version(run, registered_model)
         champion = (
             None
             if version is None
             else score_champion(
                 version,
-                lambda: tracking.load_model_version(run, registered_model, version),
+                lambda: models.load_model_version(run, registered_model, version),
                 test_images,
                 test_labels,
                 class_names=source.class_names,

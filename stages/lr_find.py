@@ -18,7 +18,7 @@ from stages._entry import LR_FIND_JSON, LR_FIND_PNG, MANIFEST, PARAMS, run_stage
 def main() -> None:
     config = params.load(PARAMS)
     settings = config.lr_find
-    from pipeline import plots
+    from pipeline.evaluation import plots
 
     LR_FIND_JSON.parent.mkdir(parents=True, exist_ok=True)
     if not settings.enabled:
@@ -27,7 +27,7 @@ def main() -> None:
         print("lr_find is disabled (lr_find.enabled: false)")
         return
 
-    from pipeline import devices
+    from pipeline.runtime import devices
 
     selection = devices.configure(
         accelerator=config.device.accelerator,
@@ -40,12 +40,12 @@ def main() -> None:
     import keras
     import numpy as np
 
-    from pipeline.augmentation import build_augmentation
+    from pipeline.data.augmentation import build_augmentation
     from pipeline.data.split import read_manifest, select
-    from pipeline.features import ImageSplit, PhaseDataFactory
-    from pipeline.losses import classification_loss, needs_one_hot
-    from pipeline.lr_finder import lr_range_test
-    from pipeline.optimizers import make_optimizer
+    from pipeline.optim.lr_finder import lr_range_test
+    from pipeline.optim.optimizers import make_optimizer
+    from pipeline.training.features import ImageSplit, PhaseDataFactory
+    from pipeline.training.losses import classification_loss, needs_one_hot
     from stages._data import load_source
 
     keras.utils.set_random_seed(config.train.seed)
@@ -72,9 +72,7 @@ def main() -> None:
     result = lr_range_test(
         data.model,
         data.train,
-        make_optimizer=lambda learning_rate: make_optimizer(
-            optimizer.name, learning_rate=learning_rate, options=optimizer.options()
-        ),
+        make_optimizer=lambda learning_rate: make_optimizer(optimizer, learning_rate=learning_rate),
         loss=classification_loss(label_smoothing=smoothing),
         min_lr=settings.min_lr,
         max_lr=settings.max_lr,

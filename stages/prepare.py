@@ -49,7 +49,8 @@ def main() -> None:
             "class_names": list(source.class_names),
         }
     else:
-        from pipeline.data.images import build_cache, scan_csv, scan_folder
+        from pipeline.data.cache import build_cache
+        from pipeline.data.files import scan_csv, scan_folder
 
         scan = scan_folder(data.path) if data.kind == "folder" else scan_csv(data.path)
         cached = build_cache(

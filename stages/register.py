@@ -7,7 +7,8 @@ import json
 import os
 from dataclasses import asdict
 
-from pipeline import params, tracking_store
+from pipeline import params
+from pipeline.tracking import store as tracking_store
 from stages._entry import (
     COMPARISON,
     DATA_REPORT,
@@ -28,20 +29,23 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from pipeline import export, gate, provenance, tracking
-    from pipeline.model_card import ModelCard
+    from pipeline.evaluation import gate
+    from pipeline.model import export
+    from pipeline.model.model_card import ModelCard
+    from pipeline.tracking import lifecycle, models, provenance, registry, runs
 
-    reference = tracking.RunReference.read(RUN_REFERENCE)
+    reference = runs.RunReference.read(RUN_REFERENCE)
     tracking_store.check_tracking_store(reference.tracking_uri, origin=f"{RUN_REFERENCE}, written by train")
     # Class names and the stored image shape travel with the model, for `tl-predict`.
     card = ModelCard.from_data_report(json.loads(DATA_REPORT.read_text(encoding="utf-8")))
     comparison = gate.Comparison.read(COMPARISON)
     model = export.load_model(TRAINED_MODEL, safe_mode=config.backbone.safe_mode)
     name = tracking_params.registered_model
-    with tracking.tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:
+    with lifecycle.tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:
         # The stage working on the run now: the UI then tells which stage a RUNNING run is in.
         run.set_tags(provenance.dvc_context(os.environ))
-        model_uri = run.log_keras_model(
+        model_uri = models.log_keras_model(
+            run,
             model,
             name="model",
             pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
@@ -52,12 +56,20 @@ def main() -> None:
             comparison,
             metric=tracking_params.champion_metric,
             margin=tracking_params.champion_margin,
-            current_champion=tracking.champion_version(run, name),
+            current_champion=registry.champion_version(run, name),
         )
-        registration = tracking.register_model(run, model_uri=model_uri, name=name, decision=decision)
+        registration = registry.register_model(
+            run,
+            model_uri=model_uri,
+            name=name,
+            promote=decision.promote,
+            version_tags=decision.version_tags(),
+            run_tags=decision.run_tags(),
+        )
         export.save_model(model, EXPORTED_MODEL)
         export.export_saved_model(model, EXPORTED_SAVED_MODEL)
-        REGISTRY_REPORT.write_text(json.dumps(asdict(registration), indent=2) + "\n", encoding="utf-8")
+        report = {**asdict(registration), "decision": asdict(decision)}
+        REGISTRY_REPORT.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if registration.is_champion:
         verdict = "it is the new @champion"
     elif registration.champion_version is None:

@@ -7,7 +7,8 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from pipeline import params, tracking_store
+from pipeline import params
+from pipeline.tracking import store as tracking_store
 from stages._classifier import build_classifier
 from stages._entry import (
     DATA_REPORT,
@@ -51,7 +52,7 @@ def main() -> None:
         tracking_uri, origin=tracking_store.uri_origin(), experiment=config.tracking.experiment
     )
 
-    from pipeline import devices
+    from pipeline.runtime import devices
 
     selection = devices.configure(
         accelerator=config.device.accelerator,
@@ -65,13 +66,16 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
-    from pipeline import export, plots, provenance, tracking
-    from pipeline.augmentation import build_augmentation
+    from pipeline.data.augmentation import build_augmentation
     from pipeline.data.sources import dataset_identity
     from pipeline.data.split import read_manifest, select
-    from pipeline.features import ImageSplit
-    from pipeline.freezing import save_layer_map
-    from pipeline.training import fine_tune, plan_phases
+    from pipeline.evaluation import plots
+    from pipeline.model import export
+    from pipeline.model.freezing import save_layer_map
+    from pipeline.tracking import lifecycle, provenance
+    from pipeline.tracking.epoch_logger import EpochLogger
+    from pipeline.training.features import ImageSplit
+    from pipeline.training.recipe import fine_tune, plan_phases
     from stages._data import load_source, source_sha256
 
     keras.utils.set_random_seed(config.train.seed)
@@ -94,7 +98,7 @@ def main() -> None:
         for split in ("train", "val", "test")
     }
     with (
-        tracking.tracked_run(
+        lifecycle.tracked_run(
             tracking_uri=tracking_uri,
             experiment=config.tracking.experiment,
             artifact_dir=Path(config.tracking.artifact_dir),
@@ -157,7 +161,7 @@ def main() -> None:
                 feature_cache_bytes=config.train.feature_cache_mb * 2**20,
                 label_smoothing=config.train.label_smoothing,
                 augmentation=augmentation,
-                callbacks=[run.epoch_logger()],
+                callbacks=[EpochLogger(run)],
                 jit_compile=selection.jit_compile,
             )
         run.set_tags({f"phase.{phase.index}": phase.describe() for phase in history.phases})
@@ -171,7 +175,7 @@ def main() -> None:
         for artifact in (HISTORY_CSV, HISTORY_JSON, HISTORY_PNG, LAYER_MAP):
             run.log_artifact(artifact, "training")
         export.save_model(model, TRAINED_MODEL)
-        tracking.run_reference(run, tracking_uri).write(RUN_REFERENCE)
+        lifecycle.run_reference(run, tracking_uri).write(RUN_REFERENCE)
         for phase in history.phases:
             print(phase.describe())
         print(f"trained {history.epochs_done} epochs in {len(history.phases)} phases; run {run.run_id}")

@@ -5,14 +5,15 @@ depends on this one, so an invalid params.yaml stops `dvc repro` here, in about 
 TensorFlow loads and before any output is removed. Its output holds no parameter values, so a valid
 change of one parameter reruns only the stages that depend on that parameter.
 
-It also checks that the tracking store answers (`pipeline.tracking_store`), so that a server that is
+It also checks that the tracking store answers (`pipeline.tracking.store`), so that a server that is
 down or a database URI that is wrong stops the pipeline here, not after training. DVC skips this stage
 while params.yaml is unchanged, which is why train checks again when it starts.
 """
 
 from __future__ import annotations
 
-from pipeline import params, tracking_store
+from pipeline import params
+from pipeline.tracking import store as tracking_store
 from stages._entry import PARAMS, PARAMS_CHECKED, run_stage
 
 

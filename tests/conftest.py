@@ -24,7 +24,7 @@ def build_tiny_backbone(image_size: int = 16, seed: int = 0):
     """
     import keras
 
-    from pipeline.backbones.registry import Backbone, group_layers
+    from pipeline.backbones.base import Backbone, group_layers
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((image_size, image_size, 3))
@@ -51,6 +51,24 @@ def build_tiny_backbone(image_size: int = 16, seed: int = 0):
         blocks_top_down=group_layers(model, TINY_GROUPS),
         make_preprocessing=lambda: keras.layers.Rescaling(1 / 127.5, -1.0, name="preprocessing"),
     )
+
+
+def optimizer_settings(name: str, **options):
+    """The validated params model of optimiser `name` with `options`, as params.yaml would give it."""
+    from pydantic import TypeAdapter
+
+    from pipeline.params.optimizer import OptimizerChoice
+
+    return TypeAdapter(OptimizerChoice).validate_python({"name": name, **options})
+
+
+def schedule_settings(name: str, **options):
+    """The validated params model of schedule `name` with `options`, as params.yaml would give it."""
+    from pydantic import TypeAdapter
+
+    from pipeline.params.schedule import ScheduleChoice
+
+    return TypeAdapter(ScheduleChoice).validate_python({"name": name, **options})
 
 
 def make_images(count: int, classes: int, seed: int = 0, size: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -146,13 +164,13 @@ def save_tiny_classifier(path, *, image_size: int = 32, seed: int = 0):
     """Saves what the train stage exports for the tiny backbone: 0..255 pixels -> preprocessing -> classifier.
 
     The classifier (backbone, then a head with one hidden layer: pool, dropout, dense, BN, activation,
-    dropout, softmax) is nested in the wrapper, as `pipeline.export.end_to_end_model` nests it.
+    dropout, softmax) is nested in the wrapper, as `pipeline.model.export.end_to_end_model` nests it.
 
     Returns:
         The saved model.
     """
-    from pipeline.export import end_to_end_model, save_model
-    from pipeline.head import attach_head
+    from pipeline.model.export import end_to_end_model, save_model
+    from pipeline.model.head import attach_head
 
     backbone = build_tiny_backbone(image_size, seed=seed)
     classifier = attach_head(
@@ -163,9 +181,24 @@ def save_tiny_classifier(path, *, image_size: int = 32, seed: int = 0):
     return model
 
 
+def register_champion(run, *, model_uri: str, name: str, value: float):
+    """Registers a logged model as a new version and moves @champion to it (for tests that need a registry)."""
+    from pipeline.tracking import registry
+
+    decision = promoted_decision(value)
+    return registry.register_model(
+        run,
+        model_uri=model_uri,
+        name=name,
+        promote=decision.promote,
+        version_tags=decision.version_tags(),
+        run_tags=decision.run_tags(),
+    )
+
+
 def promoted_decision(value: float):
     """A champion-gate decision that moves @champion to the new version (for tests that need a registry)."""
-    from pipeline.gate import GateDecision
+    from pipeline.evaluation.gate import GateDecision
 
     return GateDecision(
         promote=True,
@@ -181,7 +214,7 @@ def promoted_decision(value: float):
 
 def tiny_splits(train_count: int = 96, val_count: int = 30, classes: int = 3):
     """Train and val `ImageSplit`s of `make_images` (seeds 1 and 2), the data of the fine-tuning tests."""
-    from pipeline.features import ImageSplit
+    from pipeline.training.features import ImageSplit
 
     return ImageSplit(*make_images(train_count, classes, seed=1)), ImageSplit(*make_images(val_count, classes, seed=2))
 
@@ -189,8 +222,8 @@ def tiny_splits(train_count: int = 96, val_count: int = 30, classes: int = 3):
 def fine_tune_tiny(
     classifier, phases, *, image_size: int, splits=None, cache_bytes: int = 1 << 30, batch_size: int = 16, **options
 ):
-    """`pipeline.training.fine_tune` on `splits` (default `tiny_splits()`), seed 0, silent."""
-    from pipeline.training import fine_tune
+    """`pipeline.training.recipe.fine_tune` on `splits` (default `tiny_splits()`), seed 0, silent."""
+    from pipeline.training.recipe import fine_tune
 
     train, val = splits if splits is not None else tiny_splits()
     return fine_tune(

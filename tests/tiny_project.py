@@ -50,7 +50,8 @@ def build_project(workdir: Path) -> dict[str, Any]:
         _write_idx(source / f"{part}-labels-idx1-ubyte.gz", labels)
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"].update(path=str(source), subset_size=None, val_fraction=0.2, test_fraction=0.2)
+    # Relative to the project (the stages run there), so a copy of the project is a project of its own.
+    params["data"].update(path=source.name, subset_size=None, val_fraction=0.2, test_fraction=0.2)
     params["backbone"].update(image_size=32)
     params["train"].update(batch_size=32)
     return params

@@ -38,7 +38,7 @@ def build_small_cnn(seed: int = 42) -> keras.Model:
 
 
 if __name__ == "__main__":
-    from pipeline import native_log
+    from pipeline.runtime import native_log
 
     # Quiet like the stages: TensorFlow's start-up lines are filtered before Keras loads.
     native_log.quiet_libraries()

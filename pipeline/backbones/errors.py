@@ -8,6 +8,12 @@ it does not take). Those are the user's to fix, so the stages report them in one
 
 from __future__ import annotations
 
+from pipeline.errors import PipelineError
 
-class BackboneError(ValueError):
+
+class BackboneError(PipelineError, ValueError):
     """A backbone named in params.yaml cannot be loaded as configured; the message says what is allowed."""
+
+
+class KerasFileError(PipelineError, ValueError):
+    """Raised when a `.keras` file can't serve as a backbone as configured; the message says what to change."""

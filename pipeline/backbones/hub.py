@@ -14,7 +14,7 @@ A SavedModel is opaque: its layers cannot be reached one by one, so the whole of
 endpoint that is called, not `bn_policy` layer by layer: the inference endpoint always normalises with the
 fixed moving statistics (while gamma and beta train when unfrozen: the `affine` policy), and only a training
 endpoint (`backbone.training_signature`, traced with `training=True`) updates them (`trainable`).
-`pipeline.freezing` switches between the two; params validation refuses what cannot be honoured.
+`pipeline.model.freezing` switches between the two; params validation refuses what cannot be honoured.
 
 A classifier holding a TFSMLayer saves its fine-tuned weights in its `.keras` file but only the path of the
 SavedModel, not its graph: the file loads with `safe_mode=False` and only while that folder exists.
@@ -32,13 +32,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.backbones.base import Backbone, BlockGroup
 from pipeline.backbones.errors import BackboneError
 from pipeline.backbones.names import HUB_URL_SCHEMES, SAVED_MODEL_BLOCK
 
 if TYPE_CHECKING:
     import keras
-
-    from pipeline.backbones.registry import Backbone
 
 TFHUB_CACHE_ENV = "TFHUB_CACHE_DIR"
 # What 0..255 pixels become unless backbone.input_range says otherwise: TF Hub's image convention.
@@ -251,7 +250,7 @@ def _name_variables_for_the_optimizer(layer: keras.layers.Layer) -> None:
     Why: TFSMLayer names each variable after the SavedModel's (`conv/kernel:0` becomes `conv_kernel:0`), and
     Keras 3.15's optimisers build slot names from the path, which TensorFlow then rejects ("'conv_kernel:0_
     momentum' is not a valid scope name"): Adam, or SGD with momentum, fails on the first step. Unique,
-    layer-prefixed paths also keep `pipeline.layerwise`'s path -> LR multiplier map unambiguous (variables of
+    layer-prefixed paths also keep `pipeline.optim.layerwise`'s path -> LR multiplier map unambiguous (variables of
     a `tf.Module` SavedModel may share a name). Keras has no public setter; the name and path are read-only
     attributes set once in the Variable's constructor.
     """
@@ -305,8 +304,6 @@ def load_hub_backbone(
     """
     import keras
     import tensorflow as tf
-
-    from pipeline.backbones.registry import Backbone, BlockGroup
 
     path = resolve_handle(handle, cache_dir=cache_dir)
     try:

@@ -8,7 +8,7 @@ one graph of fresh layers carrying the loaded weights, named as `pipeline.backbo
 names them (the same names params validation showed the user).
 
 Loading runs in Keras' safe mode unless the user opted out: a file holding a Lambda layer or a
-TFSMLayer is refused before Keras reads it (`keras_archive.KerasArchive.unsafe`).
+TFSMLayer is refused before Keras reads it (`pipeline.backbones.keras_archive.KerasArchive.unsafe`).
 """
 
 from __future__ import annotations
@@ -20,26 +20,18 @@ from typing import Any
 
 import keras
 
-from pipeline.backbones.keras_archive import KerasFileError, read_keras_archive
-from pipeline.backbones.registry import Backbone, BlockGroup, single_tensor_cuts
+from pipeline.backbones.base import Backbone, BlockGroup, single_tensor_cuts
+from pipeline.backbones.errors import KerasFileError
+from pipeline.backbones.keras_archive import archive_blocks, read_keras_archive
 
 DEFAULT_INPUT_RANGE = (0.0, 255.0)
 
 
-def _custom_objects() -> dict[str, Any]:
-    """Classes this pipeline's own models may name: the layer-wise optimisers of a model saved while compiled.
-
-    Its exported models hold only Keras' own layers (see `pipeline.head`, `pipeline.freezing`), and
-    loading uncompiled skips the optimiser; the classes are made known anyway, as
-    `pipeline.layerwise` asks, so a model saved mid-training loads too.
-    """
-    from pipeline import layerwise
-
-    return layerwise.custom_objects()
-
-
 def load_keras_model(path: str | Path, *, safe_mode: bool = True) -> keras.Model:
-    """Loads a `.keras` file as Keras does, with this pipeline's custom classes known, uncompiled.
+    """Loads a `.keras` file as Keras does, uncompiled.
+
+    Why uncompiled: a backbone needs the layers and their weights, never the optimiser a model was saved
+    with (which, for a model saved mid-training, would be one of `pipeline.optim.layerwise`'s classes).
 
     Raises:
         KerasFileError: The file only loads with safe_mode=False and `safe_mode` is True.
@@ -47,7 +39,7 @@ def load_keras_model(path: str | Path, *, safe_mode: bool = True) -> keras.Model
     archive = read_keras_archive(path)
     if safe_mode and archive.unsafe:
         raise KerasFileError(archive.unsafe_refusal())
-    return keras.saving.load_model(Path(path), compile=False, safe_mode=safe_mode, custom_objects=_custom_objects())
+    return keras.saving.load_model(Path(path), compile=False, safe_mode=safe_mode)
 
 
 class _Unroller:
@@ -61,8 +53,8 @@ class _Unroller:
         self.copies: list[tuple[Any, Any]] = []
 
     def _copy(self, operation: Any, path: tuple[str, ...]) -> Any:
-        # Through Keras' own (de)serialisation rather than `from_config`, so that the file's safe mode and the
-        # custom classes apply to the copies as they did to the loaded model.
+        # Through Keras' own (de)serialisation rather than `from_config`, so that the file's safe mode applies
+        # to the copies as it did to the loaded model.
         serialized = keras.saving.serialize_keras_object(operation)
         serialized["config"]["name"] = self._flat_names[path]
         policy = getattr(operation, "dtype_policy", None)
@@ -70,9 +62,7 @@ class _Unroller:
             # A model exported from a mixed-precision GPU run keeps float16 compute in its layers' configs; the
             # copies follow this run's policy instead (float16 on a CPU is ~4x slower). float32 layers stay so.
             serialized["config"]["dtype"] = keras.config.dtype_policy().name
-        copy = keras.saving.deserialize_keras_object(
-            serialized, custom_objects=_custom_objects(), safe_mode=self._safe_mode
-        )
+        copy = keras.saving.deserialize_keras_object(serialized, safe_mode=self._safe_mode)
         if isinstance(operation, keras.layers.Layer):
             self.copies.append((copy, operation))
         return copy
@@ -164,7 +154,7 @@ def load_keras_file_backbone(
 
     Returns:
         The backbone: a flat functional model from the image to the cut's output, every layer trainable
-        (freezing is `pipeline.freezing`'s job), and its blocks.
+        (freezing is `pipeline.model.freezing`'s job), and its blocks.
 
     Raises:
         KerasFileError: The file is missing, can't be a backbone, needs safe_mode=False while `safe_mode`
@@ -175,7 +165,7 @@ def load_keras_file_backbone(
     fixed = archive.fixed_size
     if fixed is not None and fixed != (image_size, image_size):
         raise KerasFileError(f"{path} takes {fixed[0]}x{fixed[1]} images only; received image_size {image_size}")
-    blocks = archive.blocks(cut_layer=cut_layer, block_prefixes=block_prefixes)
+    blocks = archive_blocks(archive, cut_layer=cut_layer, block_prefixes=block_prefixes)
     cut = cut_layer if cut_layer is not None else archive.default_cut_layer()
     loaded = load_keras_model(path, safe_mode=safe_mode)
 

@@ -13,7 +13,6 @@ import functools
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,163 +24,11 @@ from pipeline.backbones.applications import (
     IMAGENET_STD_RGB,
     ApplicationSpec,
 )
-from pipeline.backbones.cuts import cut_flags
+from pipeline.backbones.base import Backbone, group_layers, group_layers_at_cuts
 from pipeline.backbones.names import BACKBONE_BLOCKS, BACKBONE_NAMES, backbone_kind
 
 if TYPE_CHECKING:
     import keras
-
-
-@dataclass(frozen=True)
-class BlockGroup:
-    """A named group of backbone layers that is frozen or unfrozen as one."""
-
-    name: str
-    layer_names: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Backbone:
-    """A pretrained feature extractor ready for a new head.
-
-    Attributes:
-        name: Registry name.
-        model: Functional model from the preprocessed image to the last feature map.
-        blocks_top_down: Block groups, the one nearest the output first; together they hold every
-            layer of `model` that is not the input.
-        make_preprocessing: Builds a fresh Keras layer mapping 0..255 RGB to what `model` expects.
-    """
-
-    name: str
-    model: keras.Model
-    blocks_top_down: tuple[BlockGroup, ...]
-    make_preprocessing: Callable[[], keras.layers.Layer]
-
-    @property
-    def block_names(self) -> tuple[str, ...]:
-        return tuple(group.name for group in self.blocks_top_down)
-
-
-def group_layers(model: keras.Model, prefixes: list[tuple[str, str]]) -> tuple[BlockGroup, ...]:
-    """Assigns every layer of `model` to the group whose name prefix it carries.
-
-    Args:
-        model: The backbone.
-        prefixes: (group name, layer-name prefix), top-down.
-
-    Returns:
-        The groups, top-down.
-
-    Raises:
-        ValueError: A layer matches no prefix (the map would silently leave it frozen).
-    """
-    import keras
-
-    members: dict[str, list[str]] = {group: [] for group, _ in prefixes}
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        group = next((group for group, prefix in prefixes if layer.name.startswith(prefix)), None)
-        if group is None:
-            raise ValueError(f"layer {layer.name!r} of {model.name} belongs to no block group")
-        members[group].append(layer.name)
-    return tuple(BlockGroup(name=group, layer_names=tuple(members[group])) for group, _ in prefixes)
-
-
-def single_tensor_cuts(model: keras.Model) -> list[bool]:
-    """Which layers' outputs separate the graph: nothing after them reads anything before them.
-
-    Why: a block boundary must be such a cut, so that freezing everything below it leaves one tensor
-    for the upper blocks to start from (the frozen-feature cache fits a sub-model from that tensor).
-    The walk covers every operation, not only layers: `inputs + x` in a Keras model is an operation
-    of its own that reads a tensor from far below.
-
-    Args:
-        model: A functional model with one input and one output.
-
-    Returns:
-        One flag per layer of `model.layers`, in that order.
-    """
-    import keras
-
-    operations = model.operations
-    position = {id(operation): index for index, operation in enumerate(operations)}
-    # Keras 3 has no public accessor for an operation's producers; `_inbound_nodes` and
-    # `_keras_history` are what Functional itself walks.
-    inbound = [
-        [
-            position[id(tensor._keras_history.operation)]
-            for node in operation._inbound_nodes
-            for tensor in node.input_tensors
-            if id(tensor._keras_history.operation) in position
-        ]
-        for operation in operations
-    ]
-    return [
-        cut
-        for cut, operation in zip(cut_flags(inbound), operations, strict=True)
-        if isinstance(operation, keras.layers.Layer)
-    ]
-
-
-def group_layers_at_cuts(model: keras.Model, blocks: tuple[tuple[str, str], ...]) -> tuple[BlockGroup, ...]:
-    """Splits `model` into blocks that end at single-tensor cuts, named by the patterns of their last layers.
-
-    Each block but the top one ends at the first cut at or after the last layer whose name fully matches
-    its pattern; the top block ends at the model's output and `stem` takes everything below the lowest
-    named block. Layers Keras names generically fall into the block their position puts them in.
-
-    Args:
-        model: The backbone.
-        blocks: (block name, name pattern), top-down, without `stem`.
-
-    Returns:
-        The groups, top-down, `stem` last; every layer but the input is in exactly one.
-
-    Raises:
-        ValueError: A pattern matches no layer, a block would be empty, or a layer whose name matches a
-            block's pattern falls into another block (the map is wrong for this model).
-    """
-    import keras
-
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    offset = len(model.layers) - len(layers)
-    cuts = single_tensor_cuts(model)[offset:]
-    names = [layer.name for layer in layers]
-    ends: list[int] = []
-    first_match = 0
-    for position, (block, pattern) in enumerate(blocks):
-        matches = [index for index, name in enumerate(names) if re.fullmatch(pattern, name)]
-        if not matches:
-            raise ValueError(f"block {block!r} of {model.name}: no layer matches {pattern!r}")
-        first_match = matches[0]
-        if position == 0:
-            ends.append(len(layers) - 1)
-            continue
-        end = next((index for index in range(matches[-1], len(layers)) if cuts[index]), None)
-        if end is None or end >= ends[-1]:
-            raise ValueError(f"block {block!r} of {model.name} has no single-tensor cut below the block above it")
-        ends.append(end)
-    # The stem ends at the last cut below the lowest named block's first layer.
-    stem_end = next((index for index in range(first_match - 1, -1, -1) if cuts[index]), None)
-    if stem_end is None:
-        raise ValueError(f"{model.name} has no single-tensor cut below block {blocks[-1][0]!r}: no stem")
-    ends.append(stem_end)
-    names_top_down = [*(block for block, _ in blocks), "stem"]
-    starts = [*(end + 1 for end in ends[1:]), 0]
-    groups = [
-        BlockGroup(name=block, layer_names=tuple(names[start : end + 1]))
-        for block, start, end in zip(names_top_down, starts, ends, strict=True)
-    ]
-    for group, (block, pattern) in zip(groups, blocks, strict=False):
-        if not group.layer_names:
-            raise ValueError(f"block {block!r} of {model.name} is empty")
-        strays = [
-            name for other in groups if other is not group for name in other.layer_names if re.fullmatch(pattern, name)
-        ]
-        if strays:
-            raise ValueError(f"layers {strays[:3]} match block {block!r} of {model.name} but fall in another block")
-    return tuple(groups)
 
 
 def application_preprocessing(mode: str) -> keras.layers.Layer:
@@ -313,7 +160,7 @@ def load_backbone(
             None means unset.
 
     Returns:
-        The backbone, every layer trainable (freezing is `pipeline.freezing`'s job).
+        The backbone, every layer trainable (freezing is `pipeline.model.freezing`'s job).
 
     Raises:
         ValueError: `name` is none of the kinds (the message lists the registered names and the other forms),
@@ -321,7 +168,7 @@ def load_backbone(
         FileNotFoundError: The pretrained weights are not installed, or cannot be downloaded; the
             message names the file and the folder to place it in.
         BackboneError: A TF Hub handle or SavedModel cannot be loaded as configured (see `load_hub_backbone`).
-        pipeline.backbones.keras_archive.KerasFileError: A .keras file that can't serve as configured.
+        pipeline.backbones.errors.KerasFileError: A .keras file that can't serve as configured.
     """
     kind = backbone_kind(name)
     given = sorted(option for option, value in kind_options.items() if value is not None)

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.cli import settings
+from pipeline.errors import USER_ERROR_EXIT, PipelineError
 
 if TYPE_CHECKING:
-    from pipeline.compare import Comparison
-    from pipeline.tracking import RunSummary
+    from pipeline.evaluation.compare import Comparison
+    from pipeline.tracking.queries import RunSummary
 
 FORMATS = ("table", "csv", "markdown")
 DEFAULT_LIMIT = 20
@@ -23,7 +24,7 @@ DEFAULT_LIMIT = 20
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `tl-compare`."""
-    from pipeline.compare import KEY_METRICS, SORT_DURATION, SORT_START
+    from pipeline.evaluation.compare import KEY_METRICS, SORT_DURATION, SORT_START
 
     parser = argparse.ArgumentParser(
         prog="tl-compare",
@@ -69,9 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.limit < 0:
         print(f"error: --limit must be 0 (all) or more, received {args.limit}", file=sys.stderr)
-        return settings.USER_ERROR_EXIT
-    from pipeline.params import ParamsError
-
+        return USER_ERROR_EXIT
     settings.quiet_libraries()
     try:
         defaults = settings.project_defaults(args.params)
@@ -79,16 +78,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.experiment or defaults.experiment, "--experiment", "tracking.experiment", args.params
         )
         uri = settings.tracking_uri(args.tracking_uri, defaults, args.params)
-        from pipeline import tracking
+        from pipeline.tracking.queries import experiment_runs
 
-        runs = tracking.experiment_runs(uri, experiment)
+        runs = experiment_runs(uri, experiment)
         if not runs:
             print(f"experiment {experiment!r} has no runs yet", file=sys.stderr)
             return 0
         rendered, comparison = _render(runs, args)
-    except (ParamsError, settings.SettingsError, ValueError, LookupError) as error:
+    except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
-        return settings.USER_ERROR_EXIT
+        return USER_ERROR_EXIT
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(rendered, encoding="utf-8")
@@ -101,8 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _render(runs: list[RunSummary], args: argparse.Namespace) -> tuple[str, Comparison]:
-    from pipeline.compare import compare_runs, display_table, export_table
-    from pipeline.tables import render_csv, render_markdown, render_text
+    from pipeline.evaluation.compare import compare_runs, display_table, export_table
+    from pipeline.evaluation.tables import render_csv, render_markdown, render_text
 
     metrics = [name.strip() for name in args.metrics.split(",") if name.strip()]
     comparison = compare_runs(runs, metrics=metrics, sort=args.sort, ascending=args.ascending, limit=args.limit or None)

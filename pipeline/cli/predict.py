@@ -11,15 +11,16 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.cli import settings
+from pipeline.errors import USER_ERROR_EXIT, PipelineError
 
 if TYPE_CHECKING:
     import keras
 
-    from pipeline.model_card import ModelCard
-    from pipeline.predict import Reading
+    from pipeline.model.model_card import ModelCard
+    from pipeline.serving.predict import Prediction, Reading
 
 DEFAULT_DATA_REPORT = Path("reports/data_report.json")
 # What the evaluate stage logs on every run; it names the classes of models logged before model cards.
@@ -27,6 +28,7 @@ EVALUATION_REPORT = "evaluation/classification_report.json"
 RUN_MODEL_PATH = "model"
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 EXIT_SOME_FAILED = 1
+PLUS_MINUS = "±"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 when every file was classified, 1 when some were not, 2 for a mistake the user can fix.
     """
     args = build_parser().parse_args(argv)
-    from pipeline import native_log
+    from pipeline.runtime import native_log
 
     # TensorFlow's harmless C++ start-up lines would come before every answer.
     log_filter = native_log.install()
@@ -89,9 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _classify(args: argparse.Namespace) -> int:
-    from pipeline import predict
-    from pipeline.model_card import ModelCardError
-    from pipeline.params import ParamsError
+    from pipeline.serving import predict
 
     settings.quiet_libraries()
     try:
@@ -111,20 +111,20 @@ def _classify(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             progress=not args.no_progress and any(path.is_dir() for path in args.paths),
         )
-    except (ParamsError, ModelCardError, settings.SettingsError, ValueError, LookupError, OSError) as error:
+    except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
-        return settings.USER_ERROR_EXIT
+        return USER_ERROR_EXIT
     if args.json:
         document = {
             "model": description,
             "mc_dropout_passes": args.mc_dropout,
-            "predictions": predict.as_json(predictions),
+            "predictions": as_json(predictions),
         }
         sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     else:
-        sys.stdout.write(predict.render_text(predictions))
+        sys.stdout.write(render_text(predictions))
     sys.stdout.flush()
-    errors = predict.error_lines(predictions)
+    errors = error_lines(predictions)
     sys.stderr.write(errors)
     return EXIT_SOME_FAILED if errors else 0
 
@@ -160,21 +160,28 @@ def _load(
         if path.is_file():
             return _load_keras_file(path, args.data_report)
         if not path.is_dir():
-            raise FileNotFoundError(f"model {reference} not found: give a .keras file or an MLflow model URI")
+            raise settings.SettingsError(f"model {reference} not found: give a .keras file or an MLflow model URI")
     return _load_logged(model_uri(reference), args, defaults)
 
 
 def _load_keras_file(path: Path, data_report: Path | None) -> tuple[keras.Model, str, ModelCard | None, None]:
     """A `.keras` file, with the card of a data report (by default the project's, when there is one)."""
-    from pipeline.export import load_model
-    from pipeline.model_card import ModelCard
+    from pipeline.model.export import load_model
+    from pipeline.model.model_card import ModelCard
 
     report = data_report or (DEFAULT_DATA_REPORT if DEFAULT_DATA_REPORT.is_file() else None)
     card = None
     if report is not None:
+        if not report.is_file():
+            raise settings.SettingsError(f"--data-report {report} not found: give the data report of the model's data")
         card = ModelCard.from_data_report(json.loads(report.read_text(encoding="utf-8")))
     described = f"{path} (classes and image shape from {report})" if report else str(path)
-    return load_model(path), described, card, None
+    try:
+        model = load_model(path)
+    except (OSError, ValueError) as error:
+        # Keras' own words for a file it cannot read (not a .keras archive, a damaged one, a class it lacks).
+        raise settings.SettingsError(f"cannot load {path} as a Keras model: {error}") from None
+    return model, described, card, None
 
 
 def _load_logged(
@@ -184,15 +191,16 @@ def _load_logged(
 
     Models logged before cards existed get their class names from their run's evaluation report.
     """
-    from pipeline import tracking
-    from pipeline.model_card import ModelCard
+    from pipeline.model.model_card import ModelCard
+    from pipeline.tracking.models import load_logged_model
+    from pipeline.tracking.queries import run_artifact_json
 
     tracking_uri = settings.tracking_uri(args.tracking_uri, defaults, args.params)
-    loaded = tracking.load_logged_model(uri, tracking_uri=tracking_uri)
+    loaded = load_logged_model(uri, tracking_uri=tracking_uri)
     card = ModelCard.from_metadata(loaded.metadata)
     names = None
     if card is None and loaded.run_id is not None:
-        report = tracking.run_artifact_json(tracking_uri, loaded.run_id, EVALUATION_REPORT)
+        report = run_artifact_json(tracking_uri, loaded.run_id, EVALUATION_REPORT)
         if isinstance(report, dict) and isinstance(report.get("class_names"), list):
             names = tuple(str(name) for name in report["class_names"])
     details = [f"version {loaded.version}"] if loaded.version else []
@@ -213,6 +221,48 @@ def _describe_reading(reading: Reading, card: ModelCard | None, names: tuple[str
         f"{len(card.class_names)} classes; images read as {reading.color} at {reading.stored_size} px "
         f"(like its training data), then resized to {reading.image_size} px"
     )
+
+
+
+def render_text(predictions: Sequence[Prediction]) -> str:
+    """Each classified file, then its top classes with their probabilities (and spreads); errors left out.
+
+    Args:
+        predictions: What `classify` returned.
+
+    Returns:
+        The lines, each ending in a newline.
+    """
+    width = max((len(score.name) for item in predictions for score in item.top), default=0)
+    lines = []
+    for item in predictions:
+        if item.error is not None:
+            continue
+        lines.append(f"{item.path}\n")
+        for rank, score in enumerate(item.top, start=1):
+            spread = "" if score.std is None else f" {PLUS_MINUS} {score.std:.4f}"
+            lines.append(f"  {rank}. {score.name.ljust(width)}  {score.probability:.4f}{spread}\n")
+    return "".join(lines)
+
+
+def error_lines(predictions: Sequence[Prediction]) -> str:
+    """One line per file that could not be classified: `error: PATH: REASON`."""
+    return "".join(f"error: {item.path}: {item.error}\n" for item in predictions if item.error is not None)
+
+
+def as_json(predictions: Sequence[Prediction]) -> list[dict[str, Any]]:
+    """The predictions as JSON-friendly dicts: file, top (class, index, probability, std) and error."""
+    return [
+        {
+            "file": str(item.path),
+            "top": [
+                {"class": score.name, "index": score.index, "probability": score.probability, "std": score.std}
+                for score in item.top
+            ],
+            "error": item.error,
+        }
+        for item in predictions
+    ]
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.errors import PipelineError
+
 DEFAULT_PARAMS = Path("params.yaml")
-USER_ERROR_EXIT = 2
 SQLITE_PREFIX = "sqlite:///"
 
 
@@ -28,13 +29,13 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def quiet_libraries() -> None:
-    """Silences the libraries' own chatter before they load (see `pipeline.native_log.quiet_libraries`)."""
-    from pipeline import native_log
+    """Silences the libraries' own chatter before they load (see `pipeline.runtime.native_log.quiet_libraries`)."""
+    from pipeline.runtime import native_log
 
     native_log.quiet_libraries()
 
 
-class SettingsError(ValueError):
+class SettingsError(PipelineError, ValueError):
     """Raised when a default cannot be found; the message names the option that sets it."""
 
 

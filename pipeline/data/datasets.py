@@ -41,7 +41,7 @@ def flip_images(images: tf.Tensor, mode: str) -> tf.Tensor:
     """Flips a batch of channels-last images the way RandomFlip does when it flips.
 
     Why: this is the second orientation the frozen-feature cache holds for a flip-only augmentation
-    (see `pipeline.augmentation`), so it must be exactly what RandomFlip outputs when it flips; in
+    (see `pipeline.data.augmentation`), so it must be exactly what RandomFlip outputs when it flips; in
     `horizontal_and_vertical` mode RandomFlip flips both axes together with one draw (a half turn).
 
     Args:
@@ -88,7 +88,7 @@ def image_dataset(
         augmentation: Random layers applied (in training mode) to the 0..255 images before the
             preprocessing; None for none (validation, test and prediction data).
         flip: Flip every image this way ("none" keeps them): the second orientation of a cached flip,
-            see `pipeline.augmentation`.
+            see `pipeline.data.augmentation`.
         shuffle: Reshuffle every epoch (training data).
         seed: Seed of the shuffle.
 
@@ -121,7 +121,7 @@ def image_dataset(
 def array_dataset(
     features: np.ndarray, labels: np.ndarray, *, batch_size: int, shuffle: bool, seed: int
 ) -> tf.data.Dataset:
-    """Builds a batched dataset from cached activations (see `pipeline.features`)."""
+    """Builds a batched dataset from cached activations (see `pipeline.training.features`)."""
     import tensorflow as tf
 
     dataset = tf.data.Dataset.from_tensor_slices((features, labels.astype(np.int64)))
@@ -133,7 +133,7 @@ def array_dataset(
 def view_dataset(views: list[np.ndarray], labels: np.ndarray, *, batch_size: int, seed: int) -> tf.data.Dataset:
     """Builds shuffled training batches in which every example is one of its cached views, drawn anew each epoch.
 
-    Why: a flip-only augmentation has two possible inputs per image (see `pipeline.augmentation`); their
+    Why: a flip-only augmentation has two possible inputs per image (see `pipeline.data.augmentation`); their
     frozen activations are cached side by side, and drawing one per example and epoch reproduces the
     random flip. `Dataset.random` with `rerandomize_each_iteration` gives new draws on every pass
     while staying reproducible from the seed.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.images import USER_SPLITS
+from pipeline.data.files import USER_SPLITS
 from pipeline.data.sources import DatasetFormatError, DatasetNotFoundError, ImageSource, load_idx_dataset
 
 DEFAULT_SOURCE_DIR = "/usr/share/datasets/fashion-mnist"

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import PipelineError
+
 IDX_IMAGE_MAGIC = 2051
 IDX_LABEL_MAGIC = 2049
 
@@ -42,11 +44,11 @@ INSTALL_HINT = (
 )
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(PipelineError, FileNotFoundError):
     """Raised when the dataset files are missing; the message says how to install them."""
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(PipelineError, ValueError):
     """Raised when a file is not in the IDX format it claims to be."""
 
 

@@ -8,13 +8,15 @@ the split changed.
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from pipeline.data.sources import ImageSource
+from pipeline.data.files import USER_SPLITS, ImageFile
+from pipeline.data.sources import DatasetFormatError, ImageSource
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 MANIFEST_COLUMNS: tuple[str, ...] = ("part", "index", "label", "split")
@@ -184,3 +186,64 @@ def class_counts(rows: list[ManifestRow], class_names: tuple[str, ...]) -> dict[
     for row in rows:
         counts[row.split][class_names[row.label]] += 1
     return counts
+
+
+def split_scanned(
+    files: list[ImageFile],
+    labels: np.ndarray,
+    class_names: tuple[str, ...],
+    *,
+    user_splits: bool,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    subset_size: int | None,
+) -> dict[str, np.ndarray]:
+    """Positions into `files` per split: the split the folders gave, or the stratified one.
+
+    Args:
+        files: The decoded, de-duplicated images, in cache order.
+        labels: Their labels (indices into `class_names`).
+        class_names: The classes.
+        user_splits: Whether the folder came as train/, val/ and test/ folders (each file's `split`).
+        val_fraction: Share for validation when the split is not given.
+        test_fraction: Share for testing when the split is not given.
+        seed: Seed of the stratified split.
+        subset_size: Stratified subsample; None keeps all.
+
+    Returns:
+        Split name -> positions into `files`.
+
+    Raises:
+        DatasetFormatError: A class lacks training images (given split), or has too few images to split.
+    """
+    if user_splits:
+        split = {
+            name: np.array([p for p, f in enumerate(files) if f.split == name], dtype=np.int64) for name in USER_SPLITS
+        }
+        train_classes = set(labels[split["train"]].tolist())
+        lacking = [class_names[label] for label in range(len(class_names)) if label not in train_classes]
+        if lacking:
+            raise DatasetFormatError(
+                f"class {', '.join(lacking)} has no training image: every class of val/ and test/ needs "
+                "images in train/"
+            )
+        return split
+    counts = Counter(labels.tolist())
+    # scikit-learn's stratified split needs each class at least twice at each of its two cuts.
+    needed = 3
+    small = [f"{class_names[label]} ({count})" for label, count in sorted(counts.items()) if count < needed]
+    if small:
+        raise DatasetFormatError(
+            f"class {', '.join(small)} has fewer than {needed} usable images, the least the stratified "
+            "train/val/test split needs: add images, remove the class folder, or give train/, val/, test/ folders"
+        )
+    try:
+        return stratified_split(
+            labels, subset_size=subset_size, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
+        )
+    except ValueError as error:
+        raise DatasetFormatError(
+            f"cannot split {len(labels)} images of {len(class_names)} classes with data.val_fraction "
+            f"{val_fraction} and data.test_fraction {test_fraction}: {error}"
+        ) from None

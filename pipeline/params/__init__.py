@@ -15,12 +15,12 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from pipeline.backbones.names import SAVED_MODEL_BLOCK
-from pipeline.optimizers import MOMENTUM_TERM
 from pipeline.params.backbone import BackboneParams
 from pipeline.params.common import Section
 from pipeline.params.data import DataParams
 from pipeline.params.errors import ParamsError, describe
 from pipeline.params.head import HeadParams
+from pipeline.params.optimizer import OPTIMIZERS_WITH_MOMENTUM
 from pipeline.params.runtime import DeviceParams, EvaluateParams, LRFindParams, TrackingParams
 from pipeline.params.schedule import OneCycleParams, PiecewiseParams
 from pipeline.params.train import TrainParams
@@ -124,11 +124,11 @@ class PipelineParams(Section):
     @model_validator(mode="after")
     def _cycled_momentum_needs_a_momentum_term(self) -> PipelineParams:
         for where, _, optimizer, schedule in self._phase_settings():
-            if isinstance(schedule, OneCycleParams) and schedule.cycle_momentum and not MOMENTUM_TERM[optimizer.name]:
+            if isinstance(schedule, OneCycleParams) and schedule.cycle_momentum and optimizer.momentum_term is None:
                 raise ValueError(
                     f"{where}: the onecycle schedule cycles momentum, but optimizer {optimizer.name} has no "
                     "momentum term; set cycle_momentum: false or choose an optimizer with momentum "
-                    f"({', '.join(name for name, term in MOMENTUM_TERM.items() if term)})"
+                    f"({', '.join(OPTIMIZERS_WITH_MOMENTUM)})"
                 )
         return self
 

@@ -14,7 +14,8 @@ from typing import Annotated
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from pipeline.backbones.keras_archive import KerasFileError, read_keras_archive
+from pipeline.backbones.errors import KerasFileError
+from pipeline.backbones.keras_archive import archive_blocks, read_keras_archive
 from pipeline.backbones.names import (
     BACKBONE_BLOCKS,
     BACKBONE_MIN_SIZES,
@@ -193,7 +194,7 @@ class BackboneParams(Section):
                 f"set backbone.image_size: {fixed[0]}"
             )
         try:
-            archive.blocks(cut_layer=self.cut_layer, block_prefixes=self.block_prefixes)
+            archive_blocks(archive, cut_layer=self.cut_layer, block_prefixes=self.block_prefixes)
         except KerasFileError as error:
             message = str(error)
             raise ValueError(message if message.startswith("backbone.") else f"backbone.name: {message}") from None
@@ -219,5 +220,7 @@ class BackboneParams(Section):
             return BACKBONE_BLOCKS[self.name]
         if kind == "hub":
             return (SAVED_MODEL_BLOCK,)
-        blocks = read_keras_archive(self.name).blocks(cut_layer=self.cut_layer, block_prefixes=self.block_prefixes)
+        blocks = archive_blocks(
+            read_keras_archive(self.name), cut_layer=self.cut_layer, block_prefixes=self.block_prefixes
+        )
         return tuple(block.name for block in blocks)

@@ -12,8 +12,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from pipeline.errors import PipelineError
 
-class ParamsError(ValueError):
+
+class ParamsError(PipelineError, ValueError):
     """Raised when params.yaml cannot be read or does not match the schema."""
 
 

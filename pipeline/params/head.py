@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.activations import ACTIVATION_NAMES, INITIALIZER_NAMES, combination_problems
+from pipeline.model.activations import ACTIVATION_NAMES, INITIALIZER_NAMES, combination_problems
 from pipeline.params.common import PositiveFloat, PositiveInt, Rate, Registered, Section
 
 

@@ -7,7 +7,7 @@ omitted key means what it means in Keras, and the run's parameters show the valu
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -19,7 +19,13 @@ CLIPPING_KEYS = ("clipvalue", "clipnorm", "global_clipnorm")
 
 
 class _Optimizer(NamedOptions):
-    """Gradient clipping, which every optimiser takes: at most one of the three."""
+    """Gradient clipping, which every optimiser takes: at most one of the three.
+
+    `momentum_term` names the option holding the optimiser's momentum (what 1cycle cycles), None when it
+    has none: the one place the pipeline knows it.
+    """
+
+    momentum_term: ClassVar[str | None] = None
 
     clipvalue: PositiveFloat | None = Field(default=None, description="Clip each gradient element to +-value.")
     clipnorm: PositiveFloat | None = Field(default=None, description="Clip each variable's gradient to this norm.")
@@ -42,6 +48,7 @@ class _Optimizer(NamedOptions):
 class SGDParams(_Optimizer):
     """Stochastic gradient descent, with momentum and Nesterov's variant when asked."""
 
+    momentum_term: ClassVar[str | None] = "momentum"
     name: Literal["sgd"]
     momentum: Beta = 0.0
     nesterov: bool = False
@@ -66,6 +73,7 @@ class AdadeltaParams(_Optimizer):
 class RMSpropParams(_Optimizer):
     """RMSprop: steps scaled by a decaying average of squared gradients (rho), optional momentum."""
 
+    momentum_term: ClassVar[str | None] = "momentum"
     name: Literal["rmsprop"]
     rho: Beta = 0.9
     momentum: Beta = 0.0
@@ -75,6 +83,8 @@ class RMSpropParams(_Optimizer):
 
 class _AdamFamily(_Optimizer):
     """What Adam and its kin share: decay rates of the first (momentum) and second moments, and epsilon."""
+
+    momentum_term: ClassVar[str | None] = "beta_1"
 
     beta_1: Beta = 0.9
     beta_2: Beta = 0.999
@@ -120,3 +130,7 @@ OPTIMIZER_MODELS: tuple[type[_Optimizer], ...] = (
 )
 OptimizerChoice = NamedChoice(OPTIMIZER_MODELS, "optimizer")
 OptimizerParams = _Optimizer
+# The optimisers 1cycle can cycle the momentum of, for messages.
+OPTIMIZERS_WITH_MOMENTUM: tuple[str, ...] = tuple(
+    model.model_fields["name"].annotation.__args__[0] for model in OPTIMIZER_MODELS if model.momentum_term
+)

@@ -1,4 +1,6 @@
-"""Learning-rate schedule settings, one model per schedule (see `pipeline.schedules` for the formulas).
+"""Learning-rate schedule settings, one model per schedule (see `pipeline.optim.schedules` for the formulas).
+
+Each option is checked here, once; `make_schedule` reads the validated model.
 
 Durations are in epochs of the phase the schedule runs in (fractions allowed); the schedule starts
 from the phase's learning rate, lr0.
@@ -8,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictBool, model_validator
 
 from pipeline.params.common import Fraction, NamedChoice, NamedOptions, NonNegativeFloat, PositiveFloat, PositiveInt
 
@@ -84,7 +86,7 @@ class OneCycleParams(NamedOptions):
         default=1e4, description="End at lr0 / (div_factor * final_div_factor)."
     )
     anneal: Literal["cos", "linear"] = "cos"
-    cycle_momentum: bool = True
+    cycle_momentum: StrictBool = True
     max_momentum: Momentum = 0.95
     min_momentum: Momentum = 0.85
 
@@ -117,3 +119,4 @@ SCHEDULE_MODELS: tuple[type[NamedOptions], ...] = (
     CosineParams,
 )
 ScheduleChoice = NamedChoice(SCHEDULE_MODELS, "schedule")
+ScheduleParams = NamedOptions

@@ -1,0 +1,206 @@
+"""Test-set scoring with scikit-learn's metrics, of the new model, the majority-class baseline and the champion.
+
+Why: the registry's champion gate and the user's comparisons need one trusted set of numbers:
+accuracy, macro F1 (classes weigh the same however many images they have), per-class scores and
+the confusion matrix; and the gate needs them for the current champion on the same test images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, log_loss
+
+from pipeline.data.datasets import image_dataset
+from pipeline.evaluation.gate import ChampionScores
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Scores of one model on one split."""
+
+    accuracy: float
+    macro_f1: float
+    loss: float
+    examples: int
+    per_class: dict[str, dict[str, float]]
+    confusion: np.ndarray
+
+    def summary(self) -> dict[str, float | int]:
+        """The headline numbers, as written to metrics.json."""
+        return {
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "loss": self.loss,
+            "examples": self.examples,
+        }
+
+
+def score_predictions(
+    labels: np.ndarray, probabilities: np.ndarray, *, class_names: tuple[str, ...]
+) -> EvaluationResult:
+    """Scores class probabilities against true labels.
+
+    Args:
+        labels: True labels (N,).
+        probabilities: Predicted probabilities (N, classes).
+        class_names: Label index -> name.
+
+    Returns:
+        The scores.
+    """
+    class_indices = list(range(len(class_names)))
+    predictions = probabilities.argmax(axis=1)
+    report: dict[str, Any] = classification_report(
+        labels,
+        predictions,
+        labels=class_indices,
+        target_names=list(class_names),
+        output_dict=True,
+        zero_division=0,
+    )
+    per_class = {
+        name: {metric: float(report[name][metric]) for metric in ("precision", "recall", "f1-score", "support")}
+        for name in class_names
+    }
+    # A float32 softmax sums to 1 only within float32 rounding, which scikit-learn warns about: renormalise
+    # in float64 (the scores do not change beyond that rounding).
+    probabilities = probabilities.astype(np.float64)
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    return EvaluationResult(
+        accuracy=float(accuracy_score(labels, predictions)),
+        macro_f1=float(f1_score(labels, predictions, labels=class_indices, average="macro", zero_division=0)),
+        loss=float(log_loss(labels, probabilities, labels=class_indices)),
+        examples=len(labels),
+        per_class=per_class,
+        confusion=confusion_matrix(labels, predictions, labels=class_indices),
+    )
+
+
+@dataclass(frozen=True)
+class MajorityBaseline:
+    """Scores of always answering the split's most frequent class: the least a useful model must beat."""
+
+    class_name: str
+    accuracy: float
+    macro_f1: float
+
+    def summary(self) -> dict[str, float]:
+        """The scores by metric name, as the champion gate reads them."""
+        return {"accuracy": self.accuracy, "macro_f1": self.macro_f1}
+
+
+def majority_baseline(labels: np.ndarray, *, class_names: tuple[str, ...]) -> MajorityBaseline:
+    """Scores the constant answer "the most frequent class of these labels" on these labels.
+
+    Why the split's own majority and not the training set's: no constant answer scores more on this
+    split, so beating it shows the model learned something from the images. Its accuracy is that
+    class's share of the split; ties go to the lower label (the scores are the same for each).
+
+    Args:
+        labels: True labels (N,) of the split.
+        class_names: Label index -> name.
+
+    Returns:
+        The majority class and its accuracy and macro F1.
+    """
+    class_indices = list(range(len(class_names)))
+    majority = int(np.bincount(labels, minlength=len(class_names)).argmax())
+    predictions = np.full_like(labels, majority)
+    return MajorityBaseline(
+        class_name=class_names[majority],
+        accuracy=float(accuracy_score(labels, predictions)),
+        macro_f1=float(f1_score(labels, predictions, labels=class_indices, average="macro", zero_division=0)),
+    )
+
+
+def evaluate_classifier(
+    model: keras.Model,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    class_names: tuple[str, ...],
+    image_size: int,
+    batch_size: int,
+) -> EvaluationResult:
+    """Scores an end-to-end model (one that takes 0..255 RGB) on uint8 images.
+
+    Args:
+        model: The exported classifier, preprocessing included.
+        images: uint8 images.
+        labels: True labels.
+        class_names: Label index -> name.
+        image_size: The model's square input size.
+        batch_size: Images per batch.
+
+    Returns:
+        The scores.
+    """
+    dataset = image_dataset(images, labels, image_size=image_size, batch_size=batch_size)
+    probabilities = model.predict(dataset, verbose=0)
+    return score_predictions(labels, probabilities, class_names=class_names)
+
+
+def _names(names: tuple[str, ...] | list[str]) -> str:
+    shown = ", ".join(names[:4])
+    return f"{len(names)} classes: {shown}{', ...' if len(names) > 4 else ''}"
+
+
+def score_champion(
+    version: str,
+    load: Callable[[], tuple[keras.Model, tuple[str, ...] | None]],
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    class_names: tuple[str, ...],
+    batch_size: int,
+) -> ChampionScores:
+    """Scores the registry's champion on the challenger's test images, or says why it cannot be compared.
+
+    Why here: the gate must compare like with like, so the champion is scored on the very images
+    and labels the challenger was, not judged by a number its own run measured on another split.
+    It is comparable when it answers the same question: the same class names in the same order, and
+    square RGB images in (at its own size: both models see the same stored test images, each resized
+    to the size it was trained at, as each would be used).
+
+    Args:
+        version: The champion's version.
+        load: Loads the champion and the class names it was registered with (None if it has none).
+        images: The challenger's uint8 test images.
+        labels: Their labels.
+        class_names: The challenger's classes.
+        batch_size: Images per batch.
+
+    Returns:
+        Its scores, or no scores and the reason.
+    """
+    try:
+        model, champion_classes = load()
+    # Whatever stops the champion from loading (artifacts deleted, a layer this Keras cannot rebuild, an
+    # unreachable tracking server) stops the comparison; the gate then keeps the champion, which is safe.
+    except Exception as error:
+        detail = str(error).strip().splitlines()
+        return ChampionScores(
+            version, None, f"it could not be loaded: {type(error).__name__}: {detail[0] if detail else ''}"
+        )
+    if champion_classes is None:
+        return ChampionScores(
+            version,
+            None,
+            "it was registered without class names (by an earlier pipeline), so its classes cannot be matched",
+        )
+    if tuple(champion_classes) != tuple(class_names):
+        return ChampionScores(
+            version, None, f"its classes ({_names(champion_classes)}) are not this run's ({_names(class_names)})"
+        )
+    shape = tuple(model.input_shape) if isinstance(model.input_shape, tuple) else None
+    if shape is None or len(shape) != 4 or shape[3] != 3 or shape[1] is None or shape[1] != shape[2]:
+        return ChampionScores(version, None, f"it takes inputs of shape {model.input_shape}, not square RGB images")
+    result = evaluate_classifier(
+        model, images, labels, class_names=class_names, image_size=int(shape[1]), batch_size=batch_size
+    )
+    return ChampionScores(version, result.summary())

@@ -1,0 +1,149 @@
+"""PNG figures with matplotlib: the training history, the confusion matrix and the LR range test.
+
+Why: `dvc plots show` renders HTML that fetches vega from a CDN and is blank offline; PNGs work in
+the MLflow UI, in a file browser and in a report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt
+import numpy as np
+
+if TYPE_CHECKING:
+    from pipeline.optim.lr_finder import LRFinderResult
+    from pipeline.training.history import TrainingHistory
+
+
+def plot_history(history: TrainingHistory, path: Path) -> None:
+    """Loss and accuracy, train vs validation, with the phase boundaries marked.
+
+    Why: this is the curve a course teaches to read: a validation loss that turns up while the
+    training loss keeps falling is overfitting; both flat and high is underfitting. Epochs are
+    numbered from 1 on one axis across phases, and each phase is shaded and labelled.
+
+    Args:
+        history: The recorded epochs and phases.
+        path: Where to write the PNG.
+    """
+    epochs = np.array([row["epoch"] + 1 for row in history.rows])
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    for axis, metric, title in ((axes[0], "loss", "Loss"), (axes[1], "accuracy", "Accuracy")):
+        for key, label, style in ((metric, "train", "-o"), (f"val_{metric}", "validation", "-s")):
+            values = [row.get(key, np.nan) for row in history.rows]
+            axis.plot(epochs, values, style, markersize=3, label=label)
+        for phase in history.phases:
+            if phase.index % 2:
+                axis.axvspan(phase.first_epoch + 0.5, phase.end_epoch + 0.5, color="0.92", zorder=0)
+            if phase.index:
+                axis.axvline(phase.first_epoch + 0.5, color="0.4", linestyle="--", linewidth=1)
+            axis.annotate(
+                phase.name,
+                xy=(phase.first_epoch + 0.6, 1.0),
+                xycoords=("data", "axes fraction"),
+                va="top",
+                fontsize=8,
+                color="0.3",
+            )
+        axis.set_title(title)
+        axis.set_xlabel("epoch (all phases)")
+        axis.grid(alpha=0.3)
+        axis.legend(loc="center right")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_confusion_matrix(confusion: np.ndarray, class_names: tuple[str, ...], path: Path) -> None:
+    """The confusion matrix, rows true and columns predicted, with counts in the cells.
+
+    Args:
+        confusion: Square matrix of counts.
+        class_names: Label index -> name.
+        path: Where to write the PNG.
+    """
+    figure, axis = plt.subplots(figsize=(8, 7), constrained_layout=True)
+    image = axis.imshow(confusion, cmap="Blues")
+    ticks = np.arange(len(class_names))
+    axis.set_xticks(ticks, class_names, rotation=45, ha="right")
+    axis.set_yticks(ticks, class_names)
+    threshold = confusion.max() / 2 if confusion.size else 0
+    for row in range(confusion.shape[0]):
+        for column in range(confusion.shape[1]):
+            axis.text(
+                column,
+                row,
+                str(confusion[row, column]),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if confusion[row, column] > threshold else "black",
+            )
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    figure.colorbar(image, ax=axis, shrink=0.8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_lr_finder(result: LRFinderResult, path: Path) -> plt.Figure:
+    """Loss against learning rate (log axis) of the LR range test, with both suggestions marked.
+
+    Why: the curve, not only the number, tells whether the suggestion is sound: the loss should fall
+    steadily at the suggested LR and blow up only well to its right.
+
+    Args:
+        result: The sweep.
+        path: Where to write the PNG.
+
+    Returns:
+        The figure (closed, for inspection): lines 0 and 1 are the raw and smoothed losses, lines 2 and 3
+        the valley and steepest markers, and the axis' texts their values.
+    """
+    figure, axis = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    axis.plot(result.learning_rates, result.losses, color="0.75", linewidth=0.8, label="loss per step")
+    axis.plot(result.learning_rates, result.smoothed_losses, color="C0", label="smoothed loss")
+    log_rates = np.log(result.learning_rates)
+    for rule, marker, color in (("valley", "o", "C2"), ("steepest", "v", "C3")):
+        learning_rate = result.suggestion(rule)
+        # On the smoothed curve; exact at a recorded LR, interpolated (log axis) for any other.
+        loss = float(np.interp(np.log(learning_rate), log_rates, result.smoothed_losses))
+        axis.plot([learning_rate], [loss], marker, color=color, markersize=9, label=f"{rule}: {learning_rate:.2g}")
+        axis.annotate(
+            f"{learning_rate:.2g}",
+            xy=(learning_rate, loss),
+            xytext=(6, -14 if rule == "valley" else 8),
+            textcoords="offset points",
+            fontsize=8,
+            color=color,
+        )
+    axis.set_xscale("log")
+    axis.set_xlabel("learning rate")
+    axis.set_ylabel("training loss")
+    finite = [value for value in (*result.losses, *result.smoothed_losses) if np.isfinite(value)]
+    if finite:
+        # The divergence at the end would squash the part of the curve that matters.
+        top = min(max(finite), 2.5 * result.smoothed_losses[0])
+        axis.set_ylim(min(finite) * 0.95, top * 1.05)
+    axis.set_title("LR range test")
+    axis.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return figure
+
+
+def plot_note(text: str, path: Path) -> None:
+    """A PNG holding one line of text, where a stage has nothing to draw but must write its plot."""
+    figure, axis = plt.subplots(figsize=(7, 1.2))
+    axis.axis("off")
+    axis.text(0.5, 0.5, text, ha="center", va="center")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,167 @@
+"""Opening and ending runs so that a run's status tells the truth.
+
+Why: RUNNING while a stage works on it; FAILED on an exception, with its one-line reason in tag
+`pipeline.error`; KILLED on Ctrl-C or SIGTERM (which `dvc` sends when interrupted). A process killed
+with SIGKILL or by the out-of-memory killer cannot end its own run: the run shows RUNNING until the
+next run of the same experiment on this host finds its process gone and closes it as KILLED
+(`close_orphaned_runs`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import RunTag
+from mlflow.tracking import MlflowClient
+
+from pipeline.tracking.runs import RunReference, TrackedRun
+
+
+def _experiment_id(client: MlflowClient, name: str, artifact_dir: Path, tracking_uri: str) -> str:
+    """The experiment's id; a new one keeps artifacts in `artifact_dir`, or where a tracking server says.
+
+    Why a server decides: a folder on this machine would be unreadable to the rest of the team, while
+    a server started with `--artifacts-destination` proxies artifacts to where it keeps them.
+    """
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    if tracking_uri.lower().startswith(("http://", "https://")):
+        return client.create_experiment(name)
+    return client.create_experiment(name, artifact_location=artifact_dir.resolve().as_uri())
+
+
+class _TerminatedError(Exception):
+    """Raised from the SIGTERM handler so that the run ends KILLED and outputs stay untouched."""
+
+
+# Tags of the process working on a run, so that the next run can tell a run whose process died.
+PID_TAG = "pipeline.pid"
+HOST_TAG = "pipeline.host"
+ERROR_TAG = "pipeline.error"
+END_REASON_TAG = "pipeline.end_reason"
+_TAG_VALUE_LIMIT = 5000
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Ends as KILLED the RUNNING runs of this host whose process is gone.
+
+    Why: a process killed by SIGKILL or the out-of-memory killer cannot end its own run, which would
+    show RUNNING forever (or FINISHED, holding half a history, before this module kept status honest).
+
+    Args:
+        client: The tracking client.
+        experiment_id: Experiment to sweep.
+
+    Returns:
+        The ids of the runs closed.
+    """
+    host = socket.gethostname()
+    closed = []
+    for orphan in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        tags = orphan.data.tags
+        pid = tags.get(PID_TAG)
+        if tags.get(HOST_TAG) != host or pid is None or not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        client.set_tag(
+            orphan.info.run_id,
+            END_REASON_TAG,
+            f"process {pid} on {host} died without ending the run (SIGKILL or out of memory); "
+            "closed by the next pipeline run",
+        )
+        client.set_terminated(orphan.info.run_id, status="KILLED")
+        closed.append(orphan.info.run_id)
+    return closed
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    reason = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    return reason[:_TAG_VALUE_LIMIT]
+
+
+@contextlib.contextmanager
+def tracked_run(
+    *,
+    tracking_uri: str,
+    experiment: str | None = None,
+    artifact_dir: Path | None = None,
+    run_name: str | None = None,
+    resume: RunReference | None = None,
+) -> Iterator[TrackedRun]:
+    """Opens a new run, or reopens one, and ends it FINISHED; FAILED on an error, KILLED when interrupted.
+
+    Before opening, runs of the experiment left RUNNING by a process that died are closed as KILLED.
+
+    Args:
+        tracking_uri: Where MLflow stores runs (already resolved with `tracking_store.resolve_tracking_uri`).
+        experiment: Experiment of a new run; created with its artifacts under `artifact_dir`.
+        artifact_dir: Artifact root of a newly created experiment on a local store (a tracking server
+            keeps artifacts where it was told to).
+        run_name: Name of a new run.
+        resume: Reopen this run instead of creating one.
+
+    Yields:
+        The open run.
+
+    Raises:
+        ValueError: Neither `experiment` nor `resume` is given.
+    """
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    if resume is not None:
+        run_id = resume.run_id
+        experiment_id = resume.experiment_id
+    elif experiment is not None:
+        experiment_id = _experiment_id(client, experiment, artifact_dir or Path("mlartifacts"), tracking_uri)
+    else:
+        raise ValueError("tracked_run needs an experiment for a new run or a run to resume")
+    close_orphaned_runs(client, experiment_id)
+    if resume is None:
+        run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
+    else:
+        client.update_run(run_id, status="RUNNING")
+    client.log_batch(run_id, tags=[RunTag(PID_TAG, str(os.getpid())), RunTag(HOST_TAG, socket.gethostname())])
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise _TerminatedError(f"terminated by signal {signum}")
+
+    previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield TrackedRun(run_id, client)
+    except (KeyboardInterrupt, _TerminatedError) as error:
+        reason = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else str(error)
+        client.set_tag(run_id, END_REASON_TAG, reason)
+        client.set_terminated(run_id, status="KILLED")
+        raise
+    except BaseException as error:
+        client.set_tag(run_id, ERROR_TAG, _one_line(error))
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    else:
+        client.set_terminated(run_id, status="FINISHED")
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def run_reference(run: TrackedRun, tracking_uri: str) -> RunReference:
+    """The reference a later stage needs to reopen `run`."""
+    info = run.client.get_run(run.run_id).info
+    return RunReference(run_id=run.run_id, experiment_id=info.experiment_id, tracking_uri=tracking_uri)
+

@@ -1,0 +1,171 @@
+"""The open MLflow run of a pipeline execution: params, tags, metrics, artifacts, datasets, system metrics.
+
+Why one class: every stage logs through the same few calls, batched to MLflow's limits (one `log_batch`
+of 50 metrics costs 0.02 s, 50 `log_metric` calls 0.2 s), and the fluent API that some of MLflow's
+calls need (`log_input`, `log_model`) is borrowed for one call at a time without changing the run's
+status (`fluent_run`). Opening and ending runs is `pipeline.tracking.lifecycle`'s; models and the
+registry are `pipeline.tracking.models` and `pipeline.tracking.registry`; `tl-compare`'s queries are
+`pipeline.tracking.queries`. This package is the only one that imports mlflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from pipeline.errors import PipelineError
+
+# MLflow's log_batch limits: at most 1000 metrics or 100 params or 100 tags per call.
+_PARAMS_PER_BATCH = 100
+_METRICS_PER_BATCH = 1000
+
+
+class TrackingLookupError(PipelineError, LookupError):
+    """Raised when an experiment, run, model or artifact asked for is not in the tracking store."""
+
+
+@dataclass(frozen=True)
+class RunReference:
+    """What later stages need to reopen the run: written by train, read by evaluate and register."""
+
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.__dict__, indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def read(cls, path: Path) -> RunReference:
+        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+class TrackedRun:
+    """One open MLflow run; use `tracked_run` to get one."""
+
+    def __init__(self, run_id: str, client: MlflowClient) -> None:
+        self.run_id = run_id
+        self.client = client
+
+    def log_params(self, params: dict[str, str]) -> None:
+        """Logs parameters in batches (one call per 100 instead of one per parameter)."""
+        items = [Param(key, str(value)) for key, value in params.items()]
+        for start in range(0, len(items), _PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=items[start : start + _PARAMS_PER_BATCH])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Sets run tags."""
+        items = [RunTag(key, str(value)) for key, value in tags.items()]
+        for start in range(0, len(items), _PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, tags=items[start : start + _PARAMS_PER_BATCH])
+
+    def log_metrics(self, metrics: dict[str, float], *, step: int = 0) -> None:
+        """Logs numeric metrics at one step in a single call."""
+        timestamp = _now_ms()
+        items = [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
+        for start in range(0, len(items), _METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=items[start : start + _METRICS_PER_BATCH])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Copies a file into the run's artifacts."""
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Stores `text` as the artifact `artifact_file` (e.g. `model/summary.txt`)."""
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    @contextlib.contextmanager
+    def system_metrics(self, *, gpu_indices: Sequence[int] = (), sampling_interval: float = 10.0) -> Iterator[None]:
+        """Samples CPU, memory, disk and network (and the selected GPUs) into `system/*` metrics meanwhile.
+
+        Why MLflow's monitor and not our own: it is the one whose metrics the MLflow UI charts on the
+        run's "System metrics" tab. Its GPU part (present when `pynvml` finds NVIDIA GPUs) watches every
+        GPU of the machine; it is narrowed to the GPUs this run selected.
+
+        Args:
+            gpu_indices: Physical indices of the GPUs the run uses; GPUs are not sampled when empty.
+            sampling_interval: Seconds between samples; 0 samples nothing.
+        """
+        if sampling_interval <= 0:
+            yield
+            return
+        from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        # Its start, stop and "no GPU" notices are INFO lines on every stage; the metrics say it all.
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=sampling_interval)
+        narrow_gpu_monitors(monitor.monitors, gpu_indices=gpu_indices, gpu_monitor_type=GPUMonitor)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+
+    def log_dataset(self, *, rows: list[dict[str, Any]], name: str, source: str, context: str) -> None:
+        """Records the data a run used (shown in the UI's Datasets column), digest included."""
+        import pandas
+
+        # MLflow warns that a local path matches its local-artifact source twice (the same class
+        # registered twice) and that integer columns cannot hold NaN; neither applies to a manifest.
+        with warnings.catch_warnings(), fluent_run(self.run_id):
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(pandas.DataFrame(rows), source=source, name=name)
+            mlflow.log_input(dataset, context=context)
+
+
+def narrow_gpu_monitors(monitors: list[Any], *, gpu_indices: Sequence[int], gpu_monitor_type: type) -> None:
+    """Keeps only the selected GPUs in MLflow's GPU monitor, or drops it when none is selected.
+
+    Why: MLflow samples every GPU of the machine; a run on GPU 1 of a shared 8-GPU box would chart the
+    other users' GPUs too. `gpu_handles` is the monitor's list of NVML handles, by physical index.
+
+    Args:
+        monitors: The `SystemMetricsMonitor.monitors` list, changed in place.
+        gpu_indices: Physical indices of the GPUs to keep.
+        gpu_monitor_type: MLflow's GPU monitor class.
+    """
+    for monitor in list(monitors):
+        if not isinstance(monitor, gpu_monitor_type):
+            continue
+        if not gpu_indices:
+            monitors.remove(monitor)
+            continue
+        monitor.gpu_handles = [monitor.gpu_handles[index] for index in gpu_indices if index < len(monitor.gpu_handles)]
+        monitor.num_gpus = len(monitor.gpu_handles)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@contextlib.contextmanager
+def fluent_run(run_id: str) -> Iterator[None]:
+    """Makes `run_id` the active run for fluent-API calls, and leaves it RUNNING afterwards.
+
+    Why the status is put back: `mlflow.end_run()` is the only public way to release the fluent run,
+    and it marks the run FINISHED while the stage is still working on it.
+    """
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        yield
+        return
+    mlflow.start_run(run_id=run_id)
+    try:
+        yield
+    finally:
+        mlflow.end_run()
+        MlflowClient().update_run(run_id, status="RUNNING")
+

@@ -1,0 +1,252 @@
+"""Frozen-prefix cache: run the frozen lower part of the network once, train only the top.
+
+Why: with BatchNormalization frozen and no augmentation, the layers below the lowest trainable
+block compute the same activations every epoch. Recomputing them is most of the cost of fine-tuning
+on a CPU (measured: a frozen backbone recomputed every epoch is the main waste of CPU time). This module
+computes the activations at the deepest cut any phase needs once, derives each phase's cut from
+them, and hands `fit` a sub-model that starts at that cut. The sub-model shares its layers with the
+full classifier, so what it learns is what the full model holds; the result is mathematically the
+training of the full model, only faster.
+
+A phase's cut is the input of its lowest trainable block (for the frozen phase, the pooled feature
+vector). The full model is trained on images instead when the cached activations would exceed the
+memory budget, when a phase trains the whole backbone, or when augmentation other than a flip alone is
+on (the backbone then sees different pixels every epoch); each phase says which and why. A flip alone
+keeps the cache: both orientations of every training image are computed once and each epoch draws one
+per image, as RandomFlip would (see `pipeline.data.augmentation`).
+
+BatchNorm policies (`pipeline.model.freezing`) keep this correct: whatever the policy of the unfrozen
+blocks, the layers below a phase's cut are frozen and in inference mode, and activations between the
+deepest cut and a phase's cut are recomputed with the weights and statistics of the moment.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline.data.augmentation import cacheable_flip
+from pipeline.data.datasets import array_dataset, image_dataset, view_dataset
+from pipeline.model.head import Classifier
+from pipeline.training.losses import one_hot_labels
+
+
+@dataclass(frozen=True)
+class ImageSplit:
+    """Images of one split with their labels, still uint8."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class PhaseData:
+    """What one phase fits: the model to compile and its training and validation data."""
+
+    model: keras.Model
+    train: tf.data.Dataset
+    val: tf.data.Dataset
+    cached: bool
+    steps_per_epoch: int
+    note: str
+
+
+def cut_tensor(classifier: Classifier, trainable_blocks: int) -> keras.KerasTensor:
+    """The tensor a phase with the top `trainable_blocks` blocks trainable starts from.
+
+    Args:
+        classifier: The classifier.
+        trainable_blocks: Number of trainable block groups from the top.
+
+    Returns:
+        The pooled features for 0, the output of the highest frozen group otherwise, and the model
+        input when every group trains.
+    """
+    groups = classifier.backbone.blocks_top_down
+    if trainable_blocks == 0:
+        return classifier.pooled
+    if trainable_blocks >= len(groups):
+        return classifier.model.input
+    highest_frozen = groups[trainable_blocks]
+    return classifier.model.get_layer(highest_frozen.layer_names[-1]).output
+
+
+def _bytes_per_example(tensor: keras.KerasTensor) -> int:
+    return int(np.prod(tensor.shape[1:])) * np.dtype(tensor.dtype).itemsize
+
+
+class PhaseDataFactory:
+    """Builds each phase's model and data, caching frozen activations when they fit the budget.
+
+    Args:
+        classifier: The classifier being fine-tuned.
+        train: Training images.
+        val: Validation images.
+        deepest_trainable_blocks: The largest `trainable_blocks` of any phase: its cut is the one
+            computed from images, once.
+        preprocessing: The backbone's input scaling.
+        image_size: Square input size.
+        batch_size: Images per batch.
+        seed: Seed of the training shuffle.
+        cache_limit_bytes: Largest cache allowed; 0 disables caching.
+        augmentation: Random layers for the training images, or None; anything but a flip alone
+            disables caching (a flip alone doubles the training part of the cache).
+        one_hot_classes: Number of classes when the loss wants one-hot labels (label smoothing), else None.
+        verbose: Keras' `predict` verbosity for the passes that fill the cache (0: silent); above 0 a
+            line says what each pass computes, since the first takes minutes on a large dataset.
+    """
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        *,
+        train: ImageSplit,
+        val: ImageSplit,
+        deepest_trainable_blocks: int,
+        preprocessing: keras.layers.Layer,
+        image_size: int,
+        batch_size: int,
+        seed: int,
+        cache_limit_bytes: int,
+        augmentation: keras.layers.Layer | None = None,
+        one_hot_classes: int | None = None,
+        verbose: int = 0,
+    ) -> None:
+        self._classifier = classifier
+        self._verbose = verbose
+        self._splits = {"train": train, "val": val}
+        self._preprocessing = preprocessing
+        self._image_size = image_size
+        self._batch_size = batch_size
+        self._seed = seed
+        self._augmentation = augmentation
+        self._one_hot_classes = one_hot_classes
+        self.steps_per_epoch = math.ceil(len(train.labels) / batch_size)
+        self._base_cut = cut_tensor(classifier, deepest_trainable_blocks)
+        self._flip = cacheable_flip(augmentation)
+        self._train_views = ("none", self._flip) if self._flip else ("none",)
+        examples = len(train.labels) * len(self._train_views) + len(val.labels)
+        self.estimated_cache_bytes = _bytes_per_example(self._base_cut) * examples
+        if augmentation is not None and self._flip is None:
+            self.caching = False
+            self.cache_note = "augmentation changes the images every epoch, so frozen activations cannot be reused"
+        elif self.estimated_cache_bytes > cache_limit_bytes:
+            self.caching = False
+            self.cache_note = (
+                f"frozen activations would take {self.estimated_cache_bytes / 2**20:.0f} MiB, over "
+                f"train.feature_cache_mb ({cache_limit_bytes / 2**20:.0f} MiB)"
+            )
+        else:
+            self.caching = True
+            self.cache_note = "frozen activations computed once and reused"
+            if self._flip:
+                self.cache_note += (
+                    f", for both orientations of the {self._flip} flip (each epoch draws one per training image)"
+                )
+        self._base_activations: dict[str, list[np.ndarray]] | None = None
+
+    def _images(self, split: str, *, shuffle: bool, augment: bool = False, flip: str = "none") -> tf.data.Dataset:
+        data = self._splits[split]
+        return image_dataset(
+            data.images,
+            data.labels,
+            image_size=self._image_size,
+            batch_size=self._batch_size,
+            preprocessing=self._preprocessing,
+            augmentation=self._augmentation if augment else None,
+            flip=flip,
+            shuffle=shuffle,
+            seed=self._seed,
+        )
+
+    def _labelled(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        if self._one_hot_classes is None:
+            return dataset
+        return one_hot_labels(dataset, num_classes=self._one_hot_classes)
+
+    def _base(self) -> dict[str, list[np.ndarray]]:
+        """Activations at the base cut: one array per view (training orientations; one for val)."""
+        if self._base_activations is None:
+            prefix = keras.Model(self._classifier.model.input, self._base_cut)
+            views = {"train": self._train_views, "val": ("none",)}
+            self._base_activations = {
+                split: [
+                    self._predict(prefix, self._images(split, shuffle=False, flip=flip), split, flip) for flip in flips
+                ]
+                for split, flips in views.items()
+            }
+        return self._base_activations
+
+    def _predict(self, model: keras.Model, inputs: tf.data.Dataset | np.ndarray, split: str, flip: str) -> np.ndarray:
+        """One pass that fills the cache, announced when verbose."""
+        if self._verbose:
+            orientation = "" if flip == "none" else f", {flip} flipped"
+            # The layer that produced the cut tensor is what a user can find in the layer map.
+            layer = model.output._keras_history.operation.name
+            print(
+                f"frozen layers up to {layer}: {len(self._splits[split].labels)} {split} images{orientation}, "
+                "computed once for every epoch of the phase",
+                flush=True,
+            )
+        batch_size = self._batch_size if isinstance(inputs, np.ndarray) else None
+        return model.predict(inputs, batch_size=batch_size, verbose=self._verbose)
+
+    def for_phase(self, trainable_blocks: int) -> PhaseData:
+        """Model and data for a phase; call after the phase's `trainable` flags are set.
+
+        Args:
+            trainable_blocks: Number of trainable block groups from the top.
+
+        Returns:
+            The model to compile and fit, with its data.
+        """
+        cut = cut_tensor(self._classifier, trainable_blocks)
+        if not self.caching or cut is self._classifier.model.input:
+            return PhaseData(
+                model=self._classifier.model,
+                train=self._labelled(self._images("train", shuffle=True, augment=True)),
+                val=self._labelled(self._images("val", shuffle=False)),
+                cached=False,
+                steps_per_epoch=self.steps_per_epoch,
+                note=self.cache_note if not self.caching else "the whole backbone trains: nothing frozen to cache",
+            )
+        base = self._base()
+        if cut is self._base_cut:
+            activations = base
+        else:
+            # The layers between the base cut and this cut may have trained in an earlier phase
+            # and are frozen now: recompute from the base with today's weights.
+            segment = keras.Model(self._base_cut, cut)
+            flips = {"train": self._train_views, "val": ("none",)}
+            activations = {
+                split: [
+                    self._predict(segment, view, split, flip) for view, flip in zip(views, flips[split], strict=True)
+                ]
+                for split, views in base.items()
+            }
+        return PhaseData(
+            model=keras.Model(cut, self._classifier.model.output),
+            train=self._labelled(self._train_activations(activations["train"])),
+            val=self._labelled(
+                array_dataset(
+                    activations["val"][0],
+                    self._splits["val"].labels,
+                    batch_size=self._batch_size,
+                    shuffle=False,
+                    seed=self._seed,
+                )
+            ),
+            cached=True,
+            steps_per_epoch=self.steps_per_epoch,
+            note=self.cache_note,
+        )
+
+    def _train_activations(self, views: list[np.ndarray]) -> tf.data.Dataset:
+        labels = self._splits["train"].labels
+        if len(views) == 1:
+            return array_dataset(views[0], labels, batch_size=self._batch_size, shuffle=True, seed=self._seed)
+        return view_dataset(views, labels, batch_size=self._batch_size, seed=self._seed)

@@ -1,0 +1,124 @@
+"""Test-set scoring, the majority-class baseline and the champion on the same split: exact hand-made values."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.evaluation.metrics import MajorityBaseline, majority_baseline, score_champion, score_predictions
+from tests.conftest import brightness_classifier, brightness_images
+
+CLASSES = ("a", "b", "c")
+
+
+def test_scores_match_hand_computed_values() -> None:
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    probabilities = np.array(
+        [[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.1, 0.6, 0.3], [0.1, 0.1, 0.8], [0.5, 0.2, 0.3]]
+    )
+    result = score_predictions(labels, probabilities, class_names=CLASSES)
+    assert result.accuracy == pytest.approx(4 / 6)
+    # a: P=1/2 R=1/2; b: P=2/3 R=1; c: P=1 R=1/2 -> F1 = 1/2, 4/5, 2/3.
+    assert result.macro_f1 == pytest.approx((1 / 2 + 4 / 5 + 2 / 3) / 3)
+    expected_loss = -np.mean(np.log([0.8, 0.2, 0.8, 0.6, 0.8, 0.3]))
+    assert result.loss == pytest.approx(expected_loss)
+    assert result.examples == 6
+    np.testing.assert_array_equal(result.confusion, [[1, 1, 0], [0, 2, 0], [1, 0, 1]])
+    assert result.per_class["b"] == {"precision": pytest.approx(2 / 3), "recall": 1.0, "f1-score": 0.8, "support": 2.0}
+    assert result.summary() == {
+        "accuracy": result.accuracy,
+        "macro_f1": result.macro_f1,
+        "loss": result.loss,
+        "examples": 6,
+    }
+
+
+def test_a_class_never_predicted_scores_zero_without_warning() -> None:
+    labels = np.array([0, 1, 2])
+    probabilities = np.array([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0], [0.6, 0.4, 0.0]])
+    result = score_predictions(labels, probabilities, class_names=CLASSES)
+    assert result.per_class["c"]["f1-score"] == 0.0
+    assert math.isfinite(result.loss)
+
+
+def test_float32_softmax_scores_without_a_probability_warning() -> None:
+    import warnings
+
+    import keras
+
+    logits = np.random.default_rng(0).normal(size=(500, 10)).astype("float32") * 8
+    probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(logits))
+    labels = np.random.default_rng(1).integers(0, 10, 500)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = score_predictions(labels, probabilities, class_names=tuple(str(index) for index in range(10)))
+    expected = -np.mean(np.log(probabilities.astype(np.float64)[np.arange(500), labels]))
+    assert result.loss == pytest.approx(expected, rel=1e-6)
+
+
+def test_majority_baseline_scores_the_most_frequent_class() -> None:
+    labels = np.array([1, 1, 1, 0, 2, 1, 0, 2])
+    baseline = majority_baseline(labels, class_names=CLASSES)
+    # Always "b": accuracy 4/8; F1 of b = 2 * (1/2 * 1) / (1/2 + 1) = 2/3, of a and c 0.
+    assert baseline == MajorityBaseline(class_name="b", accuracy=0.5, macro_f1=pytest.approx((2 / 3) / 3))
+    assert baseline.summary() == {"accuracy": 0.5, "macro_f1": pytest.approx(2 / 9)}
+
+
+def test_majority_baseline_of_a_balanced_split_is_chance() -> None:
+    baseline = majority_baseline(np.array([2, 1, 0, 2, 1, 0]), class_names=CLASSES)
+    assert (baseline.class_name, baseline.accuracy) == ("a", pytest.approx(1 / 3))
+
+
+def test_champion_is_scored_on_the_challengers_images() -> None:
+    images, labels = brightness_images([0, 0, 0, 0, 0, 1, 1, 1, 2, 2])
+    champion = brightness_classifier([0, 1, 1])  # right on classes 0 and 1
+    scores = score_champion("3", lambda: (champion, CLASSES), images, labels, class_names=CLASSES, batch_size=4)
+    assert (scores.version, scores.reason) == ("3", "")
+    assert scores.scores["accuracy"] == pytest.approx(0.8)
+    assert scores.scores["examples"] == 10
+
+
+def test_a_champion_of_another_input_size_is_scored_at_its_own_size() -> None:
+    images, labels = brightness_images([0, 1, 2, 2])
+    champion = brightness_classifier([0, 1, 2], image_size=12)
+    scores = score_champion("1", lambda: (champion, CLASSES), images, labels, class_names=CLASSES, batch_size=4)
+    assert scores.scores["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("registered_classes", "reason"),
+    [
+        (("x", "b", "c"), "its classes (3 classes: x, b, c) are not this run's (3 classes: a, b, c)"),
+        (("a", "b", "c", "d", "e"), "its classes (5 classes: a, b, c, d, ...) are not this run's (3 classes: a, b, c)"),
+        (None, "it was registered without class names (by an earlier pipeline), so its classes cannot be matched"),
+    ],
+)
+def test_a_champion_of_another_task_is_not_scored(registered_classes: tuple[str, ...] | None, reason: str) -> None:
+    images, labels = brightness_images([0, 1, 2])
+    champion = brightness_classifier([0, 1, 2])
+    scores = score_champion(
+        "2", lambda: (champion, registered_classes), images, labels, class_names=CLASSES, batch_size=4
+    )
+    assert (scores.version, scores.scores, scores.reason) == ("2", None, reason)
+
+
+def test_a_champion_that_takes_no_images_is_not_scored() -> None:
+    inputs = keras.Input((4,))
+    champion = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
+    images, labels = brightness_images([0, 1, 2])
+    scores = score_champion("2", lambda: (champion, CLASSES), images, labels, class_names=CLASSES, batch_size=4)
+    assert scores.reason == "it takes inputs of shape (None, 4), not square RGB images"
+
+
+def test_a_champion_that_fails_to_load_is_not_scored() -> None:
+    def broken() -> tuple[keras.Model, tuple[str, ...]]:
+        raise OSError("No such file or directory: 'mlartifacts/1/models/m-1/artifacts'\nmore detail")
+
+    images, labels = brightness_images([0, 1, 2])
+    scores = score_champion("5", broken, images, labels, class_names=CLASSES, batch_size=4)
+    assert scores.reason == (
+        "it could not be loaded: OSError: No such file or directory: 'mlartifacts/1/models/m-1/artifacts'"
+    )

@@ -1,0 +1,437 @@
+"""End to end: `dvc repro` on tiny params in a temporary copy of the repository, on a registered backbone and
+on a SavedModel directory."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import export_tiny_saved_model
+from tests.tiny_project import STAGES, build_project, write_params
+from tests.tiny_project import dvc as _dvc
+from tests.tiny_project import edit_params as _edit_params
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("project")
+    params = build_project(workdir)
+    # Switches of every kind on, so that the stages' wiring of each is exercised end to end.
+    params["head"].update(hidden_units=[16], activation="gelu", batch_norm="after", max_norm={"value": 3.0, "axis": 0})
+    params["train"].update(
+        frozen_epochs=2,
+        base_learning_rate="auto",
+        label_smoothing=0.1,
+        bn_policy="affine",
+        lr_decay_per_block=2.0,
+        unfreeze=[
+            {
+                "blocks": 1,
+                "epochs": 1,
+                "lr_factor": 0.1,
+                "optimizer": {"name": "sgd", "momentum": 0.9, "clipnorm": 1.0},
+            },
+            # 0.01 (Adam at 1.6e-3 on three pretrained blocks) left a model answering one class everywhere,
+            # test accuracy 0.1 = the majority baseline, which the champion gate rightly refuses.
+            {"blocks": 3, "epochs": 1, "lr_factor": 0.001},
+        ],
+    )
+    params["lr_find"].update(enabled=True, steps=20, images=64, min_lr=1e-5, max_lr=1.0)
+    params["tracking"].update(experiment="e2e", registered_model="e2e-model", system_metrics_interval=0.5)
+    write_params(workdir, params)
+
+    result = _dvc(workdir, "repro")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in result.stdout
+    (workdir / "repro.log").write_text(result.stdout + result.stderr)
+    return workdir
+
+
+def test_the_log_reads_calmly(project: Path) -> None:
+    log = (project / "repro.log").read_text()
+    epoch_lines = [line for line in log.splitlines() if " - loss: " in line]
+    assert len(epoch_lines) == 4
+    assert [line for line in epoch_lines if "phase" in line] == []
+    assert "frozen layers up to " in log  # the one-time pass announces itself
+    for noise in ("absl::InitializeLog", "oneDNN custom operations", "cudart_stub", "use_unbounded_threadpool"):
+        assert noise not in log
+
+
+def test_outputs_with_fixed_names(project: Path) -> None:
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    assert set(metrics["test"]) >= {"accuracy", "macro_f1"}
+    assert metrics["test"]["examples"] == 40
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    assert (project / "models" / "model.keras").stat().st_size > 1_000_000
+    assert (project / "models" / "saved_model" / "saved_model.pb").stat().st_size > 100_000
+    for name in ("history.png", "confusion_matrix.png", "data_report.json", "registry.json", "lr_find.png"):
+        assert (project / "reports" / name).stat().st_size > 0
+    comparison = json.loads((project / "reports" / "champion_comparison.json").read_text())
+    assert comparison["baseline"]["accuracy"] == 0.1  # 4 test images of each of the 10 classes
+    assert comparison["champion"] is None  # the registry was empty
+    assert comparison["challenger"]["accuracy"] == metrics["test"]["accuracy"]
+    registry = json.loads((project / "reports" / "registry.json").read_text())
+    assert registry["decision"]["challenger"] == metrics["test"]["accuracy"]
+    with (project / "reports" / "trainable_layers.csv").open(newline="") as handle:
+        layers = list(csv.DictReader(handle))
+    last_phase = {(row["block"], row["trainable"], row["lr_multiplier"]) for row in layers if row["phase"] == "2"}
+    # Three blocks unfrozen, each at half the LR of the one above (lr_decay_per_block: 2); block5 stays frozen.
+    assert {("head", "True", "1.0"), ("top", "True", "0.5"), ("block7", "True", "0.25")} <= last_phase
+    assert {("block6", "True", "0.125"), ("block5", "False", "0.0")} <= last_phase
+    batch_norms = {row["batch_norm"] for row in layers if row["phase"] == "2" and row["block"] == "top"}
+    assert batch_norms == {"", "affine"}
+    report = json.loads((project / "reports" / "data_report.json").read_text())
+    assert report["split_sizes"] == {"train": 120, "val": 40, "test": 40}
+
+
+def test_exported_model_takes_raw_pixels(project: Path) -> None:
+    import keras
+
+    model = keras.saving.load_model(project / "models" / "model.keras")
+    assert model.input_shape == (None, 32, 32, 3)
+    probabilities = model.predict(np.full((2, 32, 32, 3), 128.0, np.float32), verbose=0)
+    assert probabilities.shape == (2, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_one_run_holds_everything(project: Path, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.unfreeze.1.blocks"] == "3"
+    assert run.data.params["backbone.name"] == "efficientnet_lite0"
+    assert run.data.tags["device.kind"] == "cpu"
+    assert run.data.tags["device.precision"] == "float32"
+    assert run.data.tags["phase.1"].startswith("unfreeze_top_1: epochs 3-3, sgd lr")
+    assert "lr / 2 per lower block, BN affine" in run.data.tags["phase.1"]
+    assert run.data.tags["phase.2"].startswith("unfreeze_top_3: epochs 4-4, adam lr")
+    assert run.data.tags["base_learning_rate.source"] == "LR range test (valley rule)"
+    suggested = json.loads((project / "reports" / "lr_find.json").read_text())["suggested"]
+    assert run.data.metrics["base_learning_rate"] == pytest.approx(suggested)
+    for metric in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "phase"):
+        history = client.get_metric_history(run.info.run_id, metric)
+        assert [point.step for point in history] == [0, 1, 2, 3], metric
+    assert [point.value for point in client.get_metric_history(run.info.run_id, "phase")] == [0.0, 0.0, 1.0, 2.0]
+    lrs = [point.value for point in client.get_metric_history(run.info.run_id, "lr")]
+    assert lrs == pytest.approx([suggested, suggested, suggested * 0.1, suggested * 0.001], rel=1e-6)
+    assert set(run.data.metrics) >= {"test_accuracy", "test_macro_f1"}
+    artifacts = {item.path for item in client.list_artifacts(run.info.run_id, "training")}
+    assert {"training/history.png", "training/trainable_layers.csv"} <= artifacts
+    lr_find = {item.path for item in client.list_artifacts(run.info.run_id, "lr_find")}
+    assert lr_find == {"lr_find/lr_find.json", "lr_find/lr_find.png"}
+    # Named after the data folder (the test's IDX folder), not after Fashion-MNIST.
+    dataset = run.inputs.dataset_inputs[0].dataset
+    assert (dataset.name, dataset.source) == ("idx", f'{{"uri": "{project / "idx"}"}}')
+    # The run record: data fingerprint and counts, code, stage, versions, model summary, system metrics.
+    assert len(run.data.params["data.fingerprint"]) == 64
+    assert run.data.params["data.class_counts.test"].count(" 4") == 10  # 40 test images, 4 per class
+    assert run.data.tags["git.commit"] == "none"  # the project is a git repository without commits yet
+    assert run.data.tags["dvc.stage"] == "register"  # the last stage that worked on the run
+    assert run.data.tags["versions.tensorflow"] == importlib.metadata.version("tensorflow")
+    summary = client.download_artifacts(run.info.run_id, "model/summary.txt", str(tmp_path))
+    assert "Total params" in Path(summary).read_text()
+    assert run.data.metrics["system/system_memory_usage_megabytes"] > 0
+    assert run.data.metrics["baseline_test_accuracy"] == 0.1
+    assert run.data.tags["gate.compared_with"] == "no champion"
+    assert run.data.tags["gate.decision"] == "champion"
+    champion = client.get_model_version_by_alias("e2e-model", "champion")
+    assert str(champion.version) == "1"
+    assert champion.run_id == run.info.run_id
+    # The model card travels with the registered model, for tl-predict.
+    import mlflow
+
+    from pipeline.data.sources import FASHION_MNIST_CLASSES
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    card = mlflow.models.get_model_info("models:/e2e-model@champion").metadata["model_card"]
+    assert card == {"class_names": list(FASHION_MNIST_CLASSES), "stored_shape": [28, 28]}
+
+    assert champion.tags["gate.reason"] == (
+        "accuracy 0.2000 beats the majority-class baseline (T-shirt/top) 0.1000 by more than the margin 0"
+    )
+
+
+def test_second_repro_skips_every_stage(project: Path) -> None:
+    result = _dvc(project, "repro")
+    assert result.returncode == 0, result.stderr
+    assert "Running stage" not in result.stdout
+    for stage in STAGES:
+        assert f"Stage '{stage}' didn't change, skipping" in result.stdout
+
+
+def test_editing_code_reruns_only_the_stages_that_import_it(project: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(project, copy, symlinks=True)
+
+    def edit(relative: str) -> None:
+        path = copy / relative
+        path.write_text(path.read_text(encoding="utf-8") + "\n# an edit\n", encoding="utf-8")
+
+    edit("pipeline/serving/predict.py")  # tl-predict's code: no stage imports it
+    result = _dvc(copy, "status")
+    assert result.returncode == 0, result.stderr
+    assert "Data and pipelines are up to date." in result.stdout
+    edit("pipeline/training/recipe.py")  # read by lr_find and train only
+    result = _dvc(copy, "status")
+    changed = sorted(stage for stage in STAGES if f"\n{stage}:" in f"\n{result.stdout}")
+    assert changed == ["lr_find", "train"], result.stdout
+
+
+def test_changing_one_param_reruns_only_its_stages(project: Path) -> None:
+    _edit_params(project, "tracking", "registered_model", "e2e-renamed")
+    result = _dvc(project, "repro")
+    assert result.returncode == 0, result.stderr
+    ran = [stage for stage in STAGES if f"Running stage '{stage}'" in result.stdout]
+    # evaluate scores the champion of the registered model named, so it reruns too.
+    assert ran == ["validate", "evaluate", "register"]
+    assert json.loads((project / "reports" / "registry.json").read_text())["name"] == "e2e-renamed"
+
+
+def test_invalid_params_stop_before_any_output_is_touched(project: Path) -> None:
+    watched = [project / "build" / "model.keras", project / "models" / "model.keras", project / "data" / "manifest.csv"]
+    before = [path.stat().st_mtime_ns for path in watched]
+    _edit_params(project, "head", "dropout", 1.5)
+    try:
+        result = _dvc(project, "repro")
+    finally:
+        _edit_params(project, "head", "dropout", 0.2)
+    assert result.returncode != 0
+    assert "head.dropout: received 1.5; Input should be less than 1" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    assert [path.stat().st_mtime_ns for path in watched] == before
+
+
+def test_dvc_exp_run_with_a_set_param(project: Path) -> None:
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "baseline"],
+        cwd=project,
+        check=True,
+    )
+    result = _dvc(project, "exp", "run", "-S", "tracking.registered_model=e2e-experiment")
+    assert result.returncode == 0, result.stdout + result.stderr
+    ran = [stage for stage in STAGES if f"Running stage '{stage}'" in result.stdout]
+    assert ran == ["validate", "evaluate", "register"]
+    registry = json.loads((project / "reports" / "registry.json").read_text())
+    assert registry["name"] == "e2e-experiment"
+    shown = _dvc(project, "exp", "show", "--no-pager", "--csv")
+    assert shown.returncode == 0, shown.stderr
+    assert "e2e-experiment" in shown.stdout
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])[0]
+    experiment_names = [line.split(",")[0] for line in shown.stdout.splitlines()[1:]]
+    assert run.data.tags["dvc.experiment"] in experiment_names
+    assert run.data.tags["dvc.stage"] == "register"
+
+
+def test_a_killed_training_shows_running_then_killed_after_the_next_run(project: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    workdir = tmp_path / "killed"
+    shutil.copytree(project, workdir, symlinks=True)
+    _edit_params(workdir, "train", "frozen_epochs", 1000)
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_TRACKING")}
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name("e2e").experiment_id
+    earlier = {run.info.run_id for run in client.search_runs([experiment_id])}
+    training = subprocess.Popen(
+        [sys.executable, "-m", "stages.train"], cwd=workdir, env=environment, stdout=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and training.poll() is None:
+            runs = [run for run in client.search_runs([experiment_id]) if run.info.run_id not in earlier]
+            if runs and client.get_metric_history(runs[0].info.run_id, "loss"):
+                break
+            time.sleep(0.5)
+        assert training.poll() is None, "training ended before it could be killed"
+        during = client.get_run(runs[0].info.run_id)
+        assert during.info.status == "RUNNING"
+        training.send_signal(signal.SIGKILL)
+        training.wait(timeout=60)
+    finally:
+        training.kill()
+    assert client.get_run(during.info.run_id).info.status == "RUNNING"  # nobody could say otherwise yet
+
+    _edit_params(workdir, "train", "frozen_epochs", 1)
+    _edit_params(workdir, "train", "unfreeze", [])
+    subprocess.run(
+        [sys.executable, "-m", "stages.train"], cwd=workdir, env=environment, check=True, capture_output=True
+    )
+    killed = client.get_run(during.info.run_id)
+    assert killed.info.status == "KILLED"
+    assert "died without ending the run (SIGKILL or out of memory)" in killed.data.tags["pipeline.end_reason"]
+    latest = [
+        run for run in client.search_runs([experiment_id]) if run.info.run_id not in earlier | {killed.info.run_id}
+    ]
+    assert [run.info.status for run in latest] == ["FINISHED"]
+
+
+@pytest.fixture(scope="module")
+def hub_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pipeline on a SavedModel directory: frozen phase, then its one block unfrozen with BN trainable."""
+    workdir = tmp_path_factory.mktemp("hub_project")
+    params = build_project(workdir)
+    saved_model = export_tiny_saved_model(tmp_path_factory.mktemp("hub") / "extractor", training_endpoint=True)
+    params["backbone"].update(name=saved_model, training_signature="serve_train")
+    params["head"].update(hidden_units=[16], batch_norm="before")
+    params["train"].update(
+        batch_size=32,
+        frozen_epochs=2,
+        base_learning_rate="auto",
+        bn_policy="trainable",
+        lr_decay_per_block=2.0,
+        unfreeze=[{"blocks": 1, "epochs": 2, "lr_factor": 0.1}],
+    )
+    params["lr_find"].update(enabled=True, steps=20, images=64, min_lr=1e-5, max_lr=1.0)
+    params["tracking"].update(experiment="e2e-hub", registered_model="e2e-hub-model")
+    write_params(workdir, params)
+    result = _dvc(workdir, "repro")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in result.stdout
+    return workdir
+
+
+def test_a_saved_model_backbone_runs_every_stage(hub_project: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.model.export import load_model
+
+    metrics = json.loads((hub_project / "reports" / "metrics.json").read_text())["test"]
+    assert metrics["examples"] == 40
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    with (hub_project / "reports" / "trainable_layers.csv").open(newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["layer"] == "saved_model"]
+    assert [(row["phase"], row["trainable"], row["batch_norm"]) for row in rows] == [
+        ("0", "False", "frozen"),
+        ("1", "True", "trainable"),
+    ]
+    assert rows[1]["lr_multiplier"] == "0.5"
+    model = load_model(hub_project / "models" / "model.keras")
+    probabilities = model.predict(np.full((2, 32, 32, 3), 128.0, np.float32), verbose=0)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    client = MlflowClient(f"sqlite:///{hub_project / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("e2e-hub").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "extractor-32px"
+    assert run.data.tags["phase.1"].startswith("unfreeze_top_1: epochs 3-4")
+    # Registered whatever the gate decided (this tiny model may not beat the majority baseline).
+    version = client.get_model_version("e2e-hub-model", "1")
+    assert version.run_id == run.info.run_id
+    assert version.tags["gate.decision"] in ("champion", "not champion")
+    import mlflow
+
+    # The registered model holds a TFSMLayer too: it loads outside Keras' safe mode, like models/model.keras.
+    mlflow.set_tracking_uri(f"sqlite:///{hub_project / 'mlflow.db'}")
+    from pipeline.tracking import models
+
+    registered = models.load_keras_model("models:/e2e-hub-model/1")
+    np.testing.assert_array_equal(
+        registered.predict(np.full((2, 32, 32, 3), 128.0, np.float32), verbose=0), probabilities
+    )
+
+
+def test_an_uncached_hub_handle_stops_train_in_one_line(hub_project: Path, tmp_path: Path) -> None:
+    handle = "https://tfhub.dev/example/not-cached/1"
+    original = (hub_project / "params.yaml").read_text()
+    _edit_params(hub_project, "backbone", "name", handle)
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_TRACKING")}
+    # A proxy that refuses every connection: the download attempt fails at once, without the network.
+    environment.update(https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", no_proxy="")
+    environment["TFHUB_CACHE_DIR"] = str(tmp_path / "hub")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "stages.train"],
+            cwd=hub_project,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        (hub_project / "params.yaml").write_text(original)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert line.startswith(f"error: TF Hub handle {handle} is not in the TF Hub cache {tmp_path / 'hub'} and could not")
+    assert str(tmp_path / "hub" / hashlib.sha1(handle.encode()).hexdigest()) in line
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{hub_project / 'mlflow.db'}")
+    assert len(client.search_runs([client.get_experiment_by_name("e2e-hub").experiment_id])) == 1
+
+
+def test_evaluating_again_scores_the_champion_on_the_same_split(project: Path, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    workdir = tmp_path / "again"
+    shutil.copytree(project, workdir, symlinks=True)
+    _edit_params(workdir, "tracking", "registered_model", "e2e-model")  # the registry holding v1, champion
+    result = _dvc(workdir, "repro", "-f", "-s", "evaluate")
+    assert result.returncode == 0, result.stdout + result.stderr
+    comparison = json.loads((workdir / "reports" / "champion_comparison.json").read_text())
+    # The champion is this very model: scored on the same images, it scores the same.
+    assert comparison["champion"]["version"] == "1"
+    assert comparison["champion"]["scores"]["accuracy"] == comparison["challenger"]["accuracy"]
+    result = _dvc(workdir, "repro", "-s", "register")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "@champion stays v1: accuracy " in result.stdout
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    assert str(client.get_model_version_by_alias("e2e-model", "champion").version) == "1"
+    latest = max(client.search_model_versions("name = 'e2e-model'"), key=lambda item: int(item.version))
+    assert latest.tags["gate.decision"] == "not champion"  # a tie keeps the champion
+    assert latest.tags["gate.champion_accuracy"] == str(comparison["challenger"]["accuracy"])
+    run = client.get_run(latest.run_id)
+    assert run.data.metrics["champion_test_accuracy"] == comparison["challenger"]["accuracy"]
+
+
+def test_a_diverged_training_fails_before_anything_is_registered(project: Path, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    workdir = tmp_path / "diverged"
+    shutil.copytree(project, workdir, symlinks=True)
+    _edit_params(workdir, "tracking", "registered_model", "e2e-model")
+    _edit_params(workdir, "train", "base_learning_rate", 10.0)  # the issue's: SGD diverged to loss 70,002
+    _edit_params(workdir, "train", "optimizer", "sgd")
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    versions = len(client.search_model_versions("name = 'e2e-model'"))
+    exported = [workdir / "models" / "model.keras", workdir / "models" / "saved_model" / "saved_model.pb"]
+    before = [path.stat().st_mtime_ns for path in exported]
+
+    result = _dvc(workdir, "repro")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "error: training diverged in epoch 1 (phase frozen, lr 10): loss " in output
+    assert "Traceback" not in output
+    assert "Running stage 'evaluate'" not in output
+    assert not (workdir / "build" / "model.keras").exists()
+    assert [path.stat().st_mtime_ns for path in exported] == before
+    assert len(client.search_model_versions("name = 'e2e-model'")) == versions
+    failed = client.search_runs(
+        [client.get_experiment_by_name("e2e").experiment_id], order_by=["attributes.start_time DESC"]
+    )[0]
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["pipeline.error"].startswith("TrainingDivergedError: training diverged in epoch 1")
