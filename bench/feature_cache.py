@@ -29,10 +29,11 @@ def main() -> None:
 
     from pipeline.backbones.registry import load_backbone
     from pipeline.data.sources import load_idx_dataset
-    from pipeline.model.head import attach_head
+    from pipeline.model.head import build_head
+    from pipeline.params.head import HeadParams
     from pipeline.params.optimizer import AdamParams
     from pipeline.params.schedule import ConstantParams
-    from pipeline.training.features import ImageSplit
+    from pipeline.training.features import ImageSplit, InputSettings
     from pipeline.training.recipe import Phase, fine_tune
 
     source = load_idx_dataset(arguments.source_dir)
@@ -50,17 +51,14 @@ def main() -> None:
     for label, cache_bytes in (("cached", 8 << 30), ("images", 0)):
         keras.utils.set_random_seed(0)
         backbone = load_backbone("efficientnet_lite0", image_size=arguments.image_size, cache_dir=".cache/backbones")
-        classifier = attach_head(backbone, num_classes=10, pooling="avg", dropout=0.2, seed=0)
+        classifier = build_head(backbone, HeadParams(pooling="avg", dropout=0.2), num_classes=10, seed=0)
         started = time.perf_counter()
         history = fine_tune(
             classifier,
             train=train,
             val=val,
             phases=phases,
-            batch_size=64,
-            image_size=arguments.image_size,
-            seed=0,
-            feature_cache_bytes=cache_bytes,
+            inputs=InputSettings(image_size=arguments.image_size, batch_size=64, seed=0, cache_limit_bytes=cache_bytes),
             verbose=0,
         )
         results[label] = (time.perf_counter() - started, history.rows[-1]["val_accuracy"])

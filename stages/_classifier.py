@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 def build_classifier(config: PipelineParams, *, num_classes: int) -> Classifier:
-    """Loads the configured backbone and attaches the configured head.
+    """Loads the configured backbone and puts the configured head on it, seeded by `train.seed`.
 
     Raises:
         BackboneError: A TF Hub handle or SavedModel cannot be loaded as configured (not cached offline, a
@@ -22,7 +22,7 @@ def build_classifier(config: PipelineParams, *, num_classes: int) -> Classifier:
         KerasFileError: A .keras file cannot serve as configured (also one line).
     """
     from pipeline.backbones.registry import load_backbone
-    from pipeline.model.head import attach_head
+    from pipeline.model.head import build_head
 
     settings = config.backbone
     backbone = load_backbone(
@@ -32,23 +32,4 @@ def build_classifier(config: PipelineParams, *, num_classes: int) -> Classifier:
         weights=settings.weights,
         **settings.kind_options(),
     )
-    head = config.head
-    return attach_head(
-        backbone,
-        num_classes=num_classes,
-        seed=config.train.seed,
-        pooling=head.pooling,
-        dropout=head.dropout,
-        hidden_units=head.hidden_units,
-        activation=head.activation,
-        negative_slope=head.negative_slope,
-        maxout_pieces=head.maxout_pieces,
-        initializer=head.initializer,
-        batch_norm=head.batch_norm,
-        hidden_dropout=head.hidden_dropout_rates(),
-        dropout_type=head.dropout_type,
-        l1=head.kernel_regularizer.l1,
-        l2=head.kernel_regularizer.l2,
-        max_norm=head.max_norm.value if head.max_norm else None,
-        max_norm_axis=head.max_norm.axis if head.max_norm else 0,
-    )
+    return build_head(backbone, config.head, num_classes=num_classes, seed=config.train.seed)

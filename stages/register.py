@@ -24,24 +24,27 @@ from stages._entry import (
 
 def main() -> None:
     config = params.load(PARAMS)
-    tracking_params = config.tracking
+    settings = config.tracking
 
     import keras
     import tensorflow as tf
 
+    from pipeline.data.report import DataReport
     from pipeline.evaluation import gate
     from pipeline.model import export
     from pipeline.model.model_card import ModelCard
-    from pipeline.tracking import lifecycle, models, provenance, registry, runs
+    from pipeline.tracking import models, provenance, registry
+    from pipeline.tracking.lifecycle import tracked_run
+    from pipeline.tracking.runs import RunReference
 
-    reference = runs.RunReference.read(RUN_REFERENCE)
+    reference = RunReference.read(RUN_REFERENCE)
     tracking_store.check_tracking_store(reference.tracking_uri, origin=f"{RUN_REFERENCE}, written by train")
     # Class names and the stored image shape travel with the model, for `tl-predict`.
-    card = ModelCard.from_data_report(json.loads(DATA_REPORT.read_text(encoding="utf-8")))
+    card = ModelCard.from_data_report(DataReport.read(DATA_REPORT))
     comparison = gate.Comparison.read(COMPARISON)
     model = export.load_model(TRAINED_MODEL, safe_mode=config.backbone.safe_mode)
-    name = tracking_params.registered_model
-    with lifecycle.tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:
+    name = settings.registered_model
+    with tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:
         # The stage working on the run now: the UI then tells which stage a RUNNING run is in.
         run.set_tags(provenance.dvc_context(os.environ))
         model_uri = models.log_keras_model(
@@ -54,8 +57,8 @@ def main() -> None:
         )
         decision = gate.decide(
             comparison,
-            metric=tracking_params.champion_metric,
-            margin=tracking_params.champion_margin,
+            metric=settings.champion_metric,
+            margin=settings.champion_margin,
             current_champion=registry.champion_version(run, name),
         )
         registration = registry.register_model(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline import params
 from pipeline.tracking import store as tracking_store
@@ -25,21 +25,16 @@ from stages._entry import (
     run_stage,
 )
 
+if TYPE_CHECKING:
+    from pipeline.data.sources import ImageSource
+    from pipeline.data.split import ManifestRow
+    from pipeline.model.head import Classifier
+    from pipeline.runtime.devices import DeviceSelection
+    from pipeline.tracking.runs import TrackedRun
+    from pipeline.training.history import TrainingHistory
+
 # What decides a run besides the data: uncommitted changes here make the run's `git.dirty` true.
 CODE_PATHS = ("pipeline", "stages", "dvc.yaml", "params.yaml", "pyproject.toml")
-
-
-def _base_learning_rate(config: params.PipelineParams) -> tuple[float, str]:
-    """The frozen phase's LR and where it came from (params.yaml, or the LR range test's suggestion)."""
-    if config.train.base_learning_rate != "auto":
-        return config.train.base_learning_rate, "params.yaml"
-    found = json.loads(LR_FIND_JSON.read_text(encoding="utf-8"))
-    if not found.get("enabled"):
-        raise params.ParamsError(
-            f"train.base_learning_rate is auto, but {LR_FIND_JSON} holds no LR range test; run the lr_find stage"
-        )
-    rule = config.lr_find.rule
-    return float(found["suggestions"][rule]), f"LR range test ({rule} rule)"
 
 
 def main() -> None:
@@ -51,134 +46,157 @@ def main() -> None:
     tracking_store.check_tracking_store(
         tracking_uri, origin=tracking_store.uri_origin(), experiment=config.tracking.experiment
     )
-
     from pipeline.runtime import devices
 
-    selection = devices.configure(
-        accelerator=config.device.accelerator,
-        gpus=config.device.gpus,
-        precision=config.device.precision,
-        jit_compile=config.device.jit_compile,
-        memory_growth=config.device.memory_growth,
-    )
+    selection = devices.configure(config.device)
 
     import keras
-    import numpy as np
     import tensorflow as tf
 
-    from pipeline.data.augmentation import build_augmentation
-    from pipeline.data.sources import dataset_identity
     from pipeline.data.split import read_manifest, select
-    from pipeline.evaluation import plots
-    from pipeline.model import export
-    from pipeline.model.freezing import save_layer_map
-    from pipeline.tracking import lifecycle, provenance
     from pipeline.tracking.epoch_logger import EpochLogger
-    from pipeline.training.features import ImageSplit
+    from pipeline.tracking.lifecycle import tracked_run
+    from pipeline.training.features import ImageSplit, InputSettings
     from pipeline.training.recipe import fine_tune, plan_phases
-    from stages._data import load_source, source_sha256
+    from stages._data import load_source
 
     keras.utils.set_random_seed(config.train.seed)
     tf.config.experimental.enable_op_determinism()
-
-    source = load_source(config.data)
-    rows = read_manifest(MANIFEST)
-    train_split = ImageSplit(*select(source, rows, "train"))
-    val_split = ImageSplit(*select(source, rows, "val"))
+    source, rows = load_source(config.data), read_manifest(MANIFEST)
+    train_split, val_split = (ImageSplit(*select(source, rows, split)) for split in ("train", "val"))
     # Before the run opens: a backbone that cannot be loaded (a TF Hub handle not cached offline, a wrong
     # signature) stops the stage in one line, with no FAILED run left behind.
     # Several GPUs: the model is built, compiled and trained under one MirroredStrategy (a replica each).
     strategy = devices.distribution_strategy(selection)
     with devices.strategy_scope(strategy):
         classifier = build_classifier(config, num_classes=len(source.class_names))
-    backbone = classifier.backbone
-
-    labels_by_split = {
-        split: np.array([row.label for row in rows if row.split == split], dtype=np.int64)
-        for split in ("train", "val", "test")
-    }
     with (
-        lifecycle.tracked_run(
+        tracked_run(
             tracking_uri=tracking_uri,
             experiment=config.tracking.experiment,
             artifact_dir=Path(config.tracking.artifact_dir),
-            run_name=f"{backbone.name}-{config.backbone.image_size}px",
+            run_name=f"{classifier.backbone.name}-{config.backbone.image_size}px",
         ) as run,
         run.system_metrics(
             gpu_indices=devices.nvml_indices(selection, os.environ),
             sampling_interval=config.tracking.system_metrics_interval,
         ),
     ):
-        run.log_params(params.flatten(config))
-        run.log_params(
-            {
-                **provenance.data_fingerprint(manifest=MANIFEST, source_sha256=source_sha256(config.data)),
-                **provenance.class_counts(labels_by_split, source.class_names),
-            }
-        )
-        run.set_tags(
-            {
-                **provenance.git_state(Path.cwd(), paths=CODE_PATHS),
-                **provenance.dvc_context(os.environ),
-                **provenance.library_versions(),
-            }
-        )
+        _log_inputs(run, config, selection, source, rows, classifier)
         run.log_metrics({"base_learning_rate": base_learning_rate})
-        run.set_tags({**selection.as_tags(), "base_learning_rate.source": learning_rate_source})
-        device_tags = selection.as_tags()
-        print(
-            f"device {device_tags['device.selected']}: {selection.precision}, XLA {device_tags['device.xla']}, "
-            f"{selection.replicas} replica(s)"
-        )
+        run.set_tags({"base_learning_rate.source": learning_rate_source})
         print(f"base learning rate {base_learning_rate:g} from {learning_rate_source}")
-        if config.train.base_learning_rate == "auto":
-            for artifact in (LR_FIND_JSON, LR_FIND_PNG):
-                run.log_artifact(artifact, "lr_find")
-        identity = dataset_identity(config.data.path)
-        run.log_dataset(
-            rows=[asdict(row) for row in rows], name=identity.name, source=identity.source, context="training"
-        )
-        run.log_artifact(MANIFEST, "data")
-        run.log_artifact(DATA_REPORT, "data")
-
-        summary: list[str] = []
-        classifier.model.summary(print_fn=lambda line, *_, **__: summary.append(line))
-        run.log_text("\n".join(summary) + "\n", "model/summary.txt")
         phases = plan_phases(
-            config.train, base_learning_rate=base_learning_rate, block_count=len(backbone.blocks_top_down)
+            config.train, base_learning_rate=base_learning_rate, block_count=len(classifier.backbone.blocks_top_down)
         )
         run.set_tags({"phases": " -> ".join(phase.name for phase in phases)})
-        augmentation = build_augmentation(**config.train.augmentation.model_dump(), seed=config.train.seed)
         with devices.strategy_scope(strategy):
             history = fine_tune(
                 classifier,
                 train=train_split,
                 val=val_split,
                 phases=phases,
-                batch_size=config.train.batch_size,
-                image_size=config.backbone.image_size,
-                seed=config.train.seed,
-                feature_cache_bytes=config.train.feature_cache_mb * 2**20,
-                label_smoothing=config.train.label_smoothing,
-                augmentation=augmentation,
+                inputs=InputSettings.from_params(config.train, image_size=config.backbone.image_size),
                 callbacks=[EpochLogger(run)],
                 jit_compile=selection.jit_compile,
             )
-        run.set_tags({f"phase.{phase.index}": phase.describe() for phase in history.phases})
+        _write_outputs(run, config, classifier, history, tracking_uri=tracking_uri)
 
-        model = export.end_to_end_model(
-            classifier.model, backbone.make_preprocessing(), image_size=config.backbone.image_size
+
+def _base_learning_rate(config: params.PipelineParams) -> tuple[float, str]:
+    """The frozen phase's LR and where it came from (params.yaml, or the LR range test's suggestion)."""
+    if config.train.base_learning_rate != "auto":
+        return config.train.base_learning_rate, "params.yaml"
+    from pipeline.optim.lr_finder import LRFindReport
+
+    found = LRFindReport.read(LR_FIND_JSON)
+    if not found.enabled or found.result is None:
+        raise params.ParamsError(
+            f"train.base_learning_rate is auto, but {LR_FIND_JSON} holds no LR range test; run the lr_find stage"
         )
-        history.save(csv_path=HISTORY_CSV, json_path=HISTORY_JSON)
-        save_layer_map(history.layers, LAYER_MAP)
-        plots.plot_history(history, HISTORY_PNG)
-        for artifact in (HISTORY_CSV, HISTORY_JSON, HISTORY_PNG, LAYER_MAP):
-            run.log_artifact(artifact, "training")
-        export.save_model(model, TRAINED_MODEL)
-        lifecycle.run_reference(run, tracking_uri).write(RUN_REFERENCE)
-        for phase in history.phases:
-            print(phase.describe())
-        print(f"trained {history.epochs_done} epochs in {len(history.phases)} phases; run {run.run_id}")
+    rule = config.lr_find.rule
+    return found.result.suggestion(rule), f"LR range test ({rule} rule)"
+
+
+def _log_inputs(
+    run: TrackedRun,
+    config: params.PipelineParams,
+    selection: DeviceSelection,
+    source: ImageSource,
+    rows: list[ManifestRow],
+    classifier: Classifier,
+) -> None:
+    """Everything the run started from: params, data (fingerprint, counts, dataset), code, devices, the model."""
+    import numpy as np
+
+    from pipeline.data.sources import dataset_identity
+    from pipeline.tracking import provenance
+    from stages._data import source_sha256
+
+    labels_by_split = {
+        split: np.array([row.label for row in rows if row.split == split], dtype=np.int64)
+        for split in ("train", "val", "test")
+    }
+    run.log_params(params.flatten(config))
+    run.log_params(
+        {
+            **provenance.data_fingerprint(manifest=MANIFEST, source_sha256=source_sha256(config.data)),
+            **provenance.class_counts(labels_by_split, source.class_names),
+        }
+    )
+    run.set_tags(
+        {
+            **provenance.git_state(Path.cwd(), paths=CODE_PATHS),
+            **provenance.dvc_context(os.environ),
+            **provenance.library_versions(),
+            **selection.as_tags(),
+        }
+    )
+    device_tags = selection.as_tags()
+    print(
+        f"device {device_tags['device.selected']}: {selection.precision}, XLA {device_tags['device.xla']}, "
+        f"{selection.replicas} replica(s)"
+    )
+    if config.train.base_learning_rate == "auto":
+        for artifact in (LR_FIND_JSON, LR_FIND_PNG):
+            run.log_artifact(artifact, "lr_find")
+    identity = dataset_identity(config.data.path)
+    run.log_dataset(rows=[asdict(row) for row in rows], name=identity.name, source=identity.source, context="training")
+    run.log_artifact(MANIFEST, "data")
+    run.log_artifact(DATA_REPORT, "data")
+    summary: list[str] = []
+    classifier.model.summary(print_fn=lambda line, *_, **__: summary.append(line))
+    run.log_text("\n".join(summary) + "\n", "model/summary.txt")
+
+
+def _write_outputs(
+    run: TrackedRun,
+    config: params.PipelineParams,
+    classifier: Classifier,
+    history: TrainingHistory,
+    *,
+    tracking_uri: str,
+) -> None:
+    """The phases as tags, the history and layer map as files and artifacts, the model, and the run's reference."""
+    from pipeline.evaluation import plots
+    from pipeline.model import export
+    from pipeline.model.freezing import save_layer_map
+    from pipeline.tracking.lifecycle import run_reference
+
+    run.set_tags({f"phase.{phase.index}": phase.describe() for phase in history.phases})
+    model = export.end_to_end_model(
+        classifier.model, classifier.backbone.make_preprocessing(), image_size=config.backbone.image_size
+    )
+    history.save(csv_path=HISTORY_CSV, json_path=HISTORY_JSON)
+    save_layer_map(history.layers, LAYER_MAP)
+    plots.plot_history(history, HISTORY_PNG)
+    for artifact in (HISTORY_CSV, HISTORY_JSON, HISTORY_PNG, LAYER_MAP):
+        run.log_artifact(artifact, "training")
+    export.save_model(model, TRAINED_MODEL)
+    run_reference(run, tracking_uri).write(RUN_REFERENCE)
+    for phase in history.phases:
+        print(phase.describe())
+    print(f"trained {history.epochs_done} epochs in {len(history.phases)} phases; run {run.run_id}")
 
 
 if __name__ == "__main__":

@@ -170,11 +170,15 @@ def save_tiny_classifier(path, *, image_size: int = 32, seed: int = 0):
         The saved model.
     """
     from pipeline.model.export import end_to_end_model, save_model
-    from pipeline.model.head import attach_head
+    from pipeline.model.head import build_head
+    from pipeline.params.head import HeadParams
 
     backbone = build_tiny_backbone(image_size, seed=seed)
-    classifier = attach_head(
-        backbone, num_classes=3, seed=seed, dropout=0.1, hidden_units=[8], batch_norm="before", hidden_dropout=0.1
+    classifier = build_head(
+        backbone,
+        HeadParams(dropout=0.1, hidden_units=[8], batch_norm="before", hidden_dropout=0.1),
+        num_classes=3,
+        seed=seed,
     )
     model = end_to_end_model(classifier.model, backbone.make_preprocessing(), image_size=image_size)
     save_model(model, path)
@@ -220,21 +224,28 @@ def tiny_splits(train_count: int = 96, val_count: int = 30, classes: int = 3):
 
 
 def fine_tune_tiny(
-    classifier, phases, *, image_size: int, splits=None, cache_bytes: int = 1 << 30, batch_size: int = 16, **options
+    classifier,
+    phases,
+    *,
+    image_size: int,
+    splits=None,
+    cache_bytes: int = 1 << 30,
+    batch_size: int = 16,
+    augmentation=None,
+    label_smoothing: float = 0.0,
+    **options,
 ):
     """`pipeline.training.recipe.fine_tune` on `splits` (default `tiny_splits()`), seed 0, silent."""
+    from pipeline.training.features import InputSettings
     from pipeline.training.recipe import fine_tune
 
     train, val = splits if splits is not None else tiny_splits()
-    return fine_tune(
-        classifier,
-        train=train,
-        val=val,
-        phases=phases,
-        batch_size=batch_size,
+    inputs = InputSettings(
         image_size=image_size,
+        batch_size=batch_size,
         seed=0,
-        feature_cache_bytes=cache_bytes,
-        verbose=0,
-        **options,
+        cache_limit_bytes=cache_bytes,
+        augmentation=augmentation,
+        label_smoothing=label_smoothing,
     )
+    return fine_tune(classifier, train=train, val=val, phases=phases, inputs=inputs, verbose=0, **options)

@@ -166,6 +166,7 @@ def _load(
 
 def _load_keras_file(path: Path, data_report: Path | None) -> tuple[keras.Model, str, ModelCard | None, None]:
     """A `.keras` file, with the card of a data report (by default the project's, when there is one)."""
+    from pipeline.data.report import DataReport
     from pipeline.model.export import load_model
     from pipeline.model.model_card import ModelCard
 
@@ -174,7 +175,7 @@ def _load_keras_file(path: Path, data_report: Path | None) -> tuple[keras.Model,
     if report is not None:
         if not report.is_file():
             raise settings.SettingsError(f"--data-report {report} not found: give the data report of the model's data")
-        card = ModelCard.from_data_report(json.loads(report.read_text(encoding="utf-8")))
+        card = ModelCard.from_data_report(DataReport.read(report))
     described = f"{path} (classes and image shape from {report})" if report else str(path)
     try:
         model = load_model(path)

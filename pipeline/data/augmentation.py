@@ -18,40 +18,23 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import keras
 
-FLIP_MODES = ("none", "horizontal", "vertical", "horizontal_and_vertical")
+    from pipeline.params.train import AugmentationParams
 
-
-def build_augmentation(
-    *,
-    flip: str = "none",
-    rotation: float = 0.0,
-    zoom: float = 0.0,
-    translation: float = 0.0,
-    contrast: float = 0.0,
-    seed: int = 0,
-) -> keras.Sequential | None:
-    """Chains the requested random layers; None when every switch is off.
+def build_augmentation(augmentation: AugmentationParams, *, seed: int) -> keras.Sequential | None:
+    """Chains the random layers the `train.augmentation` section turns on; None when every switch is off.
 
     Args:
-        flip: One of `FLIP_MODES`.
-        rotation: Largest rotation, as a fraction of a full turn (0.1 = 36 degrees).
-        zoom: Largest zoom in or out, as a fraction of the size.
-        translation: Largest shift, as a fraction of the size, in each direction.
-        contrast: Contrast factor drawn from [1 - contrast, 1 + contrast].
+        augmentation: The validated section (`pipeline.params.train.AugmentationParams`): `flip` (a
+            RandomFlip mode or "none"), `rotation` (largest rotation, as a fraction of a full turn),
+            `zoom` and `translation` (largest zoom and shift, as fractions of the size) and `contrast`
+            (factor drawn from [1 - contrast, 1 + contrast]); each amount 0 is off.
         seed: Seed of every random layer (each gets its own offset).
 
     Returns:
         A Sequential of Keras preprocessing layers, active only when called with `training=True`.
-
-    Raises:
-        ValueError: An unknown flip mode or a negative amount.
     """
-    if flip not in FLIP_MODES:
-        raise ValueError(f"unknown flip {flip!r}; allowed: {', '.join(FLIP_MODES)}")
-    amounts = {"rotation": rotation, "zoom": zoom, "translation": translation, "contrast": contrast}
-    for name, amount in amounts.items():
-        if amount < 0:
-            raise ValueError(f"augmentation {name} is {amount}; it must be >= 0")
+    flip, rotation, zoom = augmentation.flip, augmentation.rotation, augmentation.zoom
+    translation, contrast = augmentation.translation, augmentation.contrast
     import keras
 
     layers: list[keras.layers.Layer] = []

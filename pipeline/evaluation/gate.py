@@ -72,6 +72,23 @@ class Comparison:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
 
+    def run_metrics(self) -> dict[str, float]:
+        """The numbers as run metrics: `test_*` of the challenger, `baseline_test_*`, and `champion_test_*` when
+        the champion was scored."""
+        metrics = {f"test_{key}": float(value) for key, value in self.challenger.items()}
+        metrics.update({f"baseline_test_{key}": float(value) for key, value in self.baseline.items()})
+        if self.champion is not None and self.champion.scores is not None:
+            metrics.update({f"champion_test_{key}": float(self.champion.scores[key]) for key in GATE_METRICS})
+        return metrics
+
+    def compared_with(self) -> str:
+        """Which champion was scored, in words (the run's tag `gate.compared_with`)."""
+        if self.champion is None:
+            return "no champion"
+        if self.champion.scores is None:
+            return f"v{self.champion.version}, not comparable: {self.champion.reason}"
+        return f"v{self.champion.version}"
+
     @classmethod
     def read(cls, path: Path) -> Comparison:
         """Reads a comparison written by `write`."""

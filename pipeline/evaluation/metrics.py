@@ -7,8 +7,10 @@ the confusion matrix; and the gate needs them for the current champion on the sa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -38,6 +40,15 @@ class EvaluationResult:
             "loss": self.loss,
             "examples": self.examples,
         }
+
+    def write(self, *, metrics: Path, report: Path, class_names: Sequence[str]) -> None:
+        """Writes the evaluate stage's two files: the headline numbers (`{"test": summary}`, DVC's metrics)
+        and the per-class scores with the confusion matrix and the class names."""
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        metrics.write_text(json.dumps({"test": self.summary()}, indent=2) + "\n", encoding="utf-8")
+        document = {"per_class": self.per_class, "confusion": self.confusion.tolist(), "class_names": list(class_names)}
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
 
 
 def score_predictions(

@@ -14,26 +14,24 @@ exported model reloads in safe mode without this repository.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from numbers import Integral, Real
+from typing import TYPE_CHECKING
 
 import keras
 
 from pipeline.backbones.base import Backbone
 from pipeline.model.activations import (
-    ACTIVATION_NAMES,
-    BATCH_NORM_PLACES,
-    combination_problems,
     resolve_dropout_type,
     resolve_initializer,
 )
 from pipeline.model.regularizers import kernel_constraint, kernel_regularizer
 
+if TYPE_CHECKING:
+    from pipeline.params.head import HeadParams
+
 HEAD_POOL = "head_pool"
 HEAD_DROPOUT = "head_dropout"
 HEAD_PREDICTIONS = "head_predictions"
-POOLINGS = ("avg", "max")
 
 
 @dataclass(frozen=True)
@@ -86,115 +84,43 @@ def _dropout(rate: float, *, kind: str, seed: int, name: str) -> keras.layers.La
     return keras.layers.Dropout(rate, seed=seed, name=name)
 
 
-def _check_numbers(
-    *,
-    num_classes: int,
-    dropout: float,
-    hidden_units: Sequence[int],
-    hidden_rates: Sequence[float],
-    negative_slope: float,
-    maxout_pieces: int,
-) -> None:
-    """Raises ValueError naming the first option out of its range (the same ranges as `pipeline.params`)."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, Integral) or num_classes < 2:
-        raise ValueError(f"num_classes is {num_classes!r}; allowed: an integer >= 2")
-    if not 0 <= dropout < 1:
-        raise ValueError(f"dropout is {dropout!r}; allowed: 0 <= dropout < 1")
-    for units in hidden_units:
-        if isinstance(units, bool) or not isinstance(units, Integral) or units < 1:
-            raise ValueError(f"hidden_units holds {units!r}; allowed: integers >= 1")
-    for rate in hidden_rates:
-        if not 0 <= rate < 1:
-            raise ValueError(f"hidden_dropout holds {rate!r}; allowed: 0 <= rate < 1")
-    if not 0 < negative_slope < 1:
-        raise ValueError(f"negative_slope is {negative_slope!r}; allowed: 0 < negative_slope < 1")
-    if isinstance(maxout_pieces, bool) or not isinstance(maxout_pieces, Integral) or maxout_pieces < 2:
-        raise ValueError(f"maxout_pieces is {maxout_pieces!r}; allowed: an integer >= 2")
-
-
-def attach_head(
-    backbone: Backbone,
-    *,
-    num_classes: int,
-    seed: int,
-    pooling: str = "avg",
-    dropout: float = 0.0,
-    hidden_units: Sequence[int] = (),
-    activation: str = "relu",
-    negative_slope: float = 0.3,
-    maxout_pieces: int = 2,
-    initializer: str = "auto",
-    batch_norm: str = "none",
-    hidden_dropout: float | Sequence[float] = 0.0,
-    dropout_type: str = "auto",
-    l1: float = 0.0,
-    l2: float = 0.0,
-    max_norm: float | None = None,
-    max_norm_axis: int = 0,
-) -> Classifier:
+def build_head(backbone: Backbone, head: HeadParams, *, num_classes: int, seed: int) -> Classifier:
     """Puts pooling, dropout, the hidden layers and a softmax over the dataset's classes on the backbone.
+
+    Every option comes from the validated `head` section (`pipeline.params.head`, where each is checked
+    once, pairings the course warns against included): `pooling` ("avg" or "max" global pooling of the
+    last feature map; a backbone ending in a feature vector is not pooled), `dropout` on the pooled
+    features, one hidden Dense layer per `hidden_units` entry with its `activation` (`negative_slope`
+    for leaky_relu, `maxout_pieces` for maxout), `initializer` ("auto": matched to the activation) for
+    hidden kernels, `batch_norm` ("before": the Dense then has no bias, BN's beta replaces it; "after";
+    "none"), `hidden_dropout` after each hidden layer, `dropout_type` ("auto": AlphaDropout for selu),
+    and the L1/L2 penalty and max-norm constraint of every Dense kernel. The output layer is
+    Glorot-uniform, the match of its softmax.
 
     Args:
         backbone: The pretrained feature extractor.
-        num_classes: Number of classes of the new task.
+        head: The validated `head` section.
+        num_classes: Number of classes of the new task, at least 2.
         seed: Seed of the initialisers and dropout masks (each layer gets its own offset).
-        pooling: "avg" or "max" global pooling of the last feature map; a backbone ending in a feature
-            vector is not pooled.
-        dropout: Dropout rate on the pooled features, the head's input (0 disables it).
-        hidden_units: Units of each hidden Dense layer; empty for a linear head.
-        activation: One of `pipeline.model.activations.ACTIVATION_NAMES`.
-        negative_slope: Slope of leaky_relu for negative inputs.
-        maxout_pieces: Linear pieces of each maxout unit.
-        initializer: "auto" (matched to the activation) or a Keras initialiser name, for hidden kernels;
-            the output layer is Glorot-uniform, the match of its softmax.
-        batch_norm: "none", or BatchNormalization "before" (the Dense then has no bias: BN's beta
-            replaces it) or "after" each hidden activation.
-        hidden_dropout: Dropout after each hidden layer: one rate for all, or one per layer.
-        dropout_type: "auto" (AlphaDropout for selu), "standard" or "alpha"; for every dropout of the head.
-        l1: L1 penalty factor of every Dense kernel of the head.
-        l2: L2 penalty factor of every Dense kernel of the head.
-        max_norm: Max-norm bound of every Dense kernel of the head, or None.
-        max_norm_axis: The kernel axis the norm is taken over (0: each unit's incoming weights).
 
     Returns:
         The classifier.
 
     Raises:
-        ValueError: An unknown name, a number out of its range, a rate list of the wrong length, or a
-            pairing the course warns against (see `pipeline.model.activations.combination_problems`).
+        ValueError: The backbone's output is neither a feature map nor a feature vector, or fewer than
+            2 classes.
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {pooling!r}; allowed: {', '.join(POOLINGS)}")
-    if activation not in ACTIVATION_NAMES:
-        raise ValueError(f"unknown activation {activation!r}; allowed: {', '.join(ACTIVATION_NAMES)}")
-    if batch_norm not in BATCH_NORM_PLACES:
-        raise ValueError(f"unknown batch_norm {batch_norm!r}; allowed: {', '.join(BATCH_NORM_PLACES)}")
-    if isinstance(hidden_dropout, Real):
-        hidden_rates = [float(hidden_dropout)] * len(hidden_units)
-    else:
-        hidden_rates = list(hidden_dropout)
-    if len(hidden_rates) != len(hidden_units):
-        raise ValueError(
-            f"hidden_dropout lists {len(hidden_rates)} rates for {len(hidden_units)} hidden layers; "
-            "give one rate per layer, or a single number for all"
-        )
-    _check_numbers(
-        num_classes=num_classes,
-        dropout=dropout,
-        hidden_units=hidden_units,
-        hidden_rates=hidden_rates,
-        negative_slope=negative_slope,
-        maxout_pieces=maxout_pieces,
+    if num_classes < 2:
+        raise ValueError(f"A classifier needs at least 2 classes. Received: num_classes={num_classes}")
+    activation, hidden_units, batch_norm = head.activation, head.hidden_units, head.batch_norm
+    negative_slope, maxout_pieces = head.negative_slope, head.maxout_pieces
+    dropout, hidden_rates = head.dropout, head.hidden_dropout_rates()
+    dropout_kind = resolve_dropout_type(activation, head.dropout_type)
+    hidden_initializer = resolve_initializer(head.initializer, activation=activation)
+    regularizer = kernel_regularizer(l1=head.kernel_regularizer.l1, l2=head.kernel_regularizer.l2)
+    constraint = (
+        None if head.max_norm is None else kernel_constraint(max_norm=head.max_norm.value, axis=head.max_norm.axis)
     )
-    problems = combination_problems(
-        activation=activation, batch_norm=batch_norm, dropout_type=dropout_type, dropout_rates=[dropout, *hidden_rates]
-    )
-    if problems:
-        raise ValueError("; ".join(problems))
-    dropout_kind = resolve_dropout_type(activation, dropout_type)
-    hidden_initializer = resolve_initializer(initializer, activation=activation)
-    regularizer = kernel_regularizer(l1=l1, l2=l2)
-    constraint = kernel_constraint(max_norm=max_norm, axis=max_norm_axis)
 
     features = backbone.model.output
     if len(features.shape) == 2:
@@ -204,7 +130,7 @@ def attach_head(
         pooled = keras.layers.Identity(name=HEAD_POOL)(features)
     elif len(features.shape) == 4:
         pooling_layers = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}
-        pooled = pooling_layers[pooling](name=HEAD_POOL)(features)
+        pooled = pooling_layers[head.pooling](name=HEAD_POOL)(features)
     else:
         raise ValueError(
             f"{backbone.name} outputs features of shape {tuple(features.shape)}; the head takes a feature map "

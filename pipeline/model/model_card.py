@@ -10,9 +10,12 @@ travels with every registered version and with `runs:/ID/model`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pipeline.data.report import DataReport
 
 METADATA_KEY = "model_card"
 
@@ -74,12 +77,11 @@ class ModelCard:
         )
 
     @classmethod
-    def from_data_report(cls, report: dict[str, Any]) -> ModelCard:
-        """Builds the card from the prepare stage's `reports/data_report.json`.
+    def from_data_report(cls, report: DataReport) -> ModelCard:
+        """Builds the card from the prepare stage's data report (`pipeline.data.report`).
 
         Args:
-            report: The parsed report: `class_names` with `image_shape` (IDX data) or `stored_shape`
-                (image files decoded into the cache).
+            report: The report: its class names and stored image shape are the card's.
 
         Returns:
             The card.
@@ -87,8 +89,7 @@ class ModelCard:
         Raises:
             ModelCardError: The report lacks the class names or the image shape.
         """
-        shape = report.get("stored_shape", report.get("image_shape"))
-        return cls._checked(report.get("class_names"), shape, source="data report")
+        return cls._checked(report.class_names, report.stored_shape, source="data report")
 
     @classmethod
     def _checked(cls, class_names: Any, shape: Any, *, source: str) -> ModelCard:

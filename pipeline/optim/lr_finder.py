@@ -17,9 +17,11 @@ TensorFlow loads.
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -75,6 +77,64 @@ class LRFinderResult:
             The fields by name.
         """
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class LRFindReport:
+    """`reports/lr_find.json`, which the lr_find stage writes and `train.base_learning_rate: auto` reads.
+
+    Attributes:
+        enabled: Whether the LR range test ran (`lr_find.enabled`); the rest is empty when it did not.
+        rule: The suggestion rule the run chose (`lr_find.rule`).
+        images: Training images the sweep drew from.
+        cached_features: Whether the sweep ran on cached frozen features.
+        result: The sweep and its suggestions.
+    """
+
+    enabled: bool
+    rule: str | None = None
+    images: int = 0
+    cached_features: bool = False
+    result: LRFinderResult | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document: `enabled` alone when the test was off, else the rule, both suggestions, the sweep."""
+        if not self.enabled or self.result is None or self.rule is None:
+            return {"enabled": False}
+        return {
+            "enabled": True,
+            "rule": self.rule,
+            "suggested": self.result.suggestion(self.rule),
+            "suggestions": {"valley": self.result.valley, "steepest": self.result.steepest},
+            "images": self.images,
+            "cached_features": self.cached_features,
+            **self.result.to_dict(),
+        }
+
+    def write(self, path: Path) -> None:
+        """Writes the document to `path` (its folder is made when missing)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def read(cls, path: Path) -> LRFindReport:
+        """Reads what `write` wrote."""
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not document.get("enabled"):
+            return cls(enabled=False)
+        fields = {name: document[name] for name in ("learning_rates", "losses", "smoothed_losses")}
+        result = LRFinderResult(
+            **{name: tuple(float(value) for value in values) for name, values in fields.items()},
+            valley=float(document["valley"]),
+            steepest=float(document["steepest"]),
+        )
+        return cls(
+            enabled=True,
+            rule=str(document["rule"]),
+            images=int(document["images"]),
+            cached_features=bool(document["cached_features"]),
+            result=result,
+        )
 
 
 def exponential_learning_rates(*, min_lr: float, max_lr: float, steps: int) -> list[float]:

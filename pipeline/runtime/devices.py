@@ -17,6 +17,8 @@ from pipeline.errors import PipelineError
 if TYPE_CHECKING:
     import tensorflow as tf
 
+    from pipeline.params.runtime import DeviceParams
+
 # Mixed float16 pays off only from Volta (compute capability 7.0) on; on older GPUs and on CPUs
 # it is slower than float32 (about 4x on CPU, measured on this stack).
 MIXED_PRECISION_MIN_CAPABILITY = (7, 0)
@@ -119,24 +121,15 @@ def _capable(gpus: tuple[GpuInfo, ...], minimum: tuple[int, int]) -> bool:
 
 
 def select_devices(
-    *,
-    accelerator: str,
-    gpus: str | list[int],
-    precision: str,
-    available: list[GpuInfo],
-    jit_compile: bool | str = "auto",
-    memory_growth: bool = True,
-    cuda_visible_devices: str | None = None,
+    device: DeviceParams, *, available: list[GpuInfo], cuda_visible_devices: str | None = None
 ) -> DeviceSelection:
     """Decides which devices and which precision policy to use.
 
     Args:
-        accelerator: "auto" (GPUs when present, else CPU), "cpu" or "gpu" (fail without one).
-        gpus: "all", or the indices of the GPUs to use.
-        precision: "auto", "float32", "mixed_float16" or "mixed_bfloat16".
+        device: The validated `device` section: `accelerator` ("auto": GPUs when present, else CPU; "cpu";
+            "gpu": fail without one), `gpus` ("all" or indices), `precision` ("auto", "float32",
+            "mixed_float16", "mixed_bfloat16"), `jit_compile` and `memory_growth`.
         available: The GPUs this machine has.
-        jit_compile: "auto", True or False: XLA compilation of the training step.
-        memory_growth: Allocate GPU memory as needed.
         cuda_visible_devices: `CUDA_VISIBLE_DEVICES`, recorded for tracking.
 
     Returns:
@@ -146,6 +139,7 @@ def select_devices(
         DeviceSelectionError: A GPU was required but none exists, an index does not exist (the message
             lists the GPUs that do), or a mixed precision was forced where it cannot run well.
     """
+    accelerator, gpus, precision = device.accelerator, device.gpus, device.precision
     if accelerator == "cpu":
         chosen: tuple[GpuInfo, ...] = ()
     else:
@@ -187,8 +181,8 @@ def select_devices(
         gpus=chosen,
         precision=policy,
         descriptions=descriptions,
-        jit_compile=jit_compile,
-        memory_growth=memory_growth,
+        jit_compile=device.jit_compile,
+        memory_growth=device.memory_growth,
         cuda_visible_devices=cuda_visible_devices,
     )
 
@@ -227,26 +221,16 @@ def _describe_gpus(physical: list[tf.config.PhysicalDevice], environment: Mappin
     return gpus
 
 
-def configure(
-    *,
-    accelerator: str,
-    gpus: str | list[int],
-    precision: str,
-    jit_compile: bool | str = "auto",
-    memory_growth: bool = True,
-) -> DeviceSelection:
-    """Applies the device choice to TensorFlow and Keras; call before any other TensorFlow op.
+def configure(device: DeviceParams) -> DeviceSelection:
+    """Applies the `device` section to TensorFlow and Keras; call before any other TensorFlow op.
 
     Args:
-        accelerator: "auto", "cpu" or "gpu".
-        gpus: "all" or GPU indices.
-        precision: "auto", "float32", "mixed_float16" or "mixed_bfloat16".
-        jit_compile: "auto", True or False; passed to every `compile` of the run.
-        memory_growth: Allocate GPU memory as needed.
+        device: The validated `device` section (see `select_devices`); its `jit_compile` is passed to
+            every `compile` of the run through the returned selection.
 
     Returns:
-        What was selected, for tracking; `distribution_scope(selection)` then gives the scope to build
-        and train the model in.
+        What was selected, for tracking; `strategy_scope(distribution_strategy(selection))` then gives the
+        scope to build and train the model in.
 
     Raises:
         DeviceSelectionError: See `select_devices`.
@@ -258,18 +242,14 @@ def configure(
 
     physical = tf.config.list_physical_devices("GPU")
     selection = select_devices(
-        accelerator=accelerator,
-        gpus=gpus,
-        precision=precision,
+        device,
         available=_describe_gpus(physical, os.environ),
-        jit_compile=jit_compile,
-        memory_growth=memory_growth,
         cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
     )
     chosen_devices = [physical[gpu.index] for gpu in selection.gpus]
     tf.config.set_visible_devices(chosen_devices, "GPU")
-    for device in chosen_devices:
-        tf.config.experimental.set_memory_growth(device, memory_growth)
+    for chosen in chosen_devices:
+        tf.config.experimental.set_memory_growth(chosen, selection.memory_growth)
     keras.mixed_precision.set_global_policy(selection.precision)
     return selection
 

@@ -24,15 +24,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.data.augmentation import cacheable_flip
+from pipeline.data.augmentation import build_augmentation, cacheable_flip
 from pipeline.data.datasets import array_dataset, image_dataset, view_dataset
 from pipeline.model.head import Classifier
-from pipeline.training.losses import one_hot_labels
+from pipeline.training.losses import needs_one_hot, one_hot_labels
+
+if TYPE_CHECKING:
+    from pipeline.params.train import TrainParams
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,40 @@ def _bytes_per_example(tensor: keras.KerasTensor) -> int:
     return int(np.prod(tensor.shape[1:])) * np.dtype(tensor.dtype).itemsize
 
 
+@dataclass(frozen=True)
+class InputSettings:
+    """How a phase is fed: the images' size, the batches, the shuffle seed, augmentation and labels, the cache.
+
+    Attributes:
+        image_size: Square input size of the backbone.
+        batch_size: Images per batch.
+        seed: Seed of the training shuffle (and of the augmentation's random layers).
+        cache_limit_bytes: Largest frozen-feature cache allowed; 0 disables caching.
+        augmentation: Random layers for the training images (`pipeline.data.augmentation`), or None;
+            anything but a flip alone disables caching (a flip alone doubles the training part of the cache).
+        label_smoothing: Label smoothing of the cross-entropy; above 0 the labels are fed one-hot.
+    """
+
+    image_size: int
+    batch_size: int
+    seed: int
+    cache_limit_bytes: int
+    augmentation: keras.layers.Layer | None = None
+    label_smoothing: float = 0.0
+
+    @classmethod
+    def from_params(cls, train: TrainParams, *, image_size: int) -> InputSettings:
+        """The settings of the `train` section (batch size, seed, `feature_cache_mb`, augmentation, smoothing)."""
+        return cls(
+            image_size=image_size,
+            batch_size=train.batch_size,
+            seed=train.seed,
+            cache_limit_bytes=train.feature_cache_mb * 2**20,
+            augmentation=build_augmentation(train.augmentation, seed=train.seed),
+            label_smoothing=train.label_smoothing,
+        )
+
+
 class PhaseDataFactory:
     """Builds each phase's model and data, caching frozen activations when they fit the budget.
 
@@ -86,16 +124,9 @@ class PhaseDataFactory:
         classifier: The classifier being fine-tuned.
         train: Training images.
         val: Validation images.
+        inputs: How the images are fed (size, batches, seed, augmentation, labels, cache budget).
         deepest_trainable_blocks: The largest `trainable_blocks` of any phase: its cut is the one
             computed from images, once.
-        preprocessing: The backbone's input scaling.
-        image_size: Square input size.
-        batch_size: Images per batch.
-        seed: Seed of the training shuffle.
-        cache_limit_bytes: Largest cache allowed; 0 disables caching.
-        augmentation: Random layers for the training images, or None; anything but a flip alone
-            disables caching (a flip alone doubles the training part of the cache).
-        one_hot_classes: Number of classes when the loss wants one-hot labels (label smoothing), else None.
         verbose: Keras' `predict` verbosity for the passes that fill the cache (0: silent); above 0 a
             line says what each pass computes, since the first takes minutes on a large dataset.
     """
@@ -106,26 +137,22 @@ class PhaseDataFactory:
         *,
         train: ImageSplit,
         val: ImageSplit,
+        inputs: InputSettings,
         deepest_trainable_blocks: int,
-        preprocessing: keras.layers.Layer,
-        image_size: int,
-        batch_size: int,
-        seed: int,
-        cache_limit_bytes: int,
-        augmentation: keras.layers.Layer | None = None,
-        one_hot_classes: int | None = None,
         verbose: int = 0,
     ) -> None:
+        num_classes = classifier.model.output_shape[-1]
+        augmentation, cache_limit_bytes = inputs.augmentation, inputs.cache_limit_bytes
         self._classifier = classifier
         self._verbose = verbose
         self._splits = {"train": train, "val": val}
-        self._preprocessing = preprocessing
-        self._image_size = image_size
-        self._batch_size = batch_size
-        self._seed = seed
+        self._preprocessing = classifier.backbone.make_preprocessing()
+        self._image_size = inputs.image_size
+        self._batch_size = inputs.batch_size
+        self._seed = inputs.seed
         self._augmentation = augmentation
-        self._one_hot_classes = one_hot_classes
-        self.steps_per_epoch = math.ceil(len(train.labels) / batch_size)
+        self._one_hot_classes = num_classes if needs_one_hot(label_smoothing=inputs.label_smoothing) else None
+        self.steps_per_epoch = math.ceil(len(train.labels) / inputs.batch_size)
         self._base_cut = cut_tensor(classifier, deepest_trainable_blocks)
         self._flip = cacheable_flip(augmentation)
         self._train_views = ("none", self._flip) if self._flip else ("none",)

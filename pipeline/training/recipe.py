@@ -24,9 +24,9 @@ from pipeline.optim.layerwise import block_multipliers, variable_multipliers
 from pipeline.optim.optimizers import make_optimizer
 from pipeline.optim.schedules import make_schedule
 from pipeline.training.callbacks import DivergenceGuard, HistoryRecorder, early_stopping
-from pipeline.training.features import ImageSplit, PhaseDataFactory
+from pipeline.training.features import ImageSplit, InputSettings, PhaseDataFactory
 from pipeline.training.history import PhaseRecord, TrainingHistory
-from pipeline.training.losses import classification_loss, needs_one_hot
+from pipeline.training.losses import classification_loss
 
 if TYPE_CHECKING:
     from pipeline.params.optimizer import OptimizerParams
@@ -122,12 +122,7 @@ def fine_tune(
     train: ImageSplit,
     val: ImageSplit,
     phases: Sequence[Phase],
-    batch_size: int,
-    image_size: int,
-    seed: int,
-    feature_cache_bytes: int,
-    label_smoothing: float = 0.0,
-    augmentation: keras.layers.Layer | None = None,
+    inputs: InputSettings,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 2,
     jit_compile: bool | str = "auto",
@@ -139,12 +134,8 @@ def fine_tune(
         train: Training images and labels.
         val: Validation images and labels.
         phases: The plan, usually from `plan_phases`.
-        batch_size: Images per batch.
-        image_size: Square input size.
-        seed: Seed of the shuffles.
-        feature_cache_bytes: Memory budget for cached frozen activations; 0 always trains on images.
-        label_smoothing: Label smoothing of the cross-entropy (0: none).
-        augmentation: Random layers for the training images (see `pipeline.data.augmentation`), or None.
+        inputs: How the images are fed (`InputSettings.from_params(config.train, ...)`): size, batches,
+            seed, augmentation, label smoothing of the cross-entropy, and the frozen-feature cache's budget.
         callbacks: Extra callbacks (tracking); they receive `lr` in their logs, and those with a
             `begin_phase(record)` method are told each phase before its first epoch.
         verbose: Keras' `fit` verbosity.
@@ -159,21 +150,14 @@ def fine_tune(
     """
     history = TrainingHistory()
     recorder = HistoryRecorder(history)
-    num_classes = classifier.model.output_shape[-1]
-    guard = DivergenceGuard(num_classes=num_classes)
+    guard = DivergenceGuard(num_classes=classifier.model.output_shape[-1])
     blocks = classifier.backbone.blocks_top_down
     data = PhaseDataFactory(
         classifier,
         train=train,
         val=val,
+        inputs=inputs,
         deepest_trainable_blocks=max(phase.trainable_blocks for phase in phases),
-        preprocessing=classifier.backbone.make_preprocessing(),
-        image_size=image_size,
-        batch_size=batch_size,
-        seed=seed,
-        cache_limit_bytes=feature_cache_bytes,
-        augmentation=augmentation,
-        one_hot_classes=num_classes if needs_one_hot(label_smoothing=label_smoothing) else None,
         verbose=verbose,
     )
     for index, phase in enumerate(phases):
@@ -202,7 +186,7 @@ def fine_tune(
                 learning_rate=schedule.learning_rate,
                 variable_multipliers=variable_multipliers(phase_data.model, layer_multipliers),
             ),
-            loss=classification_loss(label_smoothing=label_smoothing),
+            loss=classification_loss(label_smoothing=inputs.label_smoothing),
             metrics=["accuracy"],
             jit_compile=jit_compile,
         )

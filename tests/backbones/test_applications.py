@@ -13,10 +13,11 @@ from pipeline.backbones.applications import APPLICATIONS
 from pipeline.backbones.names import BACKBONE_BLOCKS
 from pipeline.backbones.registry import application_preprocessing, load_backbone
 from pipeline.model.freezing import set_trainable_blocks
-from pipeline.model.head import attach_head
+from pipeline.model.head import build_head
+from pipeline.params.head import HeadParams
 from pipeline.params.optimizer import AdamParams
 from pipeline.params.schedule import ConstantParams
-from pipeline.training.features import ImageSplit
+from pipeline.training.features import ImageSplit, InputSettings
 from pipeline.training.recipe import Phase, fine_tune
 from tests.conftest import make_images
 
@@ -173,16 +174,13 @@ def test_fine_tuning_on_cached_features_equals_training_on_images(name: str, tmp
     results = []
     for cache_bytes in (1 << 30, 0):
         backbone = _build(name, tmp_path)
-        classifier = attach_head(backbone, num_classes=3, pooling="avg", dropout=0.0, seed=0)
+        classifier = build_head(backbone, HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
         history = fine_tune(
             classifier,
             train=ImageSplit(images, labels),
             val=ImageSplit(val_images, val_labels),
             phases=phases,
-            batch_size=16,
-            image_size=32,
-            seed=0,
-            feature_cache_bytes=cache_bytes,
+            inputs=InputSettings(image_size=32, batch_size=16, seed=0, cache_limit_bytes=cache_bytes),
             verbose=0,
         )
         assert [phase.cached_features for phase in history.phases] == [cache_bytes > 0] * 2

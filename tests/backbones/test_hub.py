@@ -20,8 +20,9 @@ from pipeline.backbones.errors import BackboneError
 from pipeline.backbones.hub import cached_handle_dir, hub_cache_dir, load_hub_backbone
 from pipeline.backbones.registry import load_backbone
 from pipeline.model.freezing import layer_map, set_trainable_blocks
-from pipeline.model.head import attach_head
+from pipeline.model.head import build_head
 from pipeline.params import parse
+from pipeline.params.head import HeadParams
 from pipeline.params.optimizer import AdamParams
 from pipeline.params.schedule import ConstantParams
 from pipeline.training.recipe import Phase, plan_phases
@@ -189,7 +190,7 @@ def test_a_signature_returning_a_dict_takes_the_output_key(saved_models, tmp_pat
 
 def _fit_once(backbone, *, trainable: bool, bn_policy: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """One epoch of `fit` on a classifier over the backbone; the SavedModel's variables before and after."""
-    classifier = attach_head(backbone, num_classes=3, seed=0)
+    classifier = build_head(backbone, HeadParams(dropout=0.0), num_classes=3, seed=0)
     set_trainable_blocks(
         classifier.model, backbone.blocks_top_down, trainable_blocks=int(trainable), bn_policy=bn_policy
     )
@@ -261,7 +262,7 @@ def test_frozen_phase_keeps_the_saved_model_and_unfreezing_fine_tunes_it(saved_m
         config.backbone.name, image_size=IMAGE_SIZE, cache_dir=tmp_path, training_signature="serve_train"
     )
     phases = plan_phases(config.train, base_learning_rate=0.01, block_count=len(backbone.blocks_top_down))
-    classifier = attach_head(backbone, num_classes=3, seed=0)
+    classifier = build_head(backbone, HeadParams(dropout=0.0), num_classes=3, seed=0)
     initial = _variables(backbone)
     frozen = _run(classifier, phases[:1], cache_bytes=cache_bytes)
     after_frozen = _variables(backbone)
@@ -306,14 +307,16 @@ def test_cached_training_equals_training_on_images(saved_models, tmp_path, bn_po
             config.backbone.name, image_size=IMAGE_SIZE, cache_dir=tmp_path, training_signature="serve_train"
         )
         head = config.head
-        classifier = attach_head(
+        classifier = build_head(
             backbone,
+            HeadParams(
+                dropout=head.dropout,
+                hidden_units=head.hidden_units,
+                batch_norm=head.batch_norm,
+                hidden_dropout=head.hidden_dropout_rates(),
+            ),
             num_classes=3,
             seed=0,
-            dropout=head.dropout,
-            hidden_units=head.hidden_units,
-            batch_norm=head.batch_norm,
-            hidden_dropout=head.hidden_dropout_rates(),
         )
         phases = plan_phases(config.train, base_learning_rate=0.01, block_count=1)
         history = _run(classifier, phases, cache_bytes=cache_bytes)

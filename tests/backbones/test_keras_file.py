@@ -11,7 +11,8 @@ import pytest
 
 from pipeline.backbones.errors import KerasFileError
 from pipeline.backbones.registry import load_backbone
-from pipeline.model.head import attach_head
+from pipeline.model.head import build_head
+from pipeline.params.head import HeadParams
 from pipeline.params.optimizer import AdamParams
 from pipeline.params.schedule import ConstantParams, OneCycleParams
 from pipeline.training.recipe import Phase
@@ -125,7 +126,7 @@ def test_reinitialize_draws_every_weight_afresh_from_the_same_architecture(task_
 def test_frozen_blocks_stay_bit_identical_and_unfrozen_ones_change(task_a) -> None:
     path, _ = task_a
     backbone = _load(path)
-    classifier = attach_head(backbone, num_classes=2, seed=0)
+    classifier = build_head(backbone, HeadParams(dropout=0.0), num_classes=2, seed=0)
     layers = [name for group in backbone.blocks_top_down for name in group.layer_names]
     weighted = [name for name in layers if classifier.model.get_layer(name).weights]
     before = _snapshot(classifier.model, weighted)
@@ -154,7 +155,7 @@ def test_cached_training_equals_training_on_images(task_a) -> None:
     results = []
     for cache_bytes in (1 << 30, 0):
         keras.utils.set_random_seed(0)
-        classifier = attach_head(_load(path), num_classes=2, seed=0, hidden_units=[4])
+        classifier = build_head(_load(path), HeadParams(dropout=0.0, hidden_units=[4]), num_classes=2, seed=0)
         history = _fine_tune(classifier, phases, cache_bytes=cache_bytes)
         assert [phase.cached_features for phase in history.phases] == [cache_bytes > 0] * 2
         results.append([row["val_loss"] for row in history.rows])
@@ -163,8 +164,11 @@ def test_cached_training_equals_training_on_images(task_a) -> None:
 
 def test_every_switch_works_on_a_keras_file_backbone(task_a) -> None:
     path, _ = task_a
-    classifier = attach_head(
-        _load(path), num_classes=2, seed=0, hidden_units=[4], activation="maxout", batch_norm="after", dropout=0.1
+    classifier = build_head(
+        _load(path),
+        HeadParams(hidden_units=[4], activation="maxout", batch_norm="after", dropout=0.1),
+        num_classes=2,
+        seed=0,
     )
     onecycle = OneCycleParams(name="onecycle")
     history = _fine_tune(
@@ -197,7 +201,7 @@ def test_a_model_trained_from_a_keras_file_is_a_keras_file_backbone_again(task_a
 
     path, _ = task_a
     backbone = _load(path)
-    classifier = attach_head(backbone, num_classes=2, seed=0, hidden_units=[4])
+    classifier = build_head(backbone, HeadParams(dropout=0.0, hidden_units=[4]), num_classes=2, seed=0)
     save_model(end_to_end_model(classifier.model, backbone.make_preprocessing(), image_size=32), tmp_path / "b.keras")
     task_c = _load(tmp_path / "b.keras")
     names = [layer.name for layer in task_c.model.layers]

@@ -5,15 +5,22 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from pipeline.data.augmentation import build_augmentation, cacheable_flip
 from pipeline.data.datasets import flip_images, image_dataset
+from pipeline.params.train import AugmentationParams
 
 IMAGES = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)).astype("float32")
 
 
+def _augmentation(*, seed: int = 0, **switches):
+    """The augmentation of a `train.augmentation` section with `switches` on."""
+    return build_augmentation(AugmentationParams(**switches), seed=seed)
+
+
 def test_all_switches_off_gives_no_layer() -> None:
-    assert build_augmentation() is None
+    assert _augmentation() is None
 
 
 @pytest.mark.parametrize(
@@ -27,7 +34,7 @@ def test_all_switches_off_gives_no_layer() -> None:
     ],
 )
 def test_each_switch_adds_its_layer_active_only_in_training(switch, layer_type) -> None:
-    augmentation = build_augmentation(**switch, seed=1)
+    augmentation = _augmentation(**switch, seed=1)
     assert [type(layer) for layer in augmentation.layers] == [layer_type]
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(augmentation(IMAGES, training=False)), IMAGES)
     changed = keras.ops.convert_to_numpy(augmentation(IMAGES, training=True))
@@ -36,7 +43,7 @@ def test_each_switch_adds_its_layer_active_only_in_training(switch, layer_type) 
 
 
 def test_horizontal_flip_mirrors_or_keeps_each_image() -> None:
-    flipped = keras.ops.convert_to_numpy(build_augmentation(flip="horizontal", seed=3)(IMAGES, training=True))
+    flipped = keras.ops.convert_to_numpy(_augmentation(flip="horizontal", seed=3)(IMAGES, training=True))
     mirrored = IMAGES[:, :, ::-1, :]
     outcomes = [
         "mirrored" if np.allclose(after, mirror) else "kept" if np.allclose(after, before) else "other"
@@ -47,7 +54,7 @@ def test_horizontal_flip_mirrors_or_keeps_each_image() -> None:
 
 
 def test_switches_chain_in_a_fixed_order() -> None:
-    augmentation = build_augmentation(flip="vertical", rotation=0.05, zoom=0.1, translation=0.1, contrast=0.1)
+    augmentation = _augmentation(flip="vertical", rotation=0.05, zoom=0.1, translation=0.1, contrast=0.1)
     assert [layer.name for layer in augmentation.layers] == [
         "augment_flip",
         "augment_rotation",
@@ -67,7 +74,7 @@ def test_switches_chain_in_a_fixed_order() -> None:
 )
 def test_flip_images_is_the_one_other_orientation_random_flip_produces(mode: str, expected: np.ndarray) -> None:
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(flip_images(IMAGES, mode)), expected)
-    outputs = keras.ops.convert_to_numpy(build_augmentation(flip=mode, seed=5)(IMAGES, training=True))
+    outputs = keras.ops.convert_to_numpy(_augmentation(flip=mode, seed=5)(IMAGES, training=True))
     outcomes = [
         "flipped" if np.array_equal(out, flip) else "kept" if np.array_equal(out, image) else "other"
         for out, image, flip in zip(outputs, IMAGES, expected, strict=True)
@@ -78,10 +85,10 @@ def test_flip_images_is_the_one_other_orientation_random_flip_produces(mode: str
 
 def test_only_a_flip_alone_is_cacheable() -> None:
     assert cacheable_flip(None) is None
-    assert cacheable_flip(build_augmentation(flip="vertical")) == "vertical"
-    assert cacheable_flip(build_augmentation(flip="horizontal_and_vertical")) == "horizontal_and_vertical"
-    assert cacheable_flip(build_augmentation(rotation=0.1)) is None
-    assert cacheable_flip(build_augmentation(flip="horizontal", zoom=0.1)) is None
+    assert cacheable_flip(_augmentation(flip="vertical")) == "vertical"
+    assert cacheable_flip(_augmentation(flip="horizontal_and_vertical")) == "horizontal_and_vertical"
+    assert cacheable_flip(_augmentation(rotation=0.1)) is None
+    assert cacheable_flip(_augmentation(flip="horizontal", zoom=0.1)) is None
 
 
 def test_image_dataset_flips_every_image_when_asked() -> None:
@@ -97,13 +104,13 @@ def test_image_dataset_flips_every_image_when_asked() -> None:
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"flip": "diagonal"}, "unknown flip 'diagonal'; allowed: none, horizontal, vertical"),
-        ({"zoom": -0.1}, "zoom is -0.1"),
+        ({"flip": "diagonal"}, "Input should be 'none', 'horizontal', 'vertical' or 'horizontal_and_vertical'"),
+        ({"zoom": -0.1}, "Input should be greater than or equal to 0"),
     ],
 )
-def test_bad_arguments_are_refused(arguments, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        build_augmentation(**arguments)
+def test_bad_settings_are_refused_by_the_params_model(arguments, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        AugmentationParams(**arguments)
 
 
 def test_flip_images_refuses_an_unknown_mode() -> None:

@@ -26,7 +26,8 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example's params files, the untrained CNN, and a task A model exported from it (untrained)."""
     from pipeline.backbones.registry import load_backbone
     from pipeline.model.export import end_to_end_model, save_model
-    from pipeline.model.head import attach_head
+    from pipeline.model.head import build_head
+    from pipeline.params.head import HeadParams
 
     root = tmp_path_factory.mktemp("transfer_ab")
     for task in ("task_a", "transfer", "scratch"):
@@ -39,7 +40,9 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     backbone = load_backbone(
         str(root / "task_a" / "small_cnn.keras"), image_size=32, cache_dir="unused", cut_layer=task_a.backbone.cut_layer
     )
-    classifier = attach_head(backbone, num_classes=len(task_a.data.classes), seed=0, dropout=task_a.head.dropout)
+    classifier = build_head(
+        backbone, HeadParams(dropout=task_a.head.dropout), num_classes=len(task_a.data.classes), seed=0
+    )
     model = end_to_end_model(classifier.model, backbone.make_preprocessing(), image_size=32)
     save_model(model, root / "task_a" / "build" / "model.keras")
     return root

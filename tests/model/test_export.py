@@ -15,17 +15,18 @@ import pytest
 
 from pipeline.backbones.hub import load_hub_backbone
 from pipeline.model.export import end_to_end_model, export_saved_model, holds_saved_model_layer, load_model, save_model
-from pipeline.model.head import attach_head
+from pipeline.model.head import build_head
+from pipeline.params.head import HeadParams
 from pipeline.params.optimizer import AdamParams
 from pipeline.params.schedule import ConstantParams
-from pipeline.training.features import ImageSplit
+from pipeline.training.features import ImageSplit, InputSettings
 from pipeline.training.recipe import Phase, fine_tune
 from tests.conftest import export_tiny_saved_model, make_images
 
 
 def test_end_to_end_model_applies_the_preprocessing(tiny_backbone) -> None:
     backbone = tiny_backbone()
-    classifier = attach_head(backbone, num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    classifier = build_head(backbone, HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
     model = end_to_end_model(classifier.model, backbone.make_preprocessing(), image_size=16)
     pixels = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype(np.float32)
     expected = classifier.model.predict(pixels / 127.5 - 1.0, verbose=0)
@@ -34,7 +35,7 @@ def test_end_to_end_model_applies_the_preprocessing(tiny_backbone) -> None:
 
 
 def test_save_and_load_round_trip_keeps_weights_and_trainable_flags(tiny_backbone, tmp_path: Path) -> None:
-    classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    classifier = build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
     classifier.model.get_layer("stem_conv").trainable = False
     path = save_model(classifier.model, tmp_path / "out" / "model.keras")
     assert path == tmp_path / "out" / "model.keras"
@@ -46,7 +47,7 @@ def test_save_and_load_round_trip_keeps_weights_and_trainable_flags(tiny_backbon
 
 
 def test_failed_save_leaves_the_previous_file(tiny_backbone, tmp_path: Path, monkeypatch) -> None:
-    classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    classifier = build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
     path = save_model(classifier.model, tmp_path / "model.keras")
     before = path.read_bytes()
 
@@ -63,7 +64,7 @@ def test_failed_save_leaves_the_previous_file(tiny_backbone, tmp_path: Path, mon
 
 def test_a_model_on_a_saved_model_reloads_with_its_fine_tuned_weights(tiny_backbone, tmp_path: Path) -> None:
     backbone = load_hub_backbone(export_tiny_saved_model(tmp_path / "saved"), image_size=16, cache_dir=tmp_path)
-    classifier = attach_head(backbone, num_classes=3, seed=0)
+    classifier = build_head(backbone, HeadParams(dropout=0.0), num_classes=3, seed=0)
     # fine_tune compiles the classifier itself for the unfreeze phase (one block: all of it), with layer-wise LRs.
     adam, constant = AdamParams(name="adam"), ConstantParams(name="constant")
     phases = [
@@ -76,10 +77,7 @@ def test_a_model_on_a_saved_model_reloads_with_its_fine_tuned_weights(tiny_backb
         train=train,
         val=train,
         phases=phases,
-        batch_size=8,
-        image_size=16,
-        seed=0,
-        feature_cache_bytes=1 << 30,
+        inputs=InputSettings(image_size=16, batch_size=8, seed=0, cache_limit_bytes=1 << 30),
         verbose=0,
     )
     model = end_to_end_model(classifier.model, backbone.make_preprocessing(), image_size=16)
@@ -103,7 +101,9 @@ def test_a_model_on_a_saved_model_reloads_with_its_fine_tuned_weights(tiny_backb
     for left, right in zip(reloaded, fine_tuned, strict=True):
         np.testing.assert_array_equal(left, right)
 
-    plain = save_model(attach_head(tiny_backbone(), num_classes=3, seed=0).model, tmp_path / "plain.keras")
+    plain = save_model(
+        build_head(tiny_backbone(), HeadParams(dropout=0.0), num_classes=3, seed=0).model, tmp_path / "plain.keras"
+    )
     assert holds_saved_model_layer(plain) is False
 
 
@@ -125,7 +125,7 @@ print(json.dumps({"probabilities": probabilities.tolist(), "keras_modules": load
 
 def test_saved_model_serves_the_same_probabilities_without_keras(tiny_backbone, tmp_path: Path) -> None:
     backbone = tiny_backbone()
-    classifier = attach_head(backbone, num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    classifier = build_head(backbone, HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
     model = end_to_end_model(classifier.model, backbone.make_preprocessing(), image_size=16)
     directory = export_saved_model(model, tmp_path / "models" / "saved_model")
     assert directory == tmp_path / "models" / "saved_model"
@@ -150,7 +150,7 @@ def test_saved_model_serves_the_same_probabilities_without_keras(tiny_backbone, 
 
 def test_saved_model_export_replaces_the_previous_one(tiny_backbone, tmp_path: Path) -> None:
     backbone = tiny_backbone()
-    classifier = attach_head(backbone, num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    classifier = build_head(backbone, HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
     model = end_to_end_model(classifier.model, backbone.make_preprocessing(), image_size=16)
     directory = tmp_path / "saved_model"
     directory.mkdir()

@@ -6,11 +6,12 @@ import keras
 import pytest
 
 from pipeline.model.freezing import bn_mode, layer_map, save_layer_map, set_trainable_blocks, trainable_layer_names
-from pipeline.model.head import attach_head
+from pipeline.model.head import build_head
+from pipeline.params.head import HeadParams
 
 
 def _classifier(tiny_backbone):
-    return attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    return build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
 
 
 def test_zero_blocks_leaves_only_the_head_trainable(tiny_backbone) -> None:

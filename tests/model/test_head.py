@@ -7,9 +7,11 @@ import math
 import keras
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from pipeline.backbones.base import Backbone
-from pipeline.model.head import HEAD_DROPOUT, HEAD_POOL, HEAD_PREDICTIONS, attach_head
+from pipeline.model.head import HEAD_DROPOUT, HEAD_POOL, HEAD_PREDICTIONS, build_head
+from pipeline.params.head import HeadParams
 from tests.conftest import build_tiny_backbone
 
 
@@ -41,7 +43,7 @@ def tiny_backbone(calibrated_backbone: Backbone):
 
 @pytest.mark.parametrize(("pooling", "layer_type"), [("avg", "GlobalAveragePooling2D"), ("max", "GlobalMaxPooling2D")])
 def test_head_replaces_the_classifier(tiny_backbone, pooling: str, layer_type: str) -> None:
-    classifier = attach_head(tiny_backbone(), num_classes=5, pooling=pooling, dropout=0.3, seed=0)
+    classifier = build_head(tiny_backbone(), HeadParams(pooling=pooling, dropout=0.3), num_classes=5, seed=0)
     model = classifier.model
     assert [layer.name for layer in model.layers[-3:]] == [HEAD_POOL, HEAD_DROPOUT, HEAD_PREDICTIONS]
     assert type(model.get_layer(HEAD_POOL)).__name__ == layer_type
@@ -55,15 +57,15 @@ def test_head_replaces_the_classifier(tiny_backbone, pooling: str, layer_type: s
 def test_head_output_stays_float32_under_mixed_precision(tiny_backbone) -> None:
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+        classifier = build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert classifier.model.get_layer(HEAD_PREDICTIONS).dtype_policy.compute_dtype == "float32"
 
 
 def test_same_seed_same_head_weights(tiny_backbone) -> None:
-    first = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=3)
-    second = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=3)
+    first = build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=3)
+    second = build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=3)
     for left, right in zip(
         first.model.get_layer(HEAD_PREDICTIONS).get_weights(),
         second.model.get_layer(HEAD_PREDICTIONS).get_weights(),
@@ -85,7 +87,7 @@ def _vector_backbone(rank: int) -> Backbone:
 
 def test_a_feature_vector_goes_to_the_head_unpooled() -> None:
     backbone = _vector_backbone(rank=2)
-    classifier = attach_head(backbone, num_classes=3, pooling="max", dropout=0.0, seed=0)
+    classifier = build_head(backbone, HeadParams(pooling="max", dropout=0.0), num_classes=3, seed=0)
     assert type(classifier.model.get_layer(HEAD_POOL)).__name__ == "Identity"
     images = np.random.default_rng(0).uniform(0, 1, (2, 16, 16, 3)).astype("float32")
     features = backbone.model.predict(images, verbose=0)
@@ -95,21 +97,21 @@ def test_a_feature_vector_goes_to_the_head_unpooled() -> None:
 
 def test_features_of_another_rank_are_refused() -> None:
     with pytest.raises(ValueError, match=r"vector outputs features of shape \(None, 2, 2\); the head takes"):
-        attach_head(_vector_backbone(rank=3), num_classes=3, seed=0)
+        build_head(_vector_backbone(rank=3), HeadParams(dropout=0.0), num_classes=3, seed=0)
 
 
-def test_unknown_pooling_lists_the_allowed_ones(tiny_backbone) -> None:
-    with pytest.raises(ValueError, match="unknown pooling 'median'; allowed: avg, max"):
-        attach_head(tiny_backbone(), num_classes=3, pooling="median", dropout=0.0, seed=0)
+def test_fewer_than_two_classes_are_refused(tiny_backbone) -> None:
+    with pytest.raises(ValueError, match="A classifier needs at least 2 classes. Received: num_classes=1"):
+        build_head(tiny_backbone(), HeadParams(dropout=0.0), num_classes=1, seed=0)
 
 
 # The course's techniques in the head: each switch changes the model that is built and trained.
 
 
-def _head(tiny_backbone, **options):
-    options.setdefault("num_classes", 3)
-    options.setdefault("seed", 0)
-    return attach_head(tiny_backbone(), **options).model
+def _head(tiny_backbone, *, num_classes: int = 3, seed: int = 0, **options):
+    """The model of a head built from `options` (no dropout unless asked) on the tiny backbone."""
+    head = HeadParams(**{"dropout": 0.0, **options})
+    return build_head(tiny_backbone(), head, num_classes=num_classes, seed=seed).model
 
 
 def _head_layers(model) -> list[str]:
@@ -218,14 +220,14 @@ def test_several_hidden_layers_with_their_own_dropout(tiny_backbone) -> None:
 
 
 def test_each_hidden_layer_draws_its_own_weights_from_the_seed(tiny_backbone) -> None:
-    first = attach_head(tiny_backbone(), num_classes=3, seed=5, hidden_units=[16, 16])
-    second = attach_head(tiny_backbone(), num_classes=3, seed=5, hidden_units=[16, 16])
+    first = build_head(tiny_backbone(), HeadParams(dropout=0.0, hidden_units=[16, 16]), num_classes=3, seed=5)
+    second = build_head(tiny_backbone(), HeadParams(dropout=0.0, hidden_units=[16, 16]), num_classes=3, seed=5)
     kernels = [first.model.get_layer(f"head_dense_{index}").get_weights()[0] for index in (1, 2)]
     assert kernels[0].shape == kernels[1].shape == (16, 16)
     assert not np.allclose(kernels[0], kernels[1])
     np.testing.assert_array_equal(kernels[1], second.model.get_layer("head_dense_2").get_weights()[0])
     # The output layer starts exactly as in a head without hidden layers of the same seed.
-    plain = attach_head(tiny_backbone(), num_classes=3, seed=5, hidden_units=[16])
+    plain = build_head(tiny_backbone(), HeadParams(dropout=0.0, hidden_units=[16]), num_classes=3, seed=5)
     np.testing.assert_array_equal(
         plain.model.get_layer(HEAD_PREDICTIONS).get_weights()[0],
         first.model.get_layer(HEAD_PREDICTIONS).get_weights()[0],
@@ -304,31 +306,35 @@ def test_selu_gets_alpha_dropout(tiny_backbone) -> None:
     assert type(relu.get_layer("head_dropout_1")) is keras.layers.Dropout
 
 
+# Each option is checked once, by the head's params model, before any layer is built; the pairings the
+# course warns against are refused with their reason.
 @pytest.mark.parametrize(
-    ("options", "message"),
+    ("options", "where", "message"),
     [
-        ({"activation": "selu", "batch_norm": "before"}, "head.activation selu with head.batch_norm before"),
-        ({"activation": "selu", "dropout_type": "standard", "dropout": 0.2}, "plain dropout shifts the mean"),
-        ({"hidden_units": [8, 4], "hidden_dropout": [0.1]}, "hidden_dropout lists 1 rates for 2 hidden layers"),
-        ({"activation": "mish"}, "unknown activation 'mish'; allowed: relu, leaky_relu"),
-        ({"batch_norm": "inside"}, "unknown batch_norm 'inside'; allowed: none, before, after"),
-        ({"dropout_type": "alpha", "dropout": 0.2}, "head.dropout_type alpha with head.activation relu"),
-        ({"dropout_type": "gaussian"}, "unknown dropout_type 'gaussian'; allowed: auto, standard, alpha"),
-        ({"hidden_units": [8], "initializer": "he"}, "unknown initializer 'he'; allowed: glorot_uniform"),
-        ({"num_classes": 1}, "num_classes is 1; allowed: an integer >= 2"),
-        ({"dropout": 1.0}, "dropout is 1.0; allowed: 0 <= dropout < 1"),
-        ({"hidden_units": [8, 0]}, "hidden_units holds 0; allowed: integers >= 1"),
-        ({"hidden_units": [8], "hidden_dropout": [-0.1]}, r"hidden_dropout holds -0.1; allowed: 0 <= rate < 1"),
-        ({"negative_slope": 1.5}, "negative_slope is 1.5; allowed: 0 < negative_slope < 1"),
-        ({"maxout_pieces": 1}, "maxout_pieces is 1; allowed: an integer >= 2"),
-        ({"l2": -0.01}, "kernel_regularizer factors must be >= 0; received l1=0.0, l2=-0.01"),
-        ({"max_norm": 0.0}, "max_norm is 0.0; allowed: a number > 0"),
-        ({"max_norm": 1.0, "max_norm_axis": 2}, "max_norm axis is 2; allowed: 0 or 1"),
+        ({"activation": "selu", "batch_norm": "before"}, "", "head.activation selu with head.batch_norm before"),
+        ({"activation": "selu", "dropout_type": "standard", "dropout": 0.2}, "", "plain dropout shifts the mean"),
+        ({"hidden_units": [8, 4], "hidden_dropout": [0.1]}, "", "hidden_dropout lists 1 rates for 2 hidden layers"),
+        ({"activation": "mish"}, "activation", "unknown activation; registered activations: relu, leaky_relu"),
+        ({"batch_norm": "inside"}, "batch_norm", "Input should be 'none', 'before' or 'after'"),
+        ({"dropout_type": "alpha", "dropout": 0.2}, "", "head.dropout_type alpha with head.activation relu"),
+        ({"dropout_type": "gaussian"}, "dropout_type", "Input should be 'auto', 'standard' or 'alpha'"),
+        ({"hidden_units": [8], "initializer": "he"}, "initializer", "unknown initializer; registered initializers"),
+        ({"dropout": 1.0}, "dropout", "Input should be less than 1"),
+        ({"hidden_units": [8, 0]}, "hidden_units.1", "Input should be greater than 0"),
+        ({"negative_slope": 1.5}, "negative_slope", "Input should be less than 1"),
+        ({"maxout_pieces": 1}, "maxout_pieces", "Input should be greater than or equal to 2"),
+        ({"kernel_regularizer": {"l2": -0.01}}, "kernel_regularizer.l2", "Input should be greater than or equal to 0"),
+        ({"max_norm": {"value": 0.0}}, "max_norm.value", "Input should be greater than 0"),
+        ({"max_norm": {"value": 1.0, "axis": 2}}, "max_norm.axis", "Input should be 0 or 1"),
+        ({"pooling": "median"}, "pooling", "Input should be 'avg' or 'max'"),
     ],
 )
-def test_refusals_name_the_reason(tiny_backbone, options, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        _head(tiny_backbone, **options)
+def test_refusals_name_the_key_and_the_reason(options, where: str, message: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        HeadParams(**{"dropout": 0.0, **options})
+    (error,) = caught.value.errors()
+    assert ".".join(map(str, error["loc"])) == where
+    assert message in error["msg"]
 
 
 def _tiny_data():
@@ -340,7 +346,8 @@ def test_max_norm_bounds_every_kernel_column_after_training(tiny_backbone) -> No
     images, labels = _tiny_data()
     kernels = {}
     for bound, axis in ((None, 0), (0.5, 0), (0.5, 1)):
-        model = _head(tiny_backbone, hidden_units=[16], max_norm=bound, max_norm_axis=axis)
+        max_norm = None if bound is None else {"value": bound, "axis": axis}
+        model = _head(tiny_backbone, hidden_units=[16], max_norm=max_norm)
         model.compile(keras.optimizers.SGD(5.0), loss="sparse_categorical_crossentropy")
         model.fit(images, labels, batch_size=8, epochs=3, verbose=0)
         kernels[bound] = kernels.get(bound, {}) | {
@@ -357,7 +364,7 @@ def test_max_norm_bounds_every_kernel_column_after_training(tiny_backbone) -> No
 def test_weight_penalty_is_in_the_loss(tiny_backbone, l1: float, l2: float) -> None:
     images, labels = _tiny_data()
     plain = _head(tiny_backbone, hidden_units=[8])
-    penalised = _head(tiny_backbone, hidden_units=[8], l1=l1, l2=l2)
+    penalised = _head(tiny_backbone, hidden_units=[8], kernel_regularizer={"l1": l1, "l2": l2})
     penalised.set_weights(plain.get_weights())
     losses = []
     for model in (plain, penalised):
@@ -380,8 +387,8 @@ def test_full_head_saves_and_reloads_in_safe_mode(tiny_backbone, tmp_path) -> No
         batch_norm="after",
         hidden_dropout=0.1,
         dropout=0.1,
-        l2=0.01,
-        max_norm=2.0,
+        kernel_regularizer={"l2": 0.01},
+        max_norm={"value": 2.0},
     )
     path = tmp_path / "head.keras"
     model.save(path)

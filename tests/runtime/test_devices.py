@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.params.runtime import DeviceParams
 from pipeline.runtime.devices import (
     DeviceSelection,
     DeviceSelectionError,
@@ -29,12 +30,12 @@ def _select(
     requested: str = "auto",
     gpu_indices: list[int] | None = None,
     precision: str = "auto",
+    cuda_visible_devices: str | None = None,
     **options: object,
 ) -> DeviceSelection:
     """Calls `select_devices` with the defaults of params.yaml."""
-    return select_devices(
-        accelerator=requested, gpus=gpu_indices or "all", precision=precision, available=available, **options
-    )
+    device = DeviceParams(accelerator=requested, gpus=gpu_indices or "all", precision=precision, **options)
+    return select_devices(device, available=available, cuda_visible_devices=cuda_visible_devices)
 
 
 def test_auto_without_gpu_is_cpu_float32() -> None:
@@ -192,7 +193,8 @@ def test_bfloat16_needs_ampere_and_is_used_when_asked() -> None:
 def test_the_cpu_path_is_configured_for_real() -> None:
     script = (
         "from pipeline.runtime import devices; import keras; "
-        "s = devices.configure(accelerator='auto', gpus='all', precision='auto', jit_compile=False); "
+        "from pipeline.params.runtime import DeviceParams; "
+        "s = devices.configure(DeviceParams(jit_compile=False)); "
         "print(s.kind, s.precision, s.replicas, keras.mixed_precision.global_policy().name, "
         "devices.distribution_strategy(s))"
     )

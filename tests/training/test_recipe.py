@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from pipeline.data.augmentation import build_augmentation
-from pipeline.model.head import attach_head
+from pipeline.model.head import build_head
 from pipeline.params import parse
+from pipeline.params.head import HeadParams
 from pipeline.params.optimizer import AdamParams, SGDParams
 from pipeline.params.schedule import ConstantParams, ExponentialParams
-from pipeline.params.train import EarlyStoppingParams
+from pipeline.params.train import AugmentationParams, EarlyStoppingParams
 from pipeline.training.divergence import TrainingDivergedError
 from pipeline.training.features import cut_tensor
 from pipeline.training.recipe import Phase, plan_phases
@@ -24,6 +25,11 @@ from tests.conftest import fine_tune_tiny, tiny_splits
 IMAGE_SIZE = 16
 ADAM = AdamParams(name="adam")
 CONSTANT = ConstantParams(name="constant")
+
+
+def _augmentation(*, seed: int = 0, **switches):
+    """The augmentation of a `train.augmentation` section with `switches` on."""
+    return build_augmentation(AugmentationParams(**switches), seed=seed)
 
 
 def _phase(name: str, blocks: int, epochs: int, learning_rate: float, **settings) -> Phase:
@@ -106,7 +112,7 @@ def test_onecycle_gives_a_momentum_less_sgd_the_cycles_top_momentum() -> None:
 
 @pytest.mark.parametrize("cache_bytes", [1 << 30, 0], ids=["cached", "images"])
 def test_frozen_phase_changes_only_the_head(tiny_backbone, cache_bytes: int) -> None:
-    classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.2, seed=0)
+    classifier = build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.2), num_classes=3, seed=0)
     before = _snapshot(classifier.model)
     history = _run(classifier, [_phase("frozen", 0, 2, 0.01)], cache_bytes=cache_bytes)
     after = _snapshot(classifier.model)
@@ -120,7 +126,7 @@ def test_frozen_phase_changes_only_the_head(tiny_backbone, cache_bytes: int) -> 
 
 @pytest.mark.parametrize("cache_bytes", [1 << 30, 0], ids=["cached", "images"])
 def test_unfreeze_phase_trains_top_blocks_and_keeps_the_rest_bit_identical(tiny_backbone, cache_bytes: int) -> None:
-    classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    classifier = build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
     _run(classifier, [_phase("frozen", 0, 1, 0.01)], cache_bytes=cache_bytes)
     before = _snapshot(classifier.model)
     _run(classifier, [_phase("unfreeze_top_2", 2, 2, 0.01)], cache_bytes=cache_bytes)
@@ -136,7 +142,7 @@ def test_unfreeze_phase_trains_top_blocks_and_keeps_the_rest_bit_identical(tiny_
 
 
 def test_epochs_run_on_one_axis_across_phases(tiny_backbone) -> None:
-    classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    classifier = build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
     history = _run(classifier, [_phase("frozen", 0, 2, 0.01), _phase("unfreeze_top_1", 1, 3, 0.001)])
     assert [row["epoch"] for row in history.rows] == [0, 1, 2, 3, 4]
     assert [row["phase"] for row in history.rows] == [0.0, 0.0, 1.0, 1.0, 1.0]
@@ -156,7 +162,7 @@ def test_cached_training_equals_training_on_images(tiny_backbone, bn_policy: str
     results = []
     for cache_bytes in (1 << 30, 0):
         keras.utils.set_random_seed(0)
-        classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+        classifier = build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
         history = _run(classifier, phases, cache_bytes=cache_bytes)
         results.append((_snapshot(classifier.model), [row["val_loss"] for row in history.rows]))
     (cached_weights, cached_losses), (image_weights, image_losses) = results
@@ -167,13 +173,13 @@ def test_cached_training_equals_training_on_images(tiny_backbone, bn_policy: str
 
 
 def test_cache_falls_back_to_images_over_budget(tiny_backbone) -> None:
-    classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    classifier = build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
     history = _run(classifier, [_phase("frozen", 0, 1, 0.01)], cache_bytes=100)
     assert history.phases[0].cached_features is False
 
 
 def test_sub_model_from_a_cut_matches_the_full_model(tiny_backbone) -> None:
-    classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    classifier = build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
     images = np.random.default_rng(0).uniform(-1, 1, (8, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
     expected = classifier.model.predict(images, verbose=0)
     for blocks in range(0, 5):
@@ -188,7 +194,7 @@ def test_same_seed_reproduces_the_run_exactly(tiny_backbone) -> None:
     runs = []
     for _ in range(2):
         keras.utils.set_random_seed(7)
-        classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.3, seed=7)
+        classifier = build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.3), num_classes=3, seed=7)
         history = _run(classifier, phases)
         runs.append(([row["loss"] for row in history.rows], _snapshot(classifier.model)))
     (first_losses, first_weights), (second_losses, second_weights) = runs
@@ -211,7 +217,7 @@ def _bn_changes(before, after) -> dict[str, list[bool]]:
     ],
 )
 def test_bn_policy_decides_what_the_unfrozen_batch_norms_learn(tiny_backbone, bn_policy, unfrozen_bn_changes) -> None:
-    classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    classifier = build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
     before = _snapshot(classifier.model)
     _run(classifier, [_phase("unfreeze_top_2", 2, 2, 0.01, bn_policy=bn_policy)])
     changes = _bn_changes(before, _snapshot(classifier.model))
@@ -231,7 +237,7 @@ def test_discriminative_learning_rates_reach_the_layer_map_and_the_updates(tiny_
     results = {}
     for decay in (1.0, 4.0):
         keras.utils.set_random_seed(0)
-        classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+        classifier = build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
         before = _snapshot(classifier.model)
         # One batch of all 96 images: one SGD step from the same weights, so the same gradients.
         history = _run(
@@ -262,7 +268,7 @@ def test_discriminative_learning_rates_reach_the_layer_map_and_the_updates(tiny_
 
 
 def test_learning_rate_logged_each_epoch_follows_the_phase_schedule(tiny_backbone) -> None:
-    classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    classifier = build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
     exponential = ExponentialParams(name="exponential", decay_epochs=2.0)
     history = _run(
         classifier, [_phase("frozen", 0, 1, 0.01), _phase("unfreeze_top_1", 1, 3, 0.004, schedule=exponential)]
@@ -277,7 +283,7 @@ def test_learning_rate_logged_each_epoch_follows_the_phase_schedule(tiny_backbon
 
 
 def test_early_stopping_ends_the_phase_on_its_best_epoch(tiny_backbone) -> None:
-    classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    classifier = build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
     # min_delta this large: no epoch after the first counts as an improvement.
     stopping = EarlyStoppingParams(monitor="val_loss", patience=1, min_delta=100.0, restore_best=True)
     seen = []
@@ -304,7 +310,7 @@ def test_label_smoothing_changes_the_loss_on_both_paths(tiny_backbone, cache_byt
     losses = []
     for smoothing in (0.0, 0.2):
         keras.utils.set_random_seed(0)
-        classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+        classifier = build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
         history = _run(classifier, [_phase("frozen", 0, 1, 0.01)], cache_bytes=cache_bytes, label_smoothing=smoothing)
         losses.append(history.rows[0]["val_loss"])
     # Smoothed targets can never be matched exactly: the loss has a floor above zero and differs.
@@ -312,8 +318,8 @@ def test_label_smoothing_changes_the_loss_on_both_paths(tiny_backbone, cache_byt
 
 
 def test_augmentation_trains_on_images_and_says_why(tiny_backbone) -> None:
-    classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
-    augmentation = build_augmentation(flip="horizontal", rotation=0.1, seed=0)
+    classifier = build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
+    augmentation = _augmentation(flip="horizontal", rotation=0.1)
     history = _run(classifier, [_phase("frozen", 0, 1, 0.01)], augmentation=augmentation)
     (phase,) = history.phases
     assert phase.cached_features is False
@@ -321,23 +327,20 @@ def test_augmentation_trains_on_images_and_says_why(tiny_backbone) -> None:
 
 
 def test_augmentation_reaches_training_batches_only(tiny_backbone) -> None:
-    from pipeline.training.features import PhaseDataFactory
+    from pipeline.training.features import InputSettings, PhaseDataFactory
 
-    classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    classifier = build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
     train, val = tiny_splits()
     batches = {}
-    for label, augmentation in (("plain", None), ("flipped", build_augmentation(flip="horizontal", seed=0))):
+    for label, augmentation in (("plain", None), ("flipped", _augmentation(flip="horizontal"))):
         data = PhaseDataFactory(
             classifier,
             train=train,
             val=val,
+            inputs=InputSettings(
+                image_size=IMAGE_SIZE, batch_size=96, seed=0, cache_limit_bytes=0, augmentation=augmentation
+            ),
             deepest_trainable_blocks=0,
-            preprocessing=classifier.backbone.make_preprocessing(),
-            image_size=IMAGE_SIZE,
-            batch_size=96,
-            seed=0,
-            cache_limit_bytes=0,
-            augmentation=augmentation,
         ).for_phase(0)
         batches[label] = (next(iter(data.train))[0].numpy(), next(iter(data.val))[0].numpy())
     (plain_train, plain_val), (flipped_train, flipped_val) = batches["plain"], batches["flipped"]
@@ -353,19 +356,20 @@ def test_augmentation_reaches_training_batches_only(tiny_backbone) -> None:
 
 
 def _flip_factory(classifier, train, val, *, deepest: int, cache_bytes: int = 1 << 30):
-    from pipeline.training.features import PhaseDataFactory
+    from pipeline.training.features import InputSettings, PhaseDataFactory
 
     return PhaseDataFactory(
         classifier,
         train=train,
         val=val,
+        inputs=InputSettings(
+            image_size=IMAGE_SIZE,
+            batch_size=32,
+            seed=0,
+            cache_limit_bytes=cache_bytes,
+            augmentation=_augmentation(flip="horizontal"),
+        ),
         deepest_trainable_blocks=deepest,
-        preprocessing=classifier.backbone.make_preprocessing(),
-        image_size=IMAGE_SIZE,
-        batch_size=32,
-        seed=0,
-        cache_limit_bytes=cache_bytes,
-        augmentation=build_augmentation(flip="horizontal", seed=0),
     )
 
 
@@ -373,7 +377,7 @@ def _flip_factory(classifier, train, val, *, deepest: int, cache_bytes: int = 1 
 def test_flip_alone_caches_both_orientations_and_draws_one_per_epoch(tiny_backbone, trainable_blocks: int) -> None:
     from pipeline.data.datasets import to_model_input
 
-    classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    classifier = build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
     train, val = tiny_splits()
     factory = _flip_factory(classifier, train, val, deepest=2)
     data = factory.for_phase(trainable_blocks)
@@ -414,7 +418,7 @@ def test_flip_alone_caches_both_orientations_and_draws_one_per_epoch(tiny_backbo
 
 
 def test_flip_cache_counts_both_orientations_against_the_budget(tiny_backbone) -> None:
-    classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    classifier = build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
     train, val = tiny_splits()
     per_example = int(np.prod(cut_tensor(classifier, 2).shape[1:])) * 4
     fits_without_flip = per_example * (96 + 30)
@@ -424,7 +428,7 @@ def test_flip_cache_counts_both_orientations_against_the_budget(tiny_backbone) -
 
 
 def test_an_absurd_learning_rate_ends_training_with_divergence(tiny_backbone) -> None:
-    classifier = attach_head(tiny_backbone(), num_classes=3, pooling="avg", dropout=0.0, seed=0)
+    classifier = build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
     sgd = SGDParams(name="sgd")
     phases = [_phase("frozen", 0, 3, 1e4, optimizer=sgd), _phase("unfreeze_top_1", 1, 1, 1e3, optimizer=sgd)]
     with pytest.raises(TrainingDivergedError, match=r"^training diverged in epoch 1 \(phase frozen, lr 10000\): loss"):
