@@ -91,7 +91,7 @@ def missing_paths(page: Path, root: Path) -> list[str]:
 
 
 def test_the_manual_has_a_page_per_topic() -> None:
-    assert sorted(page.stem for page in DOCS.glob("*.md")) == sorted(MANUAL)
+    assert [topic for topic in MANUAL if not (DOCS / f"{topic}.md").is_file()] == []
 
 
 def test_every_page_of_the_manual_is_linked_from_the_readme() -> None:
