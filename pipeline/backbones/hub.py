@@ -1,8 +1,9 @@
 """TF Hub handles and SavedModel directories as backbones: resolved, cached, and wrapped as a Keras 3 layer.
 
 Why `keras.layers.TFSMLayer`: `hub.KerasLayer` is a tf_keras (Keras 2) layer that Keras 3 rejects
-(see /work/shared/STACK_NOTES.md). TFSMLayer calls one endpoint of the SavedModel and tracks the very
-variables that endpoint reads as its weights, so an unfrozen SavedModel really fine-tunes. tensorflow_hub
+("Only instances of keras.Layer can be added", upstream tensorflow/hub#920), and tf_keras and Keras 3
+do not mix in one process (docs/backbones.md). TFSMLayer calls one endpoint of the SavedModel and tracks
+the very variables that endpoint reads as its weights, so an unfrozen SavedModel really fine-tunes. tensorflow_hub
 is used for what it is good at: `hub.resolve` downloads a handle once into its cache (`TFHUB_CACHE_DIR`,
 by default `<backbone.cache_dir>/tfhub` here, rather than tensorflow_hub's own default in the system's
 temporary folder, which does not survive a reboot) and finds it there afterwards, offline. A local
