@@ -209,3 +209,12 @@ def test_select_classes_keeps_them_labelled_in_the_order_given() -> None:
     assert selected.images[:, 0, 0].tolist() == [0, 2, 3, 5]
     with pytest.raises(DatasetFormatError, match="classes 'Shoe' are not in the dataset; it has T-shirt/top, "):
         select_classes(source, ["Shirt", "Shoe"])
+
+
+def test_dataset_of_the_default_idx_folder_is_fashion_mnist() -> None:
+    from pipeline.data.sources import DatasetIdentity, dataset_identity
+
+    assert dataset_identity("/usr/share/datasets/fashion-mnist") == DatasetIdentity(
+        name="fashion-mnist", source="/usr/share/datasets/fashion-mnist"
+    )
+    assert dataset_identity("/") == DatasetIdentity(name="/", source="/")
