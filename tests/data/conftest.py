@@ -13,6 +13,8 @@ from PIL import Image
 from pipeline.data.sources import ImageSource, load_idx_dataset
 
 SIZE = 8
+# Random float RGB images, as Keras' augmentation layers and `flip_images` take them.
+IMAGES = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)).astype("float32")
 
 
 def save_image(path: Path, value: int, *, mode: str = "RGB", fmt: str | None = None, size: int = 12) -> Path:

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from pipeline.data.augmentation import build_augmentation, cacheable_flip
-from pipeline.data.datasets import flip_images, image_dataset
-
-IMAGES = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+from pipeline.data.datasets import flip_images
+from tests.data.conftest import IMAGES
 
 
 def test_all_switches_off_gives_no_layer() -> None:
@@ -84,16 +83,6 @@ def test_only_a_flip_alone_is_cacheable() -> None:
     assert cacheable_flip(build_augmentation(flip="horizontal", zoom=0.1)) is None
 
 
-def test_image_dataset_flips_every_image_when_asked() -> None:
-    images = IMAGES.astype("uint8")
-    labels = np.arange(len(images))
-    plain, flipped = (
-        next(iter(image_dataset(images, labels, image_size=16, batch_size=8, flip=flip)))[0].numpy()
-        for flip in ("none", "horizontal")
-    )
-    np.testing.assert_array_equal(flipped, plain[:, :, ::-1, :])
-
-
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -104,8 +93,3 @@ def test_image_dataset_flips_every_image_when_asked() -> None:
 def test_bad_arguments_are_refused(arguments, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build_augmentation(**arguments)
-
-
-def test_flip_images_refuses_an_unknown_mode() -> None:
-    with pytest.raises(ValueError, match="unknown flip 'diagonal'; allowed: horizontal, vertical"):
-        flip_images(IMAGES, "diagonal")
