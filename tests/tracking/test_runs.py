@@ -50,12 +50,36 @@ def test_gpu_sampling_is_narrowed_to_the_selected_gpus() -> None:
 
 
 def test_system_metrics_are_sampled_on_the_run(store: str, tmp_path: Path) -> None:
+    import psutil
 
     with open_run(store, tmp_path) as run, run.system_metrics(sampling_interval=0.2):
         time.sleep(1.0)
-    metrics = MlflowClient(store).get_run(run.run_id).data.metrics
-    assert metrics["system/cpu_utilization_percentage"] >= 0.0
-    assert metrics["system/system_memory_usage_megabytes"] > 0.0
+    client = MlflowClient(store)
+    metrics = client.get_run(run.run_id).data.metrics
+    # CPU, memory, disk and network; no GPU metric on any machine, since the run selected no GPU.
+    assert sorted(metrics) == [
+        "system/cpu_utilization_percentage",
+        "system/disk_available_megabytes",
+        "system/disk_usage_megabytes",
+        "system/disk_usage_percentage",
+        "system/network_receive_megabytes",
+        "system/network_transmit_megabytes",
+        "system/system_memory_usage_megabytes",
+        "system/system_memory_usage_percentage",
+    ]
+    # Sampled every 0.2 s of the 1 s (4 times when the machine is idle), on one step axis from 0.
+    steps = [metric.step for metric in client.get_metric_history(run.run_id, "system/cpu_utilization_percentage")]
+    assert len(steps) >= 2
+    assert steps == list(range(len(steps)))
+    assert 0.0 <= metrics["system/cpu_utilization_percentage"] <= 100.0
+    # The machine's memory in use: at most all of it, and the two memory metrics describe the same sample.
+    total_megabytes = psutil.virtual_memory().total / 1e6
+    used_megabytes = metrics["system/system_memory_usage_megabytes"]
+    assert 0.0 < used_megabytes <= total_megabytes
+    # Each is rounded to 0.1: the percentage to 0.05 of its value, the megabytes to 0.05 MB.
+    assert metrics["system/system_memory_usage_percentage"] == pytest.approx(
+        used_megabytes / total_megabytes * 100, abs=0.06
+    )
 
 
 @pytest.mark.parametrize(("relative", "name"), [("my-photos", "my-photos"), ("labels/flowers.csv", "flowers.csv")])
