@@ -142,7 +142,8 @@ def test_a_saved_model_is_one_block(tmp_path: Path) -> None:
     )
     for blocks in (1, "all"):
         stage = {"blocks": blocks, "epochs": 1, "lr_factor": 0.1}
-        assert parse({"backbone": backbone, "train": {"bn_policy": "trainable", "unfreeze": [stage]}}).train.unfreeze
+        accepted = parse({"backbone": backbone, "train": {"bn_policy": "trainable", "unfreeze": [stage]}}).train
+        assert [parsed.blocks for parsed in accepted.unfreeze] == [blocks]
 
 
 @pytest.mark.parametrize(
@@ -349,7 +350,8 @@ def test_onecycle_momentum_needs_an_optimizer_with_momentum() -> None:
     assert (
         "train.unfreeze.0: the onecycle schedule cycles momentum, but optimizer adagrad has no momentum term" in message
     )
-    assert parse({"train": {"schedule": {"name": "onecycle", "cycle_momentum": False}, "optimizer": "adagrad"}})
+    accepted = parse({"train": {"schedule": {"name": "onecycle", "cycle_momentum": False}, "optimizer": "adagrad"}})
+    assert (accepted.train.schedule.cycle_momentum, accepted.train.optimizer.name) == (False, "adagrad")
 
 
 def test_auto_learning_rate_needs_the_range_test() -> None:
