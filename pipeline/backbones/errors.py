@@ -17,3 +17,8 @@ class BackboneError(PipelineError, ValueError):
 
 class KerasFileError(PipelineError, ValueError):
     """Raised when a `.keras` file can't serve as a backbone as configured; the message says what to change."""
+
+
+class WeightsNotFoundError(PipelineError, FileNotFoundError):
+    """The pretrained weights a backbone needs are not on this machine; the message names the file and where
+    to place it (or the package to install)."""

@@ -25,6 +25,7 @@ from pipeline.backbones.applications import (
     ApplicationSpec,
 )
 from pipeline.backbones.base import Backbone, group_layers, group_layers_at_cuts
+from pipeline.backbones.errors import WeightsNotFoundError
 from pipeline.backbones.names import BACKBONE_BLOCKS, BACKBONE_NAMES, backbone_kind
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ def _build_application(name: str, spec: ApplicationSpec, *, image_size: int, wei
         if failure is None:
             raise
         origin = failure.group(1)
-        raise FileNotFoundError(
+        raise WeightsNotFoundError(
             f"the ImageNet weights of {name} are not on this machine and could not be downloaded: place "
             f"{origin.rsplit('/', 1)[-1]} (from {origin}) in {keras_models_dir()} (KERAS_HOME/models)"
         ) from None
@@ -165,7 +166,7 @@ def load_backbone(
     Raises:
         ValueError: `name` is none of the kinds (the message lists the registered names and the other forms),
             or an option is given for a kind it does not apply to.
-        FileNotFoundError: The pretrained weights are not installed, or cannot be downloaded; the
+        WeightsNotFoundError: The pretrained weights are not installed, or cannot be downloaded; the
             message names the file and the folder to place it in.
         BackboneError: A TF Hub handle or SavedModel cannot be loaded as configured (see `load_hub_backbone`).
         pipeline.backbones.errors.KerasFileError: A .keras file that can't serve as configured.

@@ -16,9 +16,18 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.files import USER_SPLITS
-from pipeline.data.sources import DatasetFormatError, DatasetNotFoundError, ImageSource, load_idx_dataset
+from pipeline.data.sources import ImageSource, load_idx_dataset
+from pipeline.errors import USER_ERROR_EXIT, PipelineError
 
 DEFAULT_SOURCE_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+class ExportError(PipelineError, ValueError):
+    """An export setting out of range (`--per-class`, `--val-fraction`); the message quotes it."""
+
+
+class OutputFolderError(PipelineError, FileExistsError):
+    """The output folder already holds files: exporting into it would mix two datasets."""
 # IDX part -> the split folders its images go to (train's images are shared out between train and val).
 SPLIT_PARTS: dict[str, tuple[str, ...]] = {"train": ("train", "val"), "t10k": ("test",)}
 
@@ -99,18 +108,18 @@ def export_png(
         image get no folder.
 
     Raises:
-        FileExistsError: `out` exists and is not an empty folder.
-        ValueError: `per_class` is below 1, or `val_fraction` is not strictly between 0 and 1.
+        OutputFolderError: `out` exists and is not an empty folder (a `FileExistsError`).
+        ExportError: `per_class` is below 1, or `val_fraction` is not strictly between 0 and 1 (a `ValueError`).
     """
     from PIL import Image
 
     out = Path(out)
     if per_class is not None and per_class < 1:
-        raise ValueError(f"per_class must be at least 1; received {per_class}")
+        raise ExportError(f"per_class must be at least 1; received {per_class}")
     if splits and not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be strictly between 0 and 1; received {val_fraction}")
+        raise ExportError(f"val_fraction must be strictly between 0 and 1; received {val_fraction}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} already exists and is not an empty folder: choose a new one")
+        raise OutputFolderError(f"{out} already exists and is not an empty folder: choose a new one")
     counts: dict[str, dict[str, int]] = {}
     for split, per_label in _selection(source, per_class=per_class, splits=splits, val_fraction=val_fraction).items():
         counts[split] = {}
@@ -182,9 +191,9 @@ def main(argv: list[str] | None = None) -> int:
             splits=arguments.splits,
             val_fraction=arguments.val_fraction,
         )
-    except (DatasetNotFoundError, DatasetFormatError, FileExistsError, ValueError) as error:
+    except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return USER_ERROR_EXIT
     sizes = ", ".join(f"{split or 'all'} {sum(per_class.values())}" for split, per_class in counts.items())
     classes = len({name for per_class in counts.values() for name in per_class})
     total = sum(sum(per_class.values()) for per_class in counts.values())

@@ -8,7 +8,6 @@ from pathlib import Path
 import keras
 import pytest
 
-from pipeline.backbones.base import cut_flags
 from pipeline.backbones.errors import KerasFileError
 from pipeline.backbones.keras_archive import archive_blocks, read_keras_archive
 from tests.conftest import save_tiny_classifier
@@ -175,11 +174,6 @@ def test_a_block_boundary_must_be_a_single_tensor_cut(tmp_path: Path) -> None:
         match=r"block 'b_' ends at layer 'b_conv', but a layer above it also reads a tensor from below it",
     ):
         _blocks(path, block_prefixes=["c_", "b_", "a_"])
-
-
-def test_cut_flags_mark_only_the_layers_every_path_crosses() -> None:
-    # 0 -> 1 -> 2 -> 3(1, 2) -> 4: the skip from 1 to 3 jumps over 2.
-    assert cut_flags([[], [0], [1], [1, 2], [3]]) == [True, True, False, True, True]
 
 
 def test_sequential_and_nested_models_and_ops_are_flattened(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 from pipeline.backbones.errors import KerasFileError
 from pipeline.backbones.registry import load_backbone
 from pipeline.model.head import build_head
+from pipeline.optim.layerwise import layerwise_class
 from pipeline.params.head import HeadParams
 from pipeline.params.optimizer import AdamParams
 from pipeline.params.schedule import ConstantParams, OneCycleParams
@@ -170,6 +171,20 @@ def test_every_switch_works_on_a_keras_file_backbone(task_a) -> None:
         num_classes=2,
         seed=0,
     )
+    # The head as asked: dropout 0.1 on the features, a maxout of 4 units of 2 pieces, BatchNorm after it.
+    assert [(layer.name, type(layer).__name__) for layer in classifier.model.layers[-7:]] == [
+        ("head_pool", "Identity"),
+        ("head_dropout", "Dropout"),
+        ("head_dense_1", "Dense"),
+        ("head_maxout_reshape_1", "Reshape"),
+        ("head_activation_1", "GlobalMaxPooling1D"),
+        ("head_bn_1", "BatchNormalization"),
+        ("head_predictions", "Dense"),
+    ]
+    assert classifier.model.get_layer("head_dropout").rate == 0.1
+    assert classifier.model.get_layer("head_dense_1").units == 8
+    assert classifier.model.get_layer("head_activation_1").output.shape == (None, 4)
+    before = {variable.path: np.array(variable) for variable in classifier.model.weights}
     onecycle = OneCycleParams(name="onecycle")
     history = _fine_tune(
         classifier,
@@ -194,6 +209,44 @@ def test_every_switch_works_on_a_keras_file_backbone(task_a) -> None:
     assert rows["tiny_classifier_head_bn_1"].batch_norm == "affine"
     assert rows["stem_conv"].lr_multiplier == 0.5**10
     assert history.phases[1].cached_features is False
+    # 1cycle ran the frozen phase (cached): its one epoch of 3 steps ended at the final LR, 0.01 / 25 / 1e4;
+    # the unfreeze phase ran at its constant 0.004.
+    assert [phase.cached_features for phase in history.phases] == [True, False]
+    assert [row["lr"] for row in history.rows] == pytest.approx([0.01 / 25 / 1e4, 0.004], rel=1e-6)
+    # The unfreeze phase's optimiser is Adam with one LR multiplier per block, halving block by block down
+    # from the head (1, unlisted) to the stem (1 / 2 ** 10); its beta_1 is Adam's 0.9 (1cycle's momentum
+    # cycling belonged to the frozen phase's optimiser).
+    optimizer = classifier.model.optimizer
+    assert type(optimizer) is layerwise_class(keras.optimizers.Adam)
+    assert (float(optimizer.learning_rate), optimizer.beta_1, int(optimizer.iterations)) == pytest.approx(
+        (0.004, 0.9, 3)
+    )
+    assert optimizer.variable_multipliers == {
+        "tiny_classifier_head_bn_1/gamma": 0.5,
+        "tiny_classifier_head_bn_1/beta": 0.5,
+        "tiny_classifier_head_dense_1/kernel": 0.5**2,
+        "top_bn/gamma": 0.5**3,
+        "top_bn/beta": 0.5**3,
+        "top_conv/kernel": 0.5**4,
+        "block2a_bn/gamma": 0.5**5,
+        "block2a_bn/beta": 0.5**5,
+        "block2a_conv/kernel": 0.5**6,
+        "block1a_bn/gamma": 0.5**7,
+        "block1a_bn/beta": 0.5**7,
+        "block1a_conv/kernel": 0.5**8,
+        "stem_bn/gamma": 0.5**9,
+        "stem_bn/beta": 0.5**9,
+        "stem_conv/kernel": 0.5**10,
+    }
+    # Every weight trained, except the backbone's BatchNorm statistics: affine trains gamma and beta with the
+    # moving statistics fixed (the head's BatchNorm normalises with its batches, so its statistics moved).
+    after = {variable.path: np.array(variable) for variable in classifier.model.weights}
+    unchanged = sorted(path for path in after if np.array_equal(after[path], before[path]))
+    assert unchanged == sorted(
+        f"{name}/{statistic}"
+        for name in ("stem_bn", "block1a_bn", "block2a_bn", "top_bn", "tiny_classifier_head_bn_1")
+        for statistic in ("moving_mean", "moving_variance")
+    )
 
 
 def test_a_model_trained_from_a_keras_file_is_a_keras_file_backbone_again(task_a, tmp_path: Path) -> None:

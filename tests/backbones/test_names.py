@@ -28,3 +28,12 @@ def test_anything_else_lists_what_is_allowed(tmp_path: Path) -> None:
         backbone_kind("resnet5")
     with pytest.raises(ValueError, match=f"^no directory {tmp_path / 'gone'} exists; registered backbones: "):
         backbone_kind(str(tmp_path / "gone"))
+
+
+def test_backbone_kind_follows_the_name(tmp_path) -> None:
+    assert backbone_kind("efficientnet_lite0") == "registered"
+    assert backbone_kind("https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5") == "hub"
+    assert backbone_kind(str(tmp_path)) == "hub"
+    assert backbone_kind("models/model.keras") == "keras_file"
+    with pytest.raises(ValueError, match="unknown backbone 'no_such_folder'"):
+        backbone_kind("no_such_folder")

@@ -8,10 +8,9 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline.data.augmentation import build_augmentation, cacheable_flip
-from pipeline.data.datasets import flip_images, image_dataset
+from pipeline.data.datasets import flip_images
 from pipeline.params.train import AugmentationParams
-
-IMAGES = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+from tests.data.conftest import IMAGES
 
 
 def _augmentation(*, seed: int = 0, **switches):
@@ -91,16 +90,6 @@ def test_only_a_flip_alone_is_cacheable() -> None:
     assert cacheable_flip(_augmentation(flip="horizontal", zoom=0.1)) is None
 
 
-def test_image_dataset_flips_every_image_when_asked() -> None:
-    images = IMAGES.astype("uint8")
-    labels = np.arange(len(images))
-    plain, flipped = (
-        next(iter(image_dataset(images, labels, image_size=16, batch_size=8, flip=flip)))[0].numpy()
-        for flip in ("none", "horizontal")
-    )
-    np.testing.assert_array_equal(flipped, plain[:, :, ::-1, :])
-
-
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -111,8 +100,3 @@ def test_image_dataset_flips_every_image_when_asked() -> None:
 def test_bad_settings_are_refused_by_the_params_model(arguments, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         AugmentationParams(**arguments)
-
-
-def test_flip_images_refuses_an_unknown_mode() -> None:
-    with pytest.raises(ValueError, match="unknown flip 'diagonal'; allowed: horizontal, vertical"):
-        flip_images(IMAGES, "diagonal")

@@ -1,4 +1,5 @@
-"""Tests of pipeline/data/datasets.py: a memmap of images streams batch by batch, with the same batches."""
+"""Tests of pipeline/data/datasets.py: a memmap of images streams batch by batch, with the same batches;
+flips."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.data.datasets import image_dataset
+from pipeline.data.datasets import flip_images, image_dataset
+from tests.data.conftest import IMAGES
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
@@ -30,3 +32,18 @@ def test_memmap_images_give_the_batches_of_in_memory_images(tmp_path: Path, shuf
     for (want_x, want_y), (got_x, got_y) in zip(expected, streamed, strict=True):
         np.testing.assert_array_equal(got_x, want_x)
         np.testing.assert_array_equal(got_y, want_y)
+
+
+def test_image_dataset_flips_every_image_when_asked() -> None:
+    images = IMAGES.astype("uint8")
+    labels = np.arange(len(images))
+    plain, flipped = (
+        next(iter(image_dataset(images, labels, image_size=16, batch_size=8, flip=flip)))[0].numpy()
+        for flip in ("none", "horizontal")
+    )
+    np.testing.assert_array_equal(flipped, plain[:, :, ::-1, :])
+
+
+def test_flip_images_refuses_an_unknown_mode() -> None:
+    with pytest.raises(ValueError, match="unknown flip 'diagonal'; allowed: horizontal, vertical"):
+        flip_images(IMAGES, "diagonal")

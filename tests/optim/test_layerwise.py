@@ -11,7 +11,7 @@ from pipeline.optim.layerwise import (
     layerwise_class,
     variable_multipliers,
 )
-from pipeline.optim.optimizers import OPTIMIZER_NAMES, custom_objects, make_optimizer, optimizer_class
+from pipeline.optim.optimizers import OPTIMIZER_NAMES, custom_objects, make_optimizer
 from tests.conftest import optimizer_settings
 
 # Powers of two, so that `learning_rate * gradient` is exact in float32.
@@ -283,11 +283,3 @@ def test_a_compiled_model_saves_and_loads_with_its_optimizer(tmp_path) -> None:
     model.fit(X, Y, batch_size=16, epochs=1, verbose=0)
     loaded.fit(X, Y, batch_size=16, epochs=1, verbose=0)
     np.testing.assert_array_equal(loaded.get_layer("lower").get_weights()[0], model.get_layer("lower").get_weights()[0])
-
-
-def test_custom_objects_cover_every_optimizer() -> None:
-    expected = {
-        f"Layerwise{optimizer_class(name).__name__}": layerwise_class(optimizer_class(name)) for name in OPTIMIZER_NAMES
-    }
-    assert custom_objects() == expected
-    assert len(expected) == len(OPTIMIZER_NAMES)

@@ -9,7 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.optim.optimizers import OPTIMIZER_NAMES, make_optimizer, optimizer_class
+from pipeline.optim.layerwise import layerwise_class
+from pipeline.optim.optimizers import OPTIMIZER_NAMES, custom_objects, make_optimizer, optimizer_class
 from pipeline.params.optimizer import CLIPPING_KEYS, OPTIMIZER_MODELS
 from tests.conftest import optimizer_settings as _settings
 
@@ -118,3 +119,11 @@ def test_every_call_builds_a_fresh_optimizer() -> None:
 def test_only_the_clipping_that_is_set_reaches_keras() -> None:
     optimizer = make_optimizer(_settings("sgd", clipvalue=None, clipnorm=2.0), learning_rate=0.1)
     assert (optimizer.clipnorm, optimizer.clipvalue, optimizer.global_clipnorm) == (2.0, None, None)
+
+
+def test_custom_objects_cover_every_optimizer() -> None:
+    expected = {
+        f"Layerwise{optimizer_class(name).__name__}": layerwise_class(optimizer_class(name)) for name in OPTIMIZER_NAMES
+    }
+    assert custom_objects() == expected
+    assert len(expected) == len(OPTIMIZER_NAMES)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from pipeline.params import ParamsError, parse
+from tests.params.conftest import error_message
 
 
 def _refusal(schedule: dict[str, Any]) -> str:
@@ -115,3 +116,33 @@ def test_a_phase_takes_the_defaults_of_its_schedule() -> None:
         "max_momentum": 0.95,
         "min_momentum": 0.85,
     }
+
+
+def test_unknown_schedule_and_schedule_option() -> None:
+    unknown = error_message({"train": {"schedule": "triangular"}})
+    option = error_message({"train": {"schedule": {"name": "cosine", "warmup_steps": 10}}})
+
+    assert "unknown schedule 'triangular'; registered schedules: constant, power, exponential, piecewise" in unknown
+    assert (
+        "train.schedule.warmup_steps: unknown key (received 10); allowed keys here: alpha, name, warmup_fraction"
+        in option
+    )
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        ({"name": "piecewise", "boundaries": [2, 1], "factors": [1, 0.5, 0.1]}, "boundaries must increase strictly"),
+        (
+            {"name": "piecewise", "boundaries": [1], "factors": [1, 0.5, 0.1]},
+            "factors needs one more entry than boundaries (2); received 3",
+        ),
+        (
+            {"name": "onecycle", "min_momentum": 0.95, "max_momentum": 0.85},
+            "min_momentum (0.95) must not exceed max_momentum (0.85)",
+        ),
+        ({"name": "step_drop", "drop": 1.5}, "train.schedule.drop: received 1.5; Input should be less than 1"),
+    ],
+)
+def test_schedule_option_checks(schedule, expected: str) -> None:
+    assert expected in error_message({"train": {"schedule": schedule}})

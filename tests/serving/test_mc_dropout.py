@@ -54,7 +54,8 @@ def test_passes_differ_and_the_summary_is_numpys_mean_and_std() -> None:
     mean, std = mc_dropout.summarize(samples)
     np.testing.assert_array_equal(mean, np.mean(samples.astype(np.float64), axis=0))
     np.testing.assert_array_equal(std, np.std(samples.astype(np.float64), axis=0))
-    assert std.min() >= 0 and std.max() > 0.01
+    # Every probability of every input varies over the passes, not only the largest spread.
+    assert std.min() > 0 and std.max() > 0.01
     # The original model is untouched: still deterministic in inference.
     np.testing.assert_array_equal(model.predict(INPUTS, verbose=0), deterministic)
 

@@ -1,10 +1,6 @@
-"""One epoch history across phases: recording, describing and saving."""
+"""pipeline/training/callbacks.py: the history recorder, early stopping and the divergence guard."""
 
 from __future__ import annotations
-
-import csv
-import json
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -13,50 +9,8 @@ import pytest
 from pipeline.optim.schedules import learning_rate_used
 from pipeline.training.callbacks import DivergenceGuard, HistoryRecorder, early_stopping
 from pipeline.training.divergence import TrainingDivergedError
-from pipeline.training.history import PhaseRecord, TrainingHistory
-
-PHASE = PhaseRecord(
-    index=1,
-    name="unfreeze_top_2",
-    trainable_blocks=2,
-    learning_rate=5e-4,
-    first_epoch=4,
-    end_epoch=7,
-    cached_features=True,
-    optimizer="adam",
-    schedule="cosine",
-    bn_policy="affine",
-    lr_decay_per_block=2.6,
-    data_note="frozen activations computed once and reused",
-    seconds=12.4,
-)
-
-
-def test_describe_numbers_epochs_from_one() -> None:
-    assert PHASE.describe() == (
-        "unfreeze_top_2: epochs 5-7, adam lr 0.0005 (cosine), lr / 2.6 per lower block, BN affine, "
-        "cached features True (frozen activations computed once and reused), 12 s"
-    )
-
-
-def test_describe_says_which_epoch_was_restored() -> None:
-    stopped = PhaseRecord(
-        index=0,
-        name="frozen",
-        trainable_blocks=0,
-        learning_rate=0.001,
-        first_epoch=0,
-        end_epoch=3,
-        cached_features=False,
-        optimizer="sgd",
-        best_epoch=1,
-        data_note="augmentation",
-        seconds=2,
-    )
-    assert stopped.describe() == (
-        "frozen: epochs 1-3, restored best epoch 2, sgd lr 0.001 (constant), BN frozen, "
-        "cached features False (augmentation), 2 s"
-    )
+from pipeline.training.history import TrainingHistory
+from tests.training.conftest import PHASE
 
 
 def test_early_stopping_is_keras_own_with_the_settings() -> None:
@@ -92,29 +46,6 @@ def test_recorder_adds_lr_for_later_callbacks_and_keeps_the_phase_out_of_keras_l
     assert ["phase" in entry for entry in seen] == [False, False]
     assert [row["phase"] for row in history.rows] == [1.0, 1.0]
     assert learning_rate_used(model.optimizer) == 0.25
-
-
-def test_save_writes_exact_csv_and_json(tmp_path: Path) -> None:
-    row = {
-        "epoch": 4,
-        "phase_name": "unfreeze_top_2",
-        "loss": 0.5,
-        "accuracy": 0.75,
-        "val_loss": 0.625,
-        "val_accuracy": 0.5,
-        "lr": 0.0005,
-        "phase": 1.0,
-    }
-    history = TrainingHistory(rows=[row], phases=[PHASE])
-    history.save(csv_path=tmp_path / "h.csv", json_path=tmp_path / "sub" / "h.json")
-    with (tmp_path / "h.csv").open(newline="") as handle:
-        assert list(csv.reader(handle)) == [
-            ["epoch", "phase", "phase_name", "loss", "accuracy", "val_loss", "val_accuracy", "lr"],
-            ["4", "1.0", "unfreeze_top_2", "0.5", "0.75", "0.625", "0.5", "0.0005"],
-        ]
-    document = json.loads((tmp_path / "sub" / "h.json").read_text())
-    assert document["epochs"] == [row]
-    assert document["phases"][0]["end_epoch"] == 7
 
 
 def test_divergence_guard_stops_fit_after_the_spy_saw_the_epoch() -> None:

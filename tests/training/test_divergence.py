@@ -17,7 +17,11 @@ def test_limit_is_three_times_the_loss_of_guessing_uniformly() -> None:
 
 
 def test_a_loss_at_the_limit_is_no_divergence() -> None:
+    # No error at the limit (a validation loss far above it is no divergence either) ...
     check_epoch({"loss": loss_limit(10), "val_loss": 50.0}, epoch=0, num_classes=10, phase="frozen")
+    # ... and the next float above the limit is divergence: the boundary is exactly the limit.
+    with pytest.raises(TrainingDivergedError, match=r"^training diverged in epoch 1 \(phase frozen\): loss 6\.90776 "):
+        check_epoch({"loss": math.nextafter(loss_limit(10), math.inf)}, epoch=0, num_classes=10, phase="frozen")
 
 
 def test_a_loss_above_the_limit_is_divergence() -> None:

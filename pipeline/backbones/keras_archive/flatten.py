@@ -15,7 +15,7 @@ from typing import Any
 from pipeline.backbones.errors import KerasFileError
 from pipeline.backbones.keras_archive.graph import ArchiveLayer
 
-# Every layer `pipeline.model.head.attach_head` adds is named head_*: layers of the file keep clear of them.
+# Every layer `pipeline.model.head.build_head` adds is named head_*: layers of the file keep clear of them.
 RESERVED_PREFIX = "head_"
 _MODEL_CLASSES = ("Functional", "Sequential")
 

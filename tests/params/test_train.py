@@ -1,0 +1,43 @@
+"""The train section of the params schema (pipeline/params/train.py): its numbers and unfreeze stages."""
+
+from __future__ import annotations
+
+from pipeline.params import parse
+from tests.params.conftest import error_message
+
+
+def test_wrong_type() -> None:
+    message = error_message({"train": {"batch_size": "sixty"}})
+
+    assert "train.batch_size: received 'sixty'" in message
+    assert "valid integer" in message
+
+
+def test_negative_learning_rate() -> None:
+    message = error_message({"train": {"base_learning_rate": -0.01}})
+
+    assert "train.base_learning_rate: received -0.01" in message
+    assert "greater than 0" in message
+
+
+def test_zero_frozen_epochs() -> None:
+    message = error_message({"train": {"frozen_epochs": 0}})
+
+    assert "train.frozen_epochs: received 0" in message
+    assert "greater than 0" in message
+
+
+def test_zero_unfreeze_epochs() -> None:
+    message = error_message({"train": {"unfreeze": [{"blocks": 1, "epochs": 0, "lr_factor": 0.1}]}})
+
+    assert "train.unfreeze.0.epochs: received 0" in message
+    assert "greater than 0" in message
+
+
+def test_unfreeze_all_blocks_and_bad_block_words() -> None:
+    assert (
+        parse({"train": {"unfreeze": [{"blocks": "all", "epochs": 1, "lr_factor": 0.1}]}}).train.unfreeze[0].blocks
+        == "all"
+    )
+    message = error_message({"train": {"unfreeze": [{"blocks": "most", "epochs": 1, "lr_factor": 0.1}]}})
+    assert "train.unfreeze.0.blocks: received 'most'" in message

@@ -1,0 +1,103 @@
+"""pipeline/tracking/lifecycle.py: a tracked run ends FINISHED, FAILED or KILLED with its reason, whatever ends it
+(an error, Ctrl-C, SIGTERM, or a SIGKILL that the next run notices)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.tracking import lifecycle
+from tests.tracking.conftest import open_run
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_successful_run_ends_finished(store: str, tmp_path: Path) -> None:
+    with open_run(store, tmp_path, run_name="ok") as run:
+        run.log_params({f"p{index}": str(index) for index in range(250)})
+        run.set_tags({"device.kind": "cpu"})
+    finished = MlflowClient(store).get_run(run.run_id)
+    assert finished.info.status == "FINISHED"
+    assert len(finished.data.params) == 250
+    assert finished.data.params["p249"] == "249"
+    assert finished.data.tags["device.kind"] == "cpu"
+    assert finished.info.run_name == "ok"
+
+
+def test_failing_run_ends_failed_with_its_reason_and_reraises(store: str, tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="boom"), open_run(store, tmp_path) as run:
+        raise RuntimeError("boom\nsecond line of detail")
+    failed = MlflowClient(store).get_run(run.run_id)
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags[lifecycle.ERROR_TAG] == "RuntimeError: boom"
+
+
+def test_ctrl_c_ends_the_run_killed(store: str, tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt), open_run(store, tmp_path) as run:
+        raise KeyboardInterrupt
+    killed = MlflowClient(store).get_run(run.run_id)
+    assert killed.info.status == "KILLED"
+    assert killed.data.tags[lifecycle.END_REASON_TAG] == "interrupted (Ctrl-C)"
+
+
+def test_a_run_whose_process_died_is_closed_killed_by_the_next(store: str, tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from pipeline.tracking import lifecycle, models, queries, registry, runs
+        with lifecycle.tracked_run(tracking_uri={store!r}, experiment="tests",
+                                  artifact_dir=Path({str(tmp_path)!r})) as run:
+            print(run.run_id, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == -signal.SIGKILL
+    orphan_id = result.stdout.split()[0]
+    client = MlflowClient(store)
+    assert client.get_run(orphan_id).info.status == "RUNNING"
+    with open_run(store, tmp_path) as run:
+        pass
+    orphan = client.get_run(orphan_id)
+    assert orphan.info.status == "KILLED"
+    assert orphan.data.tags[lifecycle.END_REASON_TAG].startswith("process ")
+    assert "died without ending the run (SIGKILL or out of memory)" in orphan.data.tags[lifecycle.END_REASON_TAG]
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+
+
+def test_resumed_run_failing_ends_failed(store: str, tmp_path: Path) -> None:
+    with open_run(store, tmp_path) as run:
+        reference = lifecycle.run_reference(run, store)
+    with pytest.raises(KeyError), lifecycle.tracked_run(tracking_uri=store, resume=reference):
+        raise KeyError("missing")
+    assert MlflowClient(store).get_run(reference.run_id).info.status == "FAILED"
+
+
+def test_sigterm_ends_the_run_killed(store: str, tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        import os, signal, time
+        from pathlib import Path
+        from pipeline.tracking import lifecycle, models, queries, registry, runs
+        with lifecycle.tracked_run(tracking_uri={store!r}, experiment="tests",
+                                  artifact_dir=Path({str(tmp_path)!r})) as run:
+            print(run.run_id, flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    # The handler turned the signal into an error that ended the run, then the script: exit code 1, not -15.
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.rstrip().endswith("_TerminatedError: terminated by signal 15")
+    run_id = result.stdout.split()[0]
+    terminated = MlflowClient(store).get_run(run_id)
+    assert terminated.info.status == "KILLED"
+    assert terminated.data.tags[lifecycle.END_REASON_TAG] == "terminated by signal 15"
