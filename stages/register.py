@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from pipeline import params
 from pipeline.tracking import store as tracking_store
@@ -20,6 +21,9 @@ from stages._entry import (
     TRAINED_MODEL,
     run_stage,
 )
+
+if TYPE_CHECKING:
+    from pipeline.tracking.registry import Registration
 
 
 def main() -> None:
@@ -73,13 +77,15 @@ def main() -> None:
         export.export_saved_model(model, EXPORTED_SAVED_MODEL)
         report = {**asdict(registration), "decision": asdict(decision)}
         REGISTRY_REPORT.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"registered {name} v{registration.version} ({model_uri}); {_verdict(registration)}: {decision.reason}")
+
+
+def _verdict(registration: Registration) -> str:
     if registration.is_champion:
-        verdict = "it is the new @champion"
-    elif registration.champion_version is None:
-        verdict = "it is not @champion, and there is none"
-    else:
-        verdict = f"@champion stays v{registration.champion_version}"
-    print(f"registered {name} v{registration.version} ({model_uri}); {verdict}: {decision.reason}")
+        return "it is the new @champion"
+    if registration.champion_version is None:
+        return "it is not @champion, and there is none"
+    return f"@champion stays v{registration.champion_version}"
 
 
 if __name__ == "__main__":

@@ -42,10 +42,7 @@ def main() -> None:
     base_learning_rate, learning_rate_source = _base_learning_rate(config)
     # Checked here although validate checked: validate is skipped while params.yaml is unchanged, and
     # the server may have gone down, or MLFLOW_TRACKING_URI changed, since it ran.
-    tracking_uri = tracking_store.resolve_tracking_uri(config.tracking.uri)
-    tracking_store.check_tracking_store(
-        tracking_uri, origin=tracking_store.uri_origin(), experiment=config.tracking.experiment
-    )
+    tracking_uri, _ = tracking_store.usable_tracking_uri(config.tracking.uri, experiment=config.tracking.experiment)
     from pipeline.runtime import devices
 
     selection = devices.configure(config.device)
@@ -63,7 +60,7 @@ def main() -> None:
     keras.utils.set_random_seed(config.train.seed)
     tf.config.experimental.enable_op_determinism()
     source, rows = load_source(config.data), read_manifest(MANIFEST)
-    train_split, val_split = (ImageSplit(*select(source, rows, split)) for split in ("train", "val"))
+    train, val = (ImageSplit(*select(source, rows, split)) for split in ("train", "val"))
     # Before the run opens: a backbone that cannot be loaded (a TF Hub handle not cached offline, a wrong
     # signature) stops the stage in one line, with no FAILED run left behind.
     # Several GPUs: the model is built, compiled and trained under one MirroredStrategy (a replica each).
@@ -83,20 +80,18 @@ def main() -> None:
         ),
     ):
         _log_inputs(run, config, selection, source, rows, classifier)
-        run.log_metrics({"base_learning_rate": base_learning_rate})
-        run.set_tags({"base_learning_rate.source": learning_rate_source})
-        print(f"base learning rate {base_learning_rate:g} from {learning_rate_source}")
-        phases = plan_phases(
-            config.train, base_learning_rate=base_learning_rate, block_count=len(classifier.backbone.blocks_top_down)
-        )
+        _log_learning_rate(run, base_learning_rate, learning_rate_source)
+        blocks = len(classifier.backbone.blocks_top_down)
+        phases = plan_phases(config.train, base_learning_rate=base_learning_rate, block_count=blocks)
         run.set_tags({"phases": " -> ".join(phase.name for phase in phases)})
+        inputs = InputSettings.from_params(config.train, image_size=config.backbone.image_size)
         with devices.strategy_scope(strategy):
             history = fine_tune(
                 classifier,
-                train=train_split,
-                val=val_split,
+                train=train,
+                val=val,
                 phases=phases,
-                inputs=InputSettings.from_params(config.train, image_size=config.backbone.image_size),
+                inputs=inputs,
                 callbacks=[EpochLogger(run)],
                 jit_compile=selection.jit_compile,
             )
@@ -116,6 +111,12 @@ def _base_learning_rate(config: params.PipelineParams) -> tuple[float, str]:
         )
     rule = config.lr_find.rule
     return found.result.suggestion(rule), f"LR range test ({rule} rule)"
+
+
+def _log_learning_rate(run: TrackedRun, learning_rate: float, source: str) -> None:
+    run.log_metrics({"base_learning_rate": learning_rate})
+    run.set_tags({"base_learning_rate.source": source})
+    print(f"base learning rate {learning_rate:g} from {source}")
 
 
 def _log_inputs(

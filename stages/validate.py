@@ -19,9 +19,8 @@ from stages._entry import PARAMS, PARAMS_CHECKED, run_stage
 
 def main() -> None:
     config = params.load(PARAMS)
-    tracking_uri = tracking_store.resolve_tracking_uri(config.tracking.uri)
-    answer = tracking_store.check_tracking_store(
-        tracking_uri, origin=tracking_store.uri_origin(), experiment=config.tracking.experiment
+    tracking_uri, answer = tracking_store.usable_tracking_uri(
+        config.tracking.uri, experiment=config.tracking.experiment
     )
     PARAMS_CHECKED.parent.mkdir(parents=True, exist_ok=True)
     PARAMS_CHECKED.write_text("params.yaml matches the schema of pipeline/params/\n", encoding="utf-8")

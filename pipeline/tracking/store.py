@@ -61,6 +61,23 @@ def redact(uri: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
+def usable_tracking_uri(configured: str, *, experiment: str) -> tuple[str, str]:
+    """The tracking URI in force (`MLFLOW_TRACKING_URI`, else `configured`), checked with `check_tracking_store`.
+
+    Args:
+        configured: `tracking.uri` of params.yaml.
+        experiment: The experiment looked up on an HTTP server.
+
+    Returns:
+        The URI, and what answered.
+
+    Raises:
+        TrackingStoreError: The store cannot be used; the message names the URI, where it came from and why.
+    """
+    uri = resolve_tracking_uri(configured)
+    return uri, check_tracking_store(uri, origin=uri_origin(), experiment=experiment)
+
+
 def check_tracking_store(
     uri: str, *, origin: str, experiment: str = "Default", timeout: float = PROBE_TIMEOUT_S
 ) -> str:
