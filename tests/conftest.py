@@ -8,7 +8,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,3 +250,36 @@ def fine_tune_tiny(
         label_smoothing=label_smoothing,
     )
     return fine_tune(classifier, train=train, val=val, phases=phases, inputs=inputs, verbose=0, **options)
+
+
+@pytest.fixture(scope="session")
+def shared_tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The tiny project after one `dvc repro` with every switch on, made once per test session.
+
+    Why once: the end-to-end tests read the same run (its log, outputs, MLflow run and registry), and the
+    projects of the tracking-server and SavedModel tests start from its prepared data and converted
+    backbone. Read it through `tiny_run`, which checks that the test left it unchanged; a test that
+    changes a project takes `tiny_run_copy`, or `tests.tiny_project.copy_project` for a fixture's own.
+    When the session ends, the run is checked to be unchanged too, whoever might have written into it.
+    """
+    from tests.tiny_project import build_tiny_run, unchanged
+
+    with unchanged(build_tiny_run(tmp_path_factory.mktemp("tiny_run"))) as project:
+        yield project
+
+
+@pytest.fixture
+def tiny_run(shared_tiny_run: Path) -> Iterator[Path]:
+    """`shared_tiny_run`, read only: the test fails if it wrote, added or removed anything in it."""
+    from tests.tiny_project import unchanged
+
+    with unchanged(shared_tiny_run) as project:
+        yield project
+
+
+@pytest.fixture
+def tiny_run_copy(shared_tiny_run: Path, tmp_path: Path) -> Path:
+    """A copy of `shared_tiny_run` of the test's own, to change at will (`tests.tiny_project.copy_project`)."""
+    from tests.tiny_project import copy_project
+
+    return copy_project(shared_tiny_run, tmp_path / "tiny_run")

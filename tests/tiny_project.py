@@ -1,16 +1,21 @@
 """A temporary copy of the repository with tiny IDX data, for end-to-end `dvc` runs.
 
-Why shared: the end-to-end tests (local store, tracking server) run the same stages on the same tiny
-data; each sets its own params on top of `tiny_params`.
+Why shared: the end-to-end tests (local store, tracking server, SavedModel backbone) run the same stages on
+the same tiny data. One `dvc repro` of the tiny project with every switch on (`build_tiny_run`) is made once
+per test session (the `shared_tiny_run` fixture of tests/conftest.py); a test that only reads it shares it,
+and a test that changes it, or derives a project of its own from it, works on a `copy_project` of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,9 @@ from tests.conftest import make_images
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("validate", "prepare", "lr_find", "train", "evaluate", "register")
+# The experiment and registered model of the shared run.
+EXPERIMENT = "e2e"
+REGISTERED_MODEL = "e2e-model"
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -29,8 +37,18 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
         handle.write(header + array.astype(np.uint8).tobytes())
 
 
+def tiny_params() -> dict[str, Any]:
+    """params.yaml of the repository on the tiny data of `build_project`: 32 px, batches of 32."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    # Relative to the project (the stages run there), so a copy of the project is a project of its own.
+    params["data"].update(path="idx", subset_size=None, val_fraction=0.2, test_fraction=0.2)
+    params["backbone"].update(image_size=32)
+    params["train"].update(batch_size=32)
+    return params
+
+
 def build_project(workdir: Path) -> dict[str, Any]:
-    """Copies the code and DVC set-up into `workdir`, writes 160 + 40 tiny IDX images, returns tiny params.
+    """Copies the code and DVC set-up into `workdir`, writes 160 + 40 tiny IDX images, returns `tiny_params()`.
 
     The params are not written yet: the caller changes what it needs, then calls `write_params`.
     """
@@ -48,13 +66,118 @@ def build_project(workdir: Path) -> dict[str, Any]:
         images, labels = make_images(count, 10, seed=seed, size=28)
         _write_idx(source / f"{part}-images-idx3-ubyte.gz", images)
         _write_idx(source / f"{part}-labels-idx1-ubyte.gz", labels)
+    return tiny_params()
 
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    # Relative to the project (the stages run there), so a copy of the project is a project of its own.
-    params["data"].update(path=source.name, subset_size=None, val_fraction=0.2, test_fraction=0.2)
-    params["backbone"].update(image_size=32)
-    params["train"].update(batch_size=32)
+
+def every_switch(params: dict[str, Any]) -> dict[str, Any]:
+    """The shared run's params: `params` with switches of every kind on, so each one's wiring runs end to end."""
+    params["head"].update(hidden_units=[16], activation="gelu", batch_norm="after", max_norm={"value": 3.0, "axis": 0})
+    params["train"].update(
+        frozen_epochs=2,
+        base_learning_rate="auto",
+        label_smoothing=0.1,
+        bn_policy="affine",
+        lr_decay_per_block=2.0,
+        unfreeze=[
+            {
+                "blocks": 1,
+                "epochs": 1,
+                "lr_factor": 0.1,
+                "optimizer": {"name": "sgd", "momentum": 0.9, "clipnorm": 1.0},
+            },
+            # 0.01 (Adam at 1.6e-3 on three pretrained blocks) left a model answering one class everywhere,
+            # test accuracy 0.1 = the majority baseline, which the champion gate rightly refuses.
+            {"blocks": 3, "epochs": 1, "lr_factor": 0.001},
+        ],
+    )
+    params["lr_find"].update(enabled=True, steps=20, images=64, min_lr=1e-5, max_lr=1.0)
+    params["tracking"].update(experiment=EXPERIMENT, registered_model=REGISTERED_MODEL, system_metrics_interval=0.5)
     return params
+
+
+def build_tiny_run(workdir: Path) -> Path:
+    """Builds the tiny project in `workdir` with `every_switch` params and runs `dvc repro` once in it.
+
+    The output of that run (stdout, then stderr) is kept in `workdir`/repro.log.
+
+    Returns:
+        `workdir`.
+
+    Raises:
+        AssertionError: `dvc repro` failed, or did not run every stage.
+    """
+    write_params(workdir, every_switch(build_project(workdir)))
+    result = dvc(workdir, "repro")
+    (workdir / "repro.log").write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ran_stages(result) == list(STAGES), result.stdout
+    return workdir
+
+
+def ran_stages(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The stages `dvc repro` (or `dvc exp run`) ran, in pipeline order."""
+    return [stage for stage in STAGES if f"Running stage '{stage}'" in result.stdout]
+
+
+def copy_project(source: Path, destination: Path) -> Path:
+    """Copies a tiny project to `destination`, a project of its own that shares nothing with `source`.
+
+    Why more than a copy: MLflow keeps absolute paths in its store (each experiment's artifact root, each
+    run's and logged model's artifact folder, the dataset's source), so a plain copy of mlflow.db would
+    log the copy's artifacts into `source`'s mlartifacts/. Those paths are moved into `destination`, in
+    the store and in the MLmodel files, as if the project had been built there.
+
+    Returns:
+        `destination`.
+    """
+    shutil.copytree(source, destination, symlinks=True)
+    old, new = f"{source}{os.sep}", f"{destination}{os.sep}"
+    store = destination / "mlflow.db"
+    if store.exists():
+        with sqlite3.connect(store) as connection:
+            tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            for table in tables:
+                for column in connection.execute(f'PRAGMA table_info("{table}")').fetchall():
+                    name, declared = column[1], column[2].upper()
+                    if "CHAR" in declared or "TEXT" in declared:
+                        connection.execute(
+                            f'UPDATE "{table}" SET "{name}" = replace("{name}", ?, ?) WHERE instr("{name}", ?) > 0',
+                            (old, new, old),
+                        )
+        connection.execute("VACUUM")  # so that no free page keeps an old path either
+        connection.close()
+    for mlmodel in (destination / "mlartifacts").rglob("MLmodel"):
+        mlmodel.write_text(mlmodel.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+    return destination
+
+
+def file_states(project: Path) -> dict[str, tuple[int, int]]:
+    """Size and modification time of every file and link under `project`, by relative path."""
+    states = {}
+    for folder, folders, files in os.walk(project):
+        for name in files + [name for name in folders if os.path.islink(os.path.join(folder, name))]:
+            path = os.path.join(folder, name)
+            status = os.lstat(path)
+            states[os.path.relpath(path, project)] = (status.st_size, status.st_mtime_ns)
+    return states
+
+
+@contextlib.contextmanager
+def unchanged(project: Path) -> Iterator[Path]:
+    """Yields `project`, then fails if anything under it was written, added or removed meanwhile.
+
+    Why: a project shared between tests must stay as its fixture left it, whatever order the tests run
+    in; this catches a test that wrote into one instead of a copy (the suite runs as root in CI, which
+    ignores read-only permissions, so they could not).
+
+    Raises:
+        AssertionError: Naming the changed paths.
+    """
+    before = file_states(project)
+    yield project
+    after = file_states(project)
+    changed = sorted(path for path in before.keys() | after.keys() if before.get(path) != after.get(path))
+    assert changed == [], f"a test changed the shared project {project} (copy it with copy_project): {changed}"
 
 
 def write_params(workdir: Path, params: dict[str, Any]) -> None:
