@@ -1,7 +1,8 @@
 """The team set-up end to end: `mlflow server` on a PostgreSQL backend store, the pipeline logging to it.
 
 A throw-away PostgreSQL cluster (initdb and pg_ctl in a temporary folder, a free port on 127.0.0.1)
-and a real `mlflow server` on another free port; `dvc repro` runs every stage on tiny params with
+and a real `mlflow server` on another free port; in a copy of the session's tiny run (tests/conftest.py),
+with one training epoch, `dvc repro` runs every stage that talks to the tracking store with
 MLFLOW_TRACKING_URI pointing at the server; the run and the registered version are read back through
 MlflowClient. Both servers are stopped by their PIDs when the module ends, also when a test failed.
 
@@ -29,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.tracking.store import TrackingStoreError, check_tracking_store
-from tests.tiny_project import STAGES, build_project, dvc, write_params
+from tests.tiny_project import copy_project, dvc, edit_params, ran_stages
 
 PASSWORD = "team-secret"
 EXPERIMENT = "e2e-server"
@@ -181,7 +182,7 @@ class Servers:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+def servers(shared_tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     # Under /tmp, not pytest's tmp_path: that is private to the user running pytest (mode 700).
     base = Path(tempfile.mkdtemp(prefix="mlflow-postgres-"))
     artifacts = base / "artifacts"
@@ -190,15 +191,19 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
             _postgres_cluster(base) as backend_uri,
             _mlflow_server(backend_uri, artifacts, base / "mlflow-server.log") as tracking_uri,
         ):
-            project = tmp_path_factory.mktemp("served")
-            params = build_project(project)
-            params["train"].update(frozen_epochs=1, unfreeze=[])  # one epoch: the server is under test
-            params["tracking"].update(experiment=EXPERIMENT, registered_model=MODEL)
-            write_params(project, params)
+            project = copy_project(shared_tiny_run, tmp_path_factory.mktemp("served") / "project")
+            # The server is the store now: without the copy's local one, a stage that wrote there would show.
+            (project / "mlflow.db").unlink()
+            shutil.rmtree(project / "mlartifacts")
+            edit_params(project, "train", "frozen_epochs", 1)  # one epoch: the server is under test
+            edit_params(project, "train", "unfreeze", [])
+            edit_params(project, "tracking", "experiment", EXPERIMENT)
+            edit_params(project, "tracking", "registered_model", MODEL)
             result = dvc(project, "repro", tracking_uri=tracking_uri)
             assert result.returncode == 0, result.stdout + result.stderr
-            for stage in STAGES:
-                assert f"Running stage '{stage}'" in result.stdout
+            # prepare and lr_find never open the tracking store (no pipeline/tracking in their deps): their
+            # outputs are the shared run's. Every stage that does open it ran against the server.
+            assert ran_stages(result) == ["validate", "train", "evaluate", "register"], result.stdout
             yield Servers(tracking_uri, backend_uri, artifacts, project)
     finally:
         shutil.rmtree(base, ignore_errors=True)
