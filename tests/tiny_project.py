@@ -167,8 +167,8 @@ def unchanged(project: Path) -> Iterator[Path]:
     """Yields `project`, then fails if anything under it was written, added or removed meanwhile.
 
     Why: a project shared between tests must stay as its fixture left it, whatever order the tests run
-    in; this catches a test that wrote into one instead of a copy (the suite runs as root in CI, which
-    ignores read-only permissions, so they could not).
+    in; this catches a test that wrote into one instead of a copy. Read-only permissions could not: CI
+    runs the suite as root, who writes through them.
 
     Raises:
         AssertionError: Naming the changed paths.
