@@ -22,8 +22,9 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 run: setup data
 	dvc repro
 
+# One worker per core (at most 4: each loads TensorFlow); the tests sharing the tiny dvc repro stay on one.
 test: setup data postgresql
-	pytest
+	pytest -n auto --maxprocesses=4 --dist loadgroup
 
 setup: $(INSTALLED)
 

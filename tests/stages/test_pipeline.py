@@ -25,6 +25,10 @@ from tests.tiny_project import STAGES, copy_project, ran_stages, tiny_params, wr
 from tests.tiny_project import dvc as _dvc
 from tests.tiny_project import edit_params as _edit_params
 
+# They read or copy the session's one tiny dvc repro (tests/conftest.py): under `pytest -n` they share a worker,
+# so the run is made once.
+pytestmark = pytest.mark.xdist_group("tiny_run")
+
 
 def _test_split_accuracy(project: Path, model) -> float:
     """The accuracy of `model` on the project's test split, computed here from the IDX files and the manifest.

@@ -32,6 +32,11 @@ import pytest
 from pipeline.tracking.store import TrackingStoreError, check_tracking_store
 from tests.tiny_project import copy_project, dvc, edit_params, ran_stages
 
+# They read or copy the session's one tiny dvc repro (tests/conftest.py): under `pytest -n` they share a worker,
+# so the run is made once.
+pytestmark = pytest.mark.xdist_group("tiny_run")
+
+
 PASSWORD = "team-secret"
 EXPERIMENT = "e2e-server"
 MODEL = "e2e-server-model"
