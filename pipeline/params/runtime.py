@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StrictBool, field_validator, model_validator
 
-from pipeline.optim.lr_finder import SUGGESTION_RULES
+from pipeline.optim.lr_suggestions import SUGGESTION_RULES
 from pipeline.params.common import NumberOr, PositiveInt, Registered, Section
 
 

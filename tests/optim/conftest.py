@@ -89,3 +89,10 @@ def fit_one_weight(schedule, optimizer, *, extra_callbacks=(), run_eagerly: bool
         callbacks=callbacks,
     )
     return used, weights, model
+
+
+def closed_form_smoothing(losses: list[float], beta: float) -> np.ndarray:
+    """smoothed_i = sum_j (1 - beta) beta**(i - j) loss_j / (1 - beta**(i + 1)), computed as one matrix product."""
+    index = np.arange(len(losses))
+    powers = np.tril(beta ** (index[:, None] - index[None, :]).clip(min=0))
+    return (1 - beta) * powers @ np.asarray(losses) / (1 - beta ** (index + 1))
