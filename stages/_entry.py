@@ -37,18 +37,13 @@ EXPORTED_SAVED_MODEL = Path("models/saved_model")
 REGISTRY_REPORT = Path("reports/registry.json")
 
 
-def quiet_libraries() -> None:
-    """Silences the libraries' own chatter before they load (see `pipeline.runtime.native_log.quiet_libraries`)."""
-    _native_log.quiet_libraries()
-
-
 def run_stage(main: Callable[[], None]) -> None:
     """Runs a stage's `main`, turning a mistake the user can fix (`PipelineError`) into one line and exit code 2.
 
     Every other exception is a bug and keeps its traceback. TensorFlow's harmless C++ start-up lines are
     filtered from stderr meanwhile (`pipeline.runtime.native_log`; `PIPELINE_RAW_STDERR=1` shows them).
     """
-    quiet_libraries()
+    _native_log.quiet_libraries()
     native_log = _native_log.install()
     try:
         main()

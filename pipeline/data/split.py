@@ -18,7 +18,8 @@ from sklearn.model_selection import train_test_split
 from pipeline.data.files import USER_SPLITS, ImageFile
 from pipeline.data.sources import DatasetFormatError, ImageSource
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
+# The manifest names its splits as a dataset that comes split names its folders.
+SPLITS: tuple[str, ...] = USER_SPLITS
 MANIFEST_COLUMNS: tuple[str, ...] = ("part", "index", "label", "split")
 
 
@@ -218,9 +219,7 @@ def split_scanned(
         DatasetFormatError: A class lacks training images (given split), or has too few images to split.
     """
     if user_splits:
-        split = {
-            name: np.array([p for p, f in enumerate(files) if f.split == name], dtype=np.int64) for name in USER_SPLITS
-        }
+        split = {name: np.array([p for p, f in enumerate(files) if f.split == name], dtype=np.int64) for name in SPLITS}
         train_classes = set(labels[split["train"]].tolist())
         lacking = [class_names[label] for label in range(len(class_names)) if label not in train_classes]
         if lacking:

@@ -147,16 +147,24 @@ class PowerDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_phase(*, learning_rate: float, steps_per_epoch: int, epochs: int, first_epoch: int) -> None:
-    if not (isinstance(learning_rate, int | float) and math.isfinite(learning_rate) and learning_rate > 0):
+    if not (_is_number(learning_rate) and learning_rate > 0):
         raise ValueError(f"Argument `learning_rate` must be a number > 0. Received: learning_rate={learning_rate!r}")
-    if not (isinstance(steps_per_epoch, int) and steps_per_epoch >= 1):
+    if not (_is_integer(steps_per_epoch) and steps_per_epoch >= 1):
         raise ValueError(
             f"Argument `steps_per_epoch` must be an integer >= 1. Received: steps_per_epoch={steps_per_epoch!r}"
         )
-    if not (isinstance(epochs, int) and epochs >= 1):
+    if not (_is_integer(epochs) and epochs >= 1):
         raise ValueError(f"Argument `epochs` must be an integer >= 1. Received: epochs={epochs!r}")
-    if not (isinstance(first_epoch, int) and first_epoch >= 0):
+    if not (_is_integer(first_epoch) and first_epoch >= 0):
         raise ValueError(f"Argument `first_epoch` must be an integer >= 0. Received: first_epoch={first_epoch!r}")
 
 

@@ -147,10 +147,7 @@ class PhaseDataFactory:
         self._verbose = verbose
         self._splits = {"train": train, "val": val}
         self._preprocessing = classifier.backbone.make_preprocessing()
-        self._image_size = inputs.image_size
-        self._batch_size = inputs.batch_size
-        self._seed = inputs.seed
-        self._augmentation = augmentation
+        self._inputs = inputs
         self._one_hot_classes = num_classes if needs_one_hot(label_smoothing=inputs.label_smoothing) else None
         self.steps_per_epoch = math.ceil(len(train.labels) / inputs.batch_size)
         self._base_cut = cut_tensor(classifier, deepest_trainable_blocks)
@@ -181,13 +178,13 @@ class PhaseDataFactory:
         return image_dataset(
             data.images,
             data.labels,
-            image_size=self._image_size,
-            batch_size=self._batch_size,
+            image_size=self._inputs.image_size,
+            batch_size=self._inputs.batch_size,
             preprocessing=self._preprocessing,
-            augmentation=self._augmentation if augment else None,
+            augmentation=self._inputs.augmentation if augment else None,
             flip=flip,
             shuffle=shuffle,
-            seed=self._seed,
+            seed=self._inputs.seed,
         )
 
     def _labelled(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -219,7 +216,7 @@ class PhaseDataFactory:
                 "computed once for every epoch of the phase",
                 flush=True,
             )
-        batch_size = self._batch_size if isinstance(inputs, np.ndarray) else None
+        batch_size = self._inputs.batch_size if isinstance(inputs, np.ndarray) else None
         return model.predict(inputs, batch_size=batch_size, verbose=self._verbose)
 
     def for_phase(self, trainable_blocks: int) -> PhaseData:
@@ -262,9 +259,9 @@ class PhaseDataFactory:
                 array_dataset(
                     activations["val"][0],
                     self._splits["val"].labels,
-                    batch_size=self._batch_size,
+                    batch_size=self._inputs.batch_size,
                     shuffle=False,
-                    seed=self._seed,
+                    seed=self._inputs.seed,
                 )
             ),
             cached=True,
@@ -275,5 +272,7 @@ class PhaseDataFactory:
     def _train_activations(self, views: list[np.ndarray]) -> tf.data.Dataset:
         labels = self._splits["train"].labels
         if len(views) == 1:
-            return array_dataset(views[0], labels, batch_size=self._batch_size, shuffle=True, seed=self._seed)
-        return view_dataset(views, labels, batch_size=self._batch_size, seed=self._seed)
+            return array_dataset(
+                views[0], labels, batch_size=self._inputs.batch_size, shuffle=True, seed=self._inputs.seed
+            )
+        return view_dataset(views, labels, batch_size=self._inputs.batch_size, seed=self._inputs.seed)
