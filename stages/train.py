@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from pipeline.runtime.devices import DeviceSelection
     from pipeline.tracking.runs import TrackedRun
     from pipeline.training.history import TrainingHistory
+    from pipeline.training.recipe import Phase
 
 # What decides a run besides the data: uncommitted changes here make the run's `git.dirty` true.
 CODE_PATHS = ("pipeline", "stages", "dvc.yaml", "params.yaml", "pyproject.toml")
@@ -81,10 +82,14 @@ def main() -> None:
     ):
         _log_inputs(run, config, selection, source, rows, classifier)
         _log_learning_rate(run, base_learning_rate, learning_rate_source)
-        blocks = len(classifier.backbone.blocks_top_down)
-        phases = plan_phases(config.train, base_learning_rate=base_learning_rate, block_count=blocks)
-        run.set_tags({"phases": " -> ".join(phase.name for phase in phases)})
         inputs = InputSettings.from_params(config.train, image_size=config.backbone.image_size)
+        phases = plan_phases(
+            config.train,
+            base_learning_rate=base_learning_rate,
+            block_count=len(classifier.backbone.blocks_top_down),
+            steps_per_epoch=inputs.steps_per_epoch(len(train.labels)),
+        )
+        _log_plan(run, phases, train_examples=len(train.labels))
         with devices.strategy_scope(strategy):
             history = fine_tune(
                 classifier,
@@ -117,6 +122,16 @@ def _log_learning_rate(run: TrackedRun, learning_rate: float, source: str) -> No
     run.log_metrics({"base_learning_rate": learning_rate})
     run.set_tags({"base_learning_rate.source": source})
     print(f"base learning rate {learning_rate:g} from {source}")
+
+
+def _log_plan(run: TrackedRun, phases: list[Phase], *, train_examples: int) -> None:
+    """The plan, printed and tagged before training: each phase's length and why, and when it stops."""
+    print(f"plan for {train_examples} training images:")
+    lines = [phase.describe_plan() for phase in phases]
+    for line in lines:
+        print(f"  {line}")
+    run.set_tags({"phases": " -> ".join(phase.name for phase in phases)})
+    run.log_text("\n".join(lines) + "\n", "training/plan.txt")
 
 
 def _log_inputs(

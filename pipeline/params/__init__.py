@@ -97,7 +97,7 @@ class PipelineParams(Section):
             )
         return self
 
-    def _phase_settings(self) -> list[tuple[str, int, Any, Any]]:
+    def _phase_settings(self) -> list[tuple[str, int | str, Any, Any]]:
         """(where it is set, epochs, optimiser, schedule) of every phase, stages inheriting the section's."""
         phases = [("train", self.train.frozen_epochs, self.train.optimizer, self.train.schedule)]
         phases += [
@@ -114,6 +114,9 @@ class PipelineParams(Section):
     @model_validator(mode="after")
     def _schedules_fit_their_phases(self) -> PipelineParams:
         for where, epochs, _, schedule in self._phase_settings():
+            # An `epochs: auto` phase's length is known once the data is: boundaries past its end are not reached.
+            if epochs == "auto":
+                continue
             if isinstance(schedule, PiecewiseParams) and schedule.boundaries[-1] >= epochs:
                 raise ValueError(
                     f"{where}: piecewise boundaries {schedule.boundaries} reach the end of the phase "

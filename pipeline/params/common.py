@@ -62,7 +62,13 @@ def NumberOr(word: str, number: Any) -> Any:  # noqa: N802 (reads as a type)
         try:
             return adapter.validate_python(value)
         except PydanticValidationError as error:
-            raise ValueError(f"{error.errors()[0]['msg']}, or {word}") from None
+            # A mapping's error names its key inside (e.g. `patience`), which the one line would lose.
+            first = error.errors()[0]
+            inside = ".".join(str(part) for part in first["loc"])
+            if first["type"] == "extra_forbidden" and isinstance(number, type) and issubclass(number, BaseModel):
+                allowed = ", ".join(sorted(number.model_fields))
+                raise ValueError(f"{inside}: unknown key; allowed keys here: {allowed}, or {word}") from None
+            raise ValueError(f"{inside + ': ' if inside else ''}{first['msg']}, or {word}") from None
 
     return Annotated[number | Literal[word], PlainValidator(check)]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipeline.params.common import NonNegativeFloat, NumberOr, PositiveInt, Rate, Section
 from pipeline.params.optimizer import AdamParams, OptimizerChoice
@@ -41,20 +41,55 @@ class AugmentationParams(Section):
         return self.flip != "none" or any((self.rotation, self.zoom, self.translation, self.contrast))
 
 
+class PhaseLengthParams(Section):
+    """How long a phase with `epochs: auto` trains, in optimiser steps, so that the length follows the data.
+
+    Why: a recipe tuned on 56,000 training images (875 steps an epoch at batch 64) stops 800 images after
+    about 90 steps if it counts epochs. In steps, both train as long as the recipe needs: at least
+    `min_steps`, then on while the validation loss improves (early stopping), at most `max_steps` and
+    `max_epochs`.
+    """
+
+    min_steps: PositiveInt = Field(default=600, description="At least this many optimiser steps.")
+    max_steps: PositiveInt = Field(default=3500, description="At most this many (rounded down to whole epochs).")
+    max_epochs: PositiveInt = Field(default=100, description="And at most this many epochs.")
+
+    @model_validator(mode="after")
+    def _range(self) -> PhaseLengthParams:
+        if self.min_steps > self.max_steps:
+            raise ValueError(f"min_steps ({self.min_steps}) must not exceed max_steps ({self.max_steps})")
+        return self
+
+
 class UnfreezeStageParams(Section):
     """One step of progressive unfreezing: the top `blocks` blocks (or `all`) train at `lr_factor` x base LR.
 
-    Optimiser, schedule, BatchNorm policy, discriminative LR and early stopping default to the section's.
+    Optimiser, schedule, BatchNorm policy, discriminative LR, early stopping and, for `epochs: auto`, the
+    step bounds (`min_steps`, `max_steps`, `max_epochs`) default to the section's.
     """
 
     blocks: NumberOr("all", PositiveInt)
-    epochs: PositiveInt
+    epochs: NumberOr("auto", PositiveInt) = "auto"
     lr_factor: Annotated[float, Field(gt=0.0, le=1.0)]
+    min_steps: PositiveInt | None = None
+    max_steps: PositiveInt | None = None
+    max_epochs: PositiveInt | None = None
     optimizer: OptimizerChoice | None = None
     schedule: ScheduleChoice | None = None
     bn_policy: BatchNormPolicy | None = None
     lr_decay_per_block: BlockDecay | None = None
-    early_stopping: EarlyStoppingParams | None = None
+    early_stopping: NumberOr("auto", EarlyStoppingParams) | None = None
+
+    @model_validator(mode="after")
+    def _step_bounds_only_with_auto(self) -> UnfreezeStageParams:
+        if self.epochs != "auto":
+            for key in ("min_steps", "max_steps", "max_epochs"):
+                if getattr(self, key) is not None:
+                    raise ValueError(
+                        f"{key} bounds an `epochs: auto` stage, but this stage trains a fixed {self.epochs} epochs; "
+                        f"remove {key} or set epochs: auto"
+                    )
+        return self
 
 
 class TrainParams(Section):
@@ -69,7 +104,10 @@ class TrainParams(Section):
     schedule: ScheduleChoice = Field(
         default_factory=lambda: ConstantParams(name="constant"), description="Every phase's, unless a stage's own."
     )
-    frozen_epochs: PositiveInt = 5
+    frozen_epochs: NumberOr("auto", PositiveInt) = Field(
+        default="auto", description="Phase 1's epochs; auto: as long as `phase_length` says for this data."
+    )
+    phase_length: PhaseLengthParams = Field(default_factory=PhaseLengthParams)
     bn_policy: BatchNormPolicy = Field(
         default="frozen",
         description="BatchNorm of unfrozen blocks: frozen (inference mode), affine (gamma and beta train, "
@@ -78,7 +116,11 @@ class TrainParams(Section):
     lr_decay_per_block: BlockDecay = Field(
         default=1.0, description="Discriminative LR: each lower unfrozen block trains at the LR above / this."
     )
-    early_stopping: EarlyStoppingParams | None = None
+    early_stopping: NumberOr("auto", EarlyStoppingParams) | None = Field(
+        default="auto",
+        description="auto: the `epochs: auto` phases stop on val_loss with patience 3 and restore their best "
+        "epoch, fixed-length phases run every epoch; settings: every phase; null: none.",
+    )
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     augmentation: AugmentationParams = Field(default_factory=AugmentationParams)
     unfreeze: list[UnfreezeStageParams] = Field(default_factory=list)

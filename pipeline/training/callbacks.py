@@ -48,16 +48,57 @@ class HistoryRecorder(keras.callbacks.Callback):
         self.history.rows.append(row)
 
 
+class PhaseEarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras' early stopping that may not end a phase before its minimum number of epochs.
+
+    Why not Keras' `start_from_epoch`: it also ignores those epochs when it looks for the best weights,
+    so a phase whose best epoch came before the minimum would be restored to a worse one. Here every
+    epoch of the phase counts for the best; only the stop waits.
+    """
+
+    def __init__(self, *, first_epoch: int, min_epochs: int, **settings: Any) -> None:
+        super().__init__(**settings)
+        self._may_stop_from = first_epoch + min_epochs - 1  # the global index of the phase's last required epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        super().on_epoch_end(epoch, logs)
+        if epoch < self._may_stop_from and self.stopped_epoch == epoch:
+            self.model.stop_training = False
+            self.stopped_epoch = 0
+
+
 def early_stopping(
-    *, monitor: str, patience: int, min_delta: float, restore_best: bool
+    *,
+    monitor: str,
+    patience: int,
+    min_delta: float,
+    restore_best: bool,
+    first_epoch: int = 0,
+    min_epochs: int = 0,
 ) -> keras.callbacks.EarlyStopping:
-    """Keras' early stopping for one phase; with `restore_best` the phase ends on its best epoch's weights.
+    """Early stopping for one phase; with `restore_best` the phase ends on its best epoch's weights.
 
     Keras restores the best weights at the end of `fit` whether or not it stopped early, so the next
     phase always starts from the best epoch of this one.
+
+    Args:
+        monitor: The logged value watched (`val_loss`, `val_accuracy`, ...).
+        patience: Epochs without improvement before the phase stops.
+        min_delta: The least change that counts as an improvement.
+        restore_best: Whether the phase ends on its best epoch's weights.
+        first_epoch: The phase's first epoch on the global axis.
+        min_epochs: Epochs the phase runs before it may stop (0 or 1: from its first epoch on).
+
+    Returns:
+        The callback.
     """
-    return keras.callbacks.EarlyStopping(
-        monitor=monitor, patience=patience, min_delta=min_delta, restore_best_weights=restore_best
+    return PhaseEarlyStopping(
+        first_epoch=first_epoch,
+        min_epochs=min_epochs,
+        monitor=monitor,
+        patience=patience,
+        min_delta=min_delta,
+        restore_best_weights=restore_best,
     )
 
 

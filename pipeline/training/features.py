@@ -116,6 +116,10 @@ class InputSettings:
             label_smoothing=train.label_smoothing,
         )
 
+    def steps_per_epoch(self, examples: int) -> int:
+        """Optimiser steps of one epoch on `examples` training images (the last batch may be partial)."""
+        return math.ceil(examples / self.batch_size)
+
 
 class PhaseDataFactory:
     """Builds each phase's model and data, caching frozen activations when they fit the budget.
@@ -149,7 +153,7 @@ class PhaseDataFactory:
         self._preprocessing = classifier.backbone.make_preprocessing()
         self._inputs = inputs
         self._one_hot_classes = num_classes if needs_one_hot(label_smoothing=inputs.label_smoothing) else None
-        self.steps_per_epoch = math.ceil(len(train.labels) / inputs.batch_size)
+        self.steps_per_epoch = inputs.steps_per_epoch(len(train.labels))
         self._base_cut = cut_tensor(classifier, deepest_trainable_blocks)
         self._flip = cacheable_flip(augmentation)
         self._train_views = ("none", self._flip) if self._flip else ("none",)

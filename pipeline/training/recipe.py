@@ -11,6 +11,7 @@ policy), `pipeline.training.features` (frozen activations computed once), `pipel
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -23,6 +24,7 @@ from pipeline.model.head import Classifier
 from pipeline.optim.layerwise import block_multipliers, variable_multipliers
 from pipeline.optim.optimizers import make_optimizer
 from pipeline.optim.schedules import make_schedule
+from pipeline.params.train import EarlyStoppingParams
 from pipeline.training.callbacks import DivergenceGuard, HistoryRecorder, early_stopping
 from pipeline.training.features import ImageSplit, InputSettings, PhaseDataFactory
 from pipeline.training.history import PhaseRecord, TrainingHistory
@@ -31,7 +33,7 @@ from pipeline.training.losses import classification_loss
 if TYPE_CHECKING:
     from pipeline.params.optimizer import OptimizerParams
     from pipeline.params.schedule import ScheduleParams
-    from pipeline.params.train import EarlyStoppingParams, TrainParams
+    from pipeline.params.train import TrainParams
 
 
 @dataclass(frozen=True)
@@ -41,13 +43,15 @@ class Phase:
     Attributes:
         name: `frozen`, `unfreeze_top_<k>` or `unfreeze_all`.
         trainable_blocks: Blocks from the top that train (0: only the head).
-        epochs: Epochs planned (early stopping may end the phase sooner).
+        epochs: The most epochs the phase runs (early stopping may end it sooner); schedules span them.
         learning_rate: The phase's LR, lr0 of its schedule (the head's LR under discriminative LR).
         optimizer: The optimiser's validated settings (name and options).
         schedule: The schedule's validated settings (name and options).
         bn_policy: BatchNorm policy of the unfrozen blocks.
         lr_decay_per_block: Each lower unfrozen block trains at the LR of the block above / this.
         early_stopping: Early stopping settings, or None.
+        min_epochs: Epochs before early stopping may end the phase (None: any epoch).
+        length_note: Why the phase is this long, for the printed plan (empty for a fixed length).
     """
 
     name: str
@@ -59,6 +63,63 @@ class Phase:
     bn_policy: str = "frozen"
     lr_decay_per_block: float = 1.0
     early_stopping: EarlyStoppingParams | None = None
+    min_epochs: int | None = None
+    length_note: str = ""
+
+    def describe_plan(self) -> str:
+        """One line of the printed plan: what trains, for how long and why, and when it stops.
+
+        For example "frozen: 47 to 100 epochs (13 steps each: at least 600 steps, at most 3500 steps or
+        100 epochs), early stopping on val_loss, patience 3, best epoch restored; adam lr 0.001 (constant)".
+        """
+        if self.min_epochs is not None and self.min_epochs < self.epochs:
+            length = f"{self.min_epochs} to {self.epochs} epochs"
+        else:
+            length = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}"
+        length += f" ({self.length_note})" if self.length_note else ""
+        if self.early_stopping is None:
+            stopping = "no early stopping"
+        else:
+            stopping = f"early stopping on {self.early_stopping.monitor}, patience {self.early_stopping.patience}"
+            stopping += ", best epoch restored" if self.early_stopping.restore_best else ""
+        trains = "the head" if self.trainable_blocks == 0 else f"the head and the top {self.trainable_blocks} blocks"
+        return (
+            f"{self.name}: {length}, {stopping}; {trains} at {self.optimizer.name} lr {self.learning_rate:g} "
+            f"({self.schedule.name})"
+        )
+
+
+# What `early_stopping: auto` means for an `epochs: auto` phase: stop once the validation loss has not
+# improved for 3 epochs and go on from the best epoch. Fixed-length phases run every epoch they were given.
+AUTO_EARLY_STOPPING = EarlyStoppingParams(monitor="val_loss", patience=3, min_delta=0.0, restore_best=True)
+
+
+def phase_length(
+    *,
+    epochs: int | str,
+    steps_per_epoch: int,
+    min_steps: int,
+    max_steps: int,
+    max_epochs: int,
+) -> tuple[int, int | None, str]:
+    """How many epochs a phase may run, and how many it must, when `epochs` is auto: bounds in steps.
+
+    Args:
+        epochs: A fixed number of epochs, or "auto".
+        steps_per_epoch: Optimiser steps of one epoch on this data (batches of the training split).
+        min_steps: An auto phase runs at least this many steps (rounded up to whole epochs).
+        max_steps: And at most this many (rounded down to whole epochs, but never below the minimum).
+        max_epochs: And at most this many epochs (never below the minimum either: the steps come first).
+
+    Returns:
+        (most epochs, epochs before early stopping may end the phase or None, why in words).
+    """
+    if epochs != "auto":
+        return int(epochs), None, ""
+    least = math.ceil(min_steps / steps_per_epoch)
+    most = max(least, min(max_steps // steps_per_epoch, max_epochs))
+    why = f"{steps_per_epoch} steps each: at least {min_steps} steps, at most {max_steps} steps or {max_epochs} epochs"
+    return most, least, why
 
 
 def _momentum_for_cycling(optimizer: OptimizerParams, schedule: ScheduleParams) -> OptimizerParams:
@@ -72,45 +133,77 @@ def _momentum_for_cycling(optimizer: OptimizerParams, schedule: ScheduleParams) 
     return optimizer
 
 
-def plan_phases(train: TrainParams, *, base_learning_rate: float, block_count: int) -> list[Phase]:
-    """The frozen phase at the base LR, then each unfreeze stage at its fraction of it.
+def _early_stopping(setting: EarlyStoppingParams | str | None, *, automatic: bool) -> EarlyStoppingParams | None:
+    """`auto` stops the phases whose length is auto, and none of the fixed ones; settings stop every phase."""
+    if setting == "auto":
+        return AUTO_EARLY_STOPPING if automatic else None
+    return setting
+
+
+def plan_phases(
+    train: TrainParams, *, base_learning_rate: float, block_count: int, steps_per_epoch: int
+) -> list[Phase]:
+    """The frozen phase at the base LR, then each unfreeze stage at its fraction of it, each as long as the data needs.
 
     Args:
         train: The validated `train` section; a stage's unset optimiser, schedule, BatchNorm policy,
-            discriminative LR and early stopping are the section's.
+            discriminative LR, early stopping and step bounds are the section's.
         base_learning_rate: LR of the frozen phase (a number, or the LR range test's suggestion).
         block_count: Number of blocks of the backbone (what `all` means).
+        steps_per_epoch: Optimiser steps of one epoch on the training split, which turn the step bounds of
+            the `epochs: auto` phases into epochs.
 
     Returns:
         The phases in order.
     """
+    bounds = train.phase_length
+    epochs, min_epochs, note = phase_length(
+        epochs=train.frozen_epochs,
+        steps_per_epoch=steps_per_epoch,
+        min_steps=bounds.min_steps,
+        max_steps=bounds.max_steps,
+        max_epochs=bounds.max_epochs,
+    )
     phases = [
         Phase(
             name="frozen",
             trainable_blocks=0,
-            epochs=train.frozen_epochs,
+            epochs=epochs,
             learning_rate=base_learning_rate,
             optimizer=_momentum_for_cycling(train.optimizer, train.schedule),
             schedule=train.schedule,
             bn_policy=train.bn_policy,
             lr_decay_per_block=train.lr_decay_per_block,
-            early_stopping=train.early_stopping,
+            early_stopping=_early_stopping(train.early_stopping, automatic=train.frozen_epochs == "auto"),
+            min_epochs=min_epochs,
+            length_note=note,
         )
     ]
     for stage in train.unfreeze:
         blocks = block_count if stage.blocks == "all" else stage.blocks
         schedule = stage.schedule or train.schedule
+        epochs, min_epochs, note = phase_length(
+            epochs=stage.epochs,
+            steps_per_epoch=steps_per_epoch,
+            min_steps=stage.min_steps or bounds.min_steps,
+            max_steps=stage.max_steps or bounds.max_steps,
+            max_epochs=stage.max_epochs or bounds.max_epochs,
+        )
         phases.append(
             Phase(
                 name="unfreeze_all" if stage.blocks == "all" else f"unfreeze_top_{blocks}",
                 trainable_blocks=blocks,
-                epochs=stage.epochs,
+                epochs=epochs,
                 learning_rate=base_learning_rate * stage.lr_factor,
                 optimizer=_momentum_for_cycling(stage.optimizer or train.optimizer, schedule),
                 schedule=schedule,
                 bn_policy=stage.bn_policy or train.bn_policy,
                 lr_decay_per_block=stage.lr_decay_per_block or train.lr_decay_per_block,
-                early_stopping=stage.early_stopping or train.early_stopping,
+                early_stopping=_early_stopping(
+                    stage.early_stopping or train.early_stopping, automatic=stage.epochs == "auto"
+                ),
+                min_epochs=min_epochs,
+                length_note=note,
             )
         )
     return phases
@@ -212,7 +305,13 @@ def fine_tune(
         for callback in callbacks:
             if callable(getattr(callback, "begin_phase", None)):
                 callback.begin_phase(record)
-        stopper = early_stopping(**phase.early_stopping.model_dump()) if phase.early_stopping is not None else None
+        stopper = (
+            early_stopping(
+                **phase.early_stopping.model_dump(), first_epoch=first_epoch, min_epochs=phase.min_epochs or 0
+            )
+            if phase.early_stopping is not None
+            else None
+        )
         phase_data.model.fit(
             phase_data.train,
             validation_data=phase_data.val,

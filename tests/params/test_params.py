@@ -60,13 +60,15 @@ def test_defaults_load() -> None:
     assert (params.train.bn_policy, params.train.lr_decay_per_block, params.train.early_stopping) == (
         "frozen",
         1.0,
-        None,
+        "auto",
     )
+    assert params.train.frozen_epochs == "auto"
+    assert (params.train.phase_length.min_steps, params.train.phase_length.max_steps) == (600, 3500)
+    assert params.train.phase_length.max_epochs == 100
     assert params.head.hidden_units == []
     assert (params.head.activation, params.head.initializer, params.head.batch_norm) == ("relu", "auto", "none")
     assert params.lr_find.enabled is False
     assert params.train.base_learning_rate == 1e-3
-    assert params.train.frozen_epochs == 5
     assert params.train.unfreeze == []
     assert params.evaluate.batch_size == 128
     device = params.device
@@ -117,8 +119,8 @@ def test_unknown_key_inside_unfreeze_stage_lists_stage_keys() -> None:
 
     assert "train.unfreeze.0.extra: unknown key (received 3)" in message
     assert (
-        "allowed keys here: blocks, bn_policy, early_stopping, epochs, lr_decay_per_block, lr_factor, optimizer, "
-        "schedule"
+        "allowed keys here: blocks, bn_policy, early_stopping, epochs, lr_decay_per_block, lr_factor, max_epochs, "
+        "max_steps, min_steps, optimizer, schedule"
     ) in message
 
 
@@ -271,6 +273,9 @@ def test_flatten_gives_dotted_keys() -> None:
         "train.unfreeze.1.blocks": "all",
         "train.unfreeze.1.epochs": "1",
         "train.unfreeze.1.lr_factor": "0.01",
+        "train.unfreeze.1.min_steps": "null",
+        "train.unfreeze.1.max_steps": "null",
+        "train.unfreeze.1.max_epochs": "null",
         "train.unfreeze.1.optimizer": "null",
         "train.unfreeze.1.schedule.name": "cosine",
         "train.unfreeze.1.schedule.warmup_fraction": "0.1",

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.data.augmentation import build_augmentation
 from pipeline.model.head import build_head
-from pipeline.params import parse
+from pipeline.params import ParamsError, parse
 from pipeline.params.head import HeadParams
 from pipeline.params.optimizer import AdamParams, SGDParams
 from pipeline.params.schedule import ConstantParams, ExponentialParams
@@ -61,7 +61,7 @@ def test_plan_phases_scales_the_base_learning_rate() -> None:
             }
         }
     ).train
-    phases = plan_phases(train, base_learning_rate=0.002, block_count=9)
+    phases = plan_phases(train, base_learning_rate=0.002, block_count=9, steps_per_epoch=10)
     assert phases == [
         _phase("frozen", 0, 3, 0.002),
         _phase("unfreeze_top_2", 2, 2, 0.002 * 0.1),
@@ -93,7 +93,7 @@ def test_a_stage_inherits_the_sections_settings_or_overrides_them() -> None:
             }
         }
     ).train
-    frozen, inherited, overridden = plan_phases(train, base_learning_rate=0.01, block_count=4)
+    frozen, inherited, overridden = plan_phases(train, base_learning_rate=0.01, block_count=4, steps_per_epoch=10)
     assert (frozen.optimizer, frozen.schedule.name, frozen.bn_policy) == (train.optimizer, "cosine", "affine")
     assert (inherited.optimizer.name, inherited.schedule.name, inherited.bn_policy) == ("sgd", "cosine", "affine")
     assert (inherited.lr_decay_per_block, inherited.early_stopping.patience) == (2.6, 1)
@@ -106,7 +106,7 @@ def test_a_stage_inherits_the_sections_settings_or_overrides_them() -> None:
 
 def test_onecycle_gives_a_momentum_less_sgd_the_cycles_top_momentum() -> None:
     train = parse({"train": {"optimizer": "sgd", "schedule": {"name": "onecycle", "max_momentum": 0.9}}}).train
-    (frozen,) = plan_phases(train, base_learning_rate=0.01, block_count=4)
+    (frozen,) = plan_phases(train, base_learning_rate=0.01, block_count=4, steps_per_epoch=10)
     assert frozen.optimizer == SGDParams(name="sgd", momentum=0.9)
 
 
@@ -303,6 +303,84 @@ def test_early_stopping_ends_the_phase_on_its_best_epoch(tiny_backbone) -> None:
     for restored, best in zip(seen[2], seen[0], strict=True):
         np.testing.assert_allclose(restored, best, atol=1e-6)
     assert not np.allclose(seen[1][0], seen[0][0])
+
+
+def test_early_stopping_waits_for_the_minimum_epochs_and_still_restores_an_earlier_best(tiny_backbone) -> None:
+    classifier = build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
+    seen = []
+    spy = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.append(classifier.model.get_layer("head_predictions").get_weights())
+    )
+    # Nothing after the first epoch improves by 100, so patience 1 would stop at epoch 2; the minimum is 4.
+    stopping = EarlyStoppingParams(monitor="val_loss", patience=1, min_delta=100.0, restore_best=True)
+    phases = [
+        _phase("unfreeze_top_1", 1, 1, 1e-9),
+        _phase("frozen", 0, 8, 0.05, early_stopping=stopping, min_epochs=4),
+        _phase("unfreeze_top_1", 1, 1, 1e-9),
+    ]
+    history = _run(classifier, phases, callbacks=[spy])
+    _, stopped, following = history.phases
+    assert (stopped.first_epoch, stopped.end_epoch, stopped.best_epoch) == (1, 5, 1)
+    assert following.first_epoch == 5
+    for restored, best in zip(seen[5], seen[1], strict=True):
+        np.testing.assert_allclose(restored, best, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("steps_per_epoch", "expected"),
+    [
+        (875, (4, 1)),  # 56,000 images at batch 64: one epoch is past 600 steps, four reach 3,500
+        (13, (100, 47)),  # 800 images: 47 epochs reach 600 steps; 3,500 steps would be 269 epochs, max_epochs caps
+        (79, (44, 8)),
+        (5000, (1, 1)),  # one epoch is past max_steps: the phase still runs a whole one
+    ],
+)
+def test_an_auto_phase_is_bounded_in_steps(steps_per_epoch: int, expected: tuple[int, int]) -> None:
+    train = parse({"train": {"phase_length": {"min_steps": 600, "max_steps": 3500, "max_epochs": 100}}}).train
+    (frozen,) = plan_phases(train, base_learning_rate=0.01, block_count=4, steps_per_epoch=steps_per_epoch)
+    assert (frozen.epochs, frozen.min_epochs) == expected
+    assert frozen.early_stopping == EarlyStoppingParams(monitor="val_loss", patience=3, restore_best=True)
+    assert frozen.length_note == (f"{steps_per_epoch} steps each: at least 600 steps, at most 3500 steps or 100 epochs")
+
+
+def test_fixed_epochs_run_every_epoch_unless_early_stopping_is_set() -> None:
+    train = parse(
+        {
+            "train": {
+                "frozen_epochs": 3,
+                "phase_length": {"min_steps": 100, "max_steps": 1000},
+                "unfreeze": [
+                    {"blocks": 1, "epochs": 2, "lr_factor": 0.5},
+                    {"blocks": 1, "epochs": "auto", "lr_factor": 0.1, "min_steps": 50, "max_epochs": 6},
+                ],
+            }
+        }
+    ).train
+    frozen, fixed, automatic = plan_phases(train, base_learning_rate=0.01, block_count=4, steps_per_epoch=20)
+    assert (frozen.epochs, frozen.min_epochs, frozen.early_stopping, frozen.length_note) == (3, None, None, "")
+    assert (fixed.epochs, fixed.min_epochs, fixed.early_stopping) == (2, None, None)
+    assert (automatic.epochs, automatic.min_epochs, automatic.early_stopping.patience) == (6, 3, 3)
+    assert frozen.describe_plan() == ("frozen: 3 epochs, no early stopping; the head at adam lr 0.01 (constant)")
+    assert automatic.describe_plan() == (
+        "unfreeze_top_1: 3 to 6 epochs (20 steps each: at least 50 steps, at most 1000 steps or 6 epochs), "
+        "early stopping on val_loss, patience 3, best epoch restored; the head and the top 1 blocks at adam "
+        "lr 0.001 (constant)"
+    )
+    every = parse({"train": {"frozen_epochs": 3, "early_stopping": {"patience": 1}}}).train
+    (stopped,) = plan_phases(every, base_learning_rate=0.01, block_count=4, steps_per_epoch=20)
+    assert stopped.early_stopping.patience == 1
+    none = parse({"train": {"early_stopping": None}}).train
+    (unstopped,) = plan_phases(none, base_learning_rate=0.01, block_count=4, steps_per_epoch=20)
+    assert (unstopped.epochs, unstopped.min_epochs, unstopped.early_stopping) == (100, 30, None)
+
+
+def test_step_bounds_are_refused_on_a_fixed_stage_and_when_crossed() -> None:
+    with pytest.raises(ParamsError, match=r"train.unfreeze.0: .*min_steps bounds an `epochs: auto` stage"):
+        parse({"train": {"unfreeze": [{"blocks": 1, "epochs": 2, "lr_factor": 0.5, "min_steps": 10}]}})
+    with pytest.raises(ParamsError, match=r"train.phase_length: .*min_steps \(700\) must not exceed max_steps"):
+        parse({"train": {"phase_length": {"min_steps": 700, "max_steps": 600}}})
+    with pytest.raises(ParamsError, match=r"train.frozen_epochs: received 0; Input should be greater than 0, or auto"):
+        parse({"train": {"frozen_epochs": 0}})
 
 
 @pytest.mark.parametrize("cache_bytes", [1 << 30, 0], ids=["cached", "images"])
