@@ -31,9 +31,11 @@ if TYPE_CHECKING:
     from pipeline.model.head import Classifier
     from pipeline.runtime.devices import DeviceSelection
     from pipeline.tracking.runs import TrackedRun
+    from pipeline.training.diagnosis import Diagnosis
     from pipeline.training.history import TrainingHistory
     from pipeline.training.recipe import Phase
 
+DIAGNOSIS_JSON = Path("reports/diagnosis.json")
 # What decides a run besides the data: uncommitted changes here make the run's `git.dirty` true.
 CODE_PATHS = ("pipeline", "stages", "dvc.yaml", "params.yaml", "pyproject.toml")
 
@@ -54,6 +56,7 @@ def main() -> None:
     from pipeline.data.split import read_manifest, select
     from pipeline.tracking.epoch_logger import EpochLogger
     from pipeline.tracking.lifecycle import tracked_run
+    from pipeline.training.diagnostics import TrainingDiagnostics
     from pipeline.training.features import ImageSplit, InputSettings
     from pipeline.training.recipe import fine_tune, plan_phases
     from stages._data import load_source
@@ -90,16 +93,22 @@ def main() -> None:
             steps_per_epoch=inputs.steps_per_epoch(len(train.labels)),
         )
         _log_plan(run, phases, train_examples=len(train.labels))
-        with devices.strategy_scope(strategy):
-            history = fine_tune(
-                classifier,
-                train=train,
-                val=val,
-                phases=phases,
-                inputs=inputs,
-                callbacks=[EpochLogger(run)],
-                jit_compile=selection.jit_compile,
-            )
+        diagnostics = TrainingDiagnostics(config.diagnostics)
+        try:
+            with devices.strategy_scope(strategy):
+                history = fine_tune(
+                    classifier,
+                    train=train,
+                    val=val,
+                    phases=phases,
+                    inputs=inputs,
+                    callbacks=[EpochLogger(run)],
+                    jit_compile=selection.jit_compile,
+                    diagnostics=diagnostics,
+                )
+        finally:
+            # Also when training diverged: an exploding-gradient flag is then the run's explanation.
+            run.set_tags(diagnostics.tags())
         _write_outputs(run, config, classifier, history, tracking_uri=tracking_uri)
 
 
@@ -205,14 +214,36 @@ def _write_outputs(
     )
     history.save(csv_path=HISTORY_CSV, json_path=HISTORY_JSON)
     save_layer_map(history.layers, LAYER_MAP)
-    plots.plot_history(history, HISTORY_PNG)
-    for artifact in (HISTORY_CSV, HISTORY_JSON, HISTORY_PNG, LAYER_MAP):
+    diagnosis = _diagnosis(config, history, num_classes=classifier.model.output_shape[-1])
+    diagnosis.save(DIAGNOSIS_JSON)
+    if diagnosis.verdict != "off":
+        run.set_tags({"diagnosis": diagnosis.sentence})
+        print(f"diagnosis: {diagnosis.sentence}")
+    marker = (diagnosis.epoch, diagnosis.verdict) if diagnosis.epoch is not None else None
+    plots.plot_history(history, HISTORY_PNG, marker=marker)
+    for artifact in (HISTORY_CSV, HISTORY_JSON, HISTORY_PNG, LAYER_MAP, DIAGNOSIS_JSON):
         run.log_artifact(artifact, "training")
     export.save_model(model, TRAINED_MODEL)
     run_reference(run, tracking_uri).write(RUN_REFERENCE)
     for phase in history.phases:
         print(phase.describe())
     print(f"trained {history.epochs_done} epochs in {len(history.phases)} phases; run {run.run_id}")
+
+
+def _diagnosis(config: params.PipelineParams, history: TrainingHistory, *, num_classes: int) -> Diagnosis:
+    """The reading of the curves, or verdict `off` (diagnostics.diagnosis false: the file still exists for DVC)."""
+    from pipeline.training.diagnosis import Diagnosis, diagnose
+
+    settings = config.diagnostics
+    if not settings.diagnosis:
+        return Diagnosis("off", "diagnostics.diagnosis is false")
+    return diagnose(
+        history,
+        num_classes=num_classes,
+        window=settings.window,
+        tolerance=settings.tolerance,
+        underfit_loss=settings.underfit_loss,
+    )
 
 
 if __name__ == "__main__":

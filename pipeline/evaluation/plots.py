@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from pipeline.training.history import TrainingHistory
 
 
-def plot_history(history: TrainingHistory, path: Path) -> None:
+def plot_history(history: TrainingHistory, path: Path, *, marker: tuple[int, str] | None = None) -> None:
     """Loss and accuracy, train vs validation, with the phase boundaries marked.
 
     Why: this is the curve a course teaches to read: a validation loss that turns up while the
@@ -30,6 +30,8 @@ def plot_history(history: TrainingHistory, path: Path) -> None:
     Args:
         history: The recorded epochs and phases.
         path: Where to write the PNG.
+        marker: The epoch (numbered from 1) and the word the diagnosis of the curves points at
+            (`pipeline.training.diagnosis`), drawn as a red dotted line on both plots; None for none.
     """
     epochs = np.array([row["epoch"] + 1 for row in history.rows])
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
@@ -49,6 +51,17 @@ def plot_history(history: TrainingHistory, path: Path) -> None:
                 va="top",
                 fontsize=8,
                 color="0.3",
+            )
+        if marker is not None:
+            axis.axvline(marker[0], color="tab:red", linestyle=":", linewidth=1.5)
+            axis.annotate(
+                marker[1],
+                xy=(marker[0], 0.02),
+                xycoords=("data", "axes fraction"),
+                ha="center",
+                fontsize=8,
+                color="tab:red",
+                backgroundcolor="white",
             )
         axis.set_title(title)
         axis.set_xlabel("epoch (all phases)")

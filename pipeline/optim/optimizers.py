@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import keras
 
+from pipeline.optim.gradient_norms import gradient_norm_class
 from pipeline.optim.layerwise import layerwise_class
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ def make_optimizer(
     *,
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
     variable_multipliers: Mapping[str, float] | None = None,
+    variable_blocks: Mapping[str, str] | None = None,
 ) -> keras.optimizers.Optimizer:
     """Builds a fresh optimiser from its params model.
 
@@ -67,24 +69,30 @@ def make_optimizer(
             (discriminative learning rates, see `pipeline.optim.layerwise`); None or all 1 for none.
             Unlisted variables train at the base LR; building the optimiser on variables that lack a
             listed path raises ValueError.
+        variable_blocks: Variable path -> block name: the optimiser then accumulates each block's
+            gradient norm on every step (`pipeline.optim.gradient_norms`); None for no accumulation.
 
     Returns:
         A new, unbuilt Keras optimiser: the Keras class itself, or its layer-wise subclass when a
-        multiplier is not 1 (its `learning_rate` is still the base LR).
+        multiplier is not 1 (its `learning_rate` is still the base LR), either of them in its
+        gradient-norm variant when `variable_blocks` is given.
 
     Raises:
         ValueError: The name is not registered (the message lists the registered names).
     """
     keras_class = optimizer_class(optimizer.name)
+    arguments = {"learning_rate": learning_rate, **optimizer.options()}
     if variable_multipliers and any(value != 1.0 for value in variable_multipliers.values()):
-        return layerwise_class(keras_class)(
-            learning_rate=learning_rate, variable_multipliers=variable_multipliers, **optimizer.options()
-        )
-    return keras_class(learning_rate=learning_rate, **optimizer.options())
+        keras_class = layerwise_class(keras_class)
+        arguments["variable_multipliers"] = variable_multipliers
+    if variable_blocks is not None:
+        keras_class = gradient_norm_class(keras_class)
+        arguments["variable_blocks"] = variable_blocks
+    return keras_class(**arguments)
 
 
 def custom_objects() -> dict[str, type]:
-    """The layer-wise variants of every registered optimiser, made and registered with Keras.
+    """The layer-wise and gradient-norm variants of every registered optimiser, made and registered with Keras.
 
     Why: a model saved while compiled with a layer-wise optimiser names its class; a fresh process must
     make the class before `keras.saving.load_model` can find it.
@@ -92,5 +100,7 @@ def custom_objects() -> dict[str, type]:
     Returns:
         Class name -> class, also usable as `load_model(..., custom_objects=...)`.
     """
-    variants = (layerwise_class(optimizer_class(name)) for name in OPTIMIZER_NAMES)
+    layerwise = [layerwise_class(optimizer_class(name)) for name in OPTIMIZER_NAMES]
+    plain = [optimizer_class(name) for name in OPTIMIZER_NAMES]
+    variants = [*layerwise, *(gradient_norm_class(variant) for variant in (*plain, *layerwise))]
     return {variant.__name__: variant for variant in variants}

@@ -3,7 +3,7 @@
 Why: a typo or an out-of-range value must stop a stage in seconds with a message naming the key,
 the value received and what is allowed, before TensorFlow is even imported. This package imports
 only pydantic, yaml and the pipeline's TF-free registries for that reason. Each section lives in its
-own module (`data`, `backbone`, `head`, `optimizer`, `schedule`, `train`, `runtime`).
+own module (`data`, `backbone`, `head`, `optimizer`, `schedule`, `train`, `runtime`, `diagnostics`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pipeline.backbones.names import SAVED_MODEL_BLOCK
 from pipeline.params.backbone import BackboneParams
 from pipeline.params.common import Section
 from pipeline.params.data import DataParams
+from pipeline.params.diagnostics import DiagnosticsParams
 from pipeline.params.errors import ParamsError, describe
 from pipeline.params.head import HeadParams
 from pipeline.params.optimizer import OPTIMIZERS_WITH_MOMENTUM
@@ -39,6 +40,7 @@ class PipelineParams(Section):
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     device: DeviceParams = Field(default_factory=DeviceParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
+    diagnostics: DiagnosticsParams = Field(default_factory=DiagnosticsParams)
 
     @model_validator(mode="after")
     def _unfreeze_within_backbone(self) -> PipelineParams:

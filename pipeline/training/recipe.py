@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from pipeline.params.optimizer import OptimizerParams
     from pipeline.params.schedule import ScheduleParams
     from pipeline.params.train import TrainParams
+    from pipeline.training.diagnostics import TrainingDiagnostics
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,7 @@ def fine_tune(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 2,
     jit_compile: bool | str = "auto",
+    diagnostics: TrainingDiagnostics | None = None,
 ) -> TrainingHistory:
     """Fine-tunes `classifier` in place, phase after phase.
 
@@ -233,6 +235,9 @@ def fine_tune(
             `begin_phase(record)` method are told each phase before its first epoch.
         verbose: Keras' `fit` verbosity.
         jit_compile: XLA compilation of each phase's training step: "auto" (Keras decides), True or False.
+        diagnostics: The course's diagnostics (`pipeline.training.diagnostics`): block gradient norms
+            accumulated by each phase's optimiser, and their callbacks first in each phase's list, so
+            their metrics reach the history and the run; None for none.
 
     Returns:
         Every epoch of every phase on one axis, the phase boundaries and the trainable-layer map.
@@ -278,6 +283,7 @@ def fine_tune(
                 phase.optimizer,
                 learning_rate=schedule.learning_rate,
                 variable_multipliers=variable_multipliers(phase_data.model, layer_multipliers),
+                variable_blocks=diagnostics.variable_blocks(phase_data.model, blocks) if diagnostics else None,
             ),
             loss=classification_loss(label_smoothing=inputs.label_smoothing),
             metrics=["accuracy"],
@@ -312,6 +318,7 @@ def fine_tune(
             if phase.early_stopping is not None
             else None
         )
+        diagnosing = diagnostics.callbacks(phase_data.model, phase_data.val) if diagnostics else []
         phase_data.model.fit(
             phase_data.train,
             validation_data=phase_data.val,
@@ -319,7 +326,8 @@ def fine_tune(
             epochs=record.end_epoch,
             # The recorder first, so it logs the LR this epoch used before a plateau callback lowers it; the
             # divergence guard last, so that the epoch that blew up is still recorded and logged to the run.
-            callbacks=[recorder, *schedule.callbacks, *([stopper] if stopper else []), *callbacks, guard],
+            # The diagnostics before both, so that their metrics are in the epoch's logs.
+            callbacks=[*diagnosing, recorder, *schedule.callbacks, *([stopper] if stopper else []), *callbacks, guard],
             shuffle=False,  # the datasets reshuffle themselves, with the run's seed
             verbose=verbose,
         )

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from pipeline.optim.gradient_norms import gradient_norm_class
 from pipeline.optim.layerwise import layerwise_class
 from pipeline.optim.optimizers import OPTIMIZER_NAMES, custom_objects, make_optimizer, optimizer_class
 from pipeline.params.optimizer import CLIPPING_KEYS, OPTIMIZER_MODELS
@@ -122,8 +123,12 @@ def test_only_the_clipping_that_is_set_reaches_keras() -> None:
 
 
 def test_custom_objects_cover_every_optimizer() -> None:
-    expected = {
+    layerwise = {
         f"Layerwise{optimizer_class(name).__name__}": layerwise_class(optimizer_class(name)) for name in OPTIMIZER_NAMES
     }
-    assert custom_objects() == expected
-    assert len(expected) == len(OPTIMIZER_NAMES)
+    measured = {
+        f"GradientNorms{variant.__name__}": gradient_norm_class(variant)
+        for variant in (*(optimizer_class(name) for name in OPTIMIZER_NAMES), *layerwise.values())
+    }
+    assert custom_objects() == {**layerwise, **measured}
+    assert len(custom_objects()) == 3 * len(OPTIMIZER_NAMES)

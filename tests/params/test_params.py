@@ -101,7 +101,7 @@ def test_unknown_top_level_key() -> None:
     message = error_message({"bogus": 1})
 
     assert "bogus: unknown key (received 1)" in message
-    assert "allowed keys here: backbone, data, device, evaluate, head, lr_find, tracking, train" in message
+    assert "allowed keys here: backbone, data, device, diagnostics, evaluate, head, lr_find, tracking, train" in message
 
 
 def test_unknown_nested_key_lists_keys_of_its_section() -> None:
