@@ -87,7 +87,11 @@ class DeviceParams(Section):
 class TrackingParams(Section):
     """Where MLflow keeps runs and models; MLFLOW_TRACKING_URI in the environment overrides `uri`."""
 
-    uri: str = "sqlite:///mlflow.db"
+    uri: str = Field(
+        default="sqlite:///mlflow.db",
+        description="sqlite:///, postgresql://, mysql://, mssql://, http(s):// (an MLflow server), databricks, or a "
+        "folder with MLFLOW_ALLOW_FILE_STORE=true; validate refuses other schemes (pipeline.tracking.store).",
+    )
     artifact_dir: str = "mlartifacts"
     experiment: Annotated[str, Field(min_length=1, max_length=MAX_EXPERIMENT_LENGTH)] = Field(
         default=AUTO,
