@@ -54,6 +54,7 @@ def main() -> None:
     import tensorflow as tf
 
     from pipeline.data.split import read_manifest, select
+    from pipeline.tracking import provenance
     from pipeline.tracking.epoch_logger import EpochLogger
     from pipeline.tracking.lifecycle import tracked_run
     from pipeline.training.diagnostics import TrainingDiagnostics
@@ -71,12 +72,15 @@ def main() -> None:
     strategy = devices.distribution_strategy(selection)
     with devices.strategy_scope(strategy):
         classifier = build_classifier(config, num_classes=len(source.class_names))
+    run_name = provenance.run_name(f"{classifier.backbone.name}-{config.backbone.image_size}px", os.environ)
+    names = config.tracking
+    print(f"MLflow run {run_name!r} in experiment {names.experiment!r}; registered model {names.registered_model!r}")
     with (
         tracked_run(
             tracking_uri=tracking_uri,
             experiment=config.tracking.experiment,
             artifact_dir=Path(config.tracking.artifact_dir),
-            run_name=f"{classifier.backbone.name}-{config.backbone.image_size}px",
+            run_name=run_name,
         ) as run,
         run.system_metrics(
             gpu_indices=devices.nvml_indices(selection, os.environ),

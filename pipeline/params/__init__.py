@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipeline.backbones.names import SAVED_MODEL_BLOCK
 from pipeline.params.backbone import BackboneParams
@@ -21,6 +21,7 @@ from pipeline.params.data import DataParams
 from pipeline.params.diagnostics import DiagnosticsParams
 from pipeline.params.errors import ParamsError, describe
 from pipeline.params.head import HeadParams
+from pipeline.params.naming import resolve_tracking_names
 from pipeline.params.optimizer import OPTIMIZERS_WITH_MOMENTUM
 from pipeline.params.runtime import DeviceParams, EvaluateParams, LRFindParams, TrackingParams
 from pipeline.params.schedule import OneCycleParams, PiecewiseParams
@@ -39,7 +40,28 @@ class PipelineParams(Section):
     lr_find: LRFindParams = Field(default_factory=LRFindParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     device: DeviceParams = Field(default_factory=DeviceParams)
-    tracking: TrackingParams = Field(default_factory=TrackingParams)
+    # Validated even when absent, so that its `auto` names are resolved below.
+    tracking: TrackingParams = Field(default_factory=TrackingParams, validate_default=True)
+
+    @field_validator("tracking")
+    @classmethod
+    def _resolve_auto_names(cls, tracking: TrackingParams, info: ValidationInfo) -> TrackingParams:
+        """`auto` names become the data's and the backbone's, here once, so every stage reads the same ones.
+
+        Why here: the data and backbone sections are validated before this one (fields run in order), and
+        a name resolved at load time is what `config.tracking` says everywhere, logged params included.
+        """
+        data, backbone = info.data.get("data"), info.data.get("backbone")
+        if data is None or backbone is None:  # their own errors are reported; no name to derive
+            return tracking
+        names = resolve_tracking_names(
+            experiment=tracking.experiment,
+            registered_model=tracking.registered_model,
+            data_path=data.path,
+            backbone=backbone.name,
+        )
+        return tracking.model_copy(update={"experiment": names.experiment, "registered_model": names.registered_model})
+
     diagnostics: DiagnosticsParams = Field(default_factory=DiagnosticsParams)
 
     @model_validator(mode="after")

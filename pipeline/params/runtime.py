@@ -8,6 +8,7 @@ from pydantic import Field, StrictBool, field_validator, model_validator
 
 from pipeline.optim.lr_suggestions import SUGGESTION_RULES
 from pipeline.params.common import NumberOr, PositiveInt, Registered, Section
+from pipeline.params.naming import AUTO, MAX_EXPERIMENT_LENGTH, MAX_REGISTERED_MODEL_LENGTH, MODEL_NAME_FORBIDDEN
 
 
 class LRFindParams(Section):
@@ -86,10 +87,21 @@ class DeviceParams(Section):
 class TrackingParams(Section):
     """Where MLflow keeps runs and models; MLFLOW_TRACKING_URI in the environment overrides `uri`."""
 
-    uri: str = "sqlite:///mlflow.db"
+    uri: str = Field(
+        default="sqlite:///mlflow.db",
+        description="sqlite:///, postgresql://, mysql://, mssql://, http(s):// (an MLflow server), databricks, or a "
+        "folder with MLFLOW_ALLOW_FILE_STORE=true; validate refuses other schemes (pipeline.tracking.store).",
+    )
     artifact_dir: str = "mlartifacts"
-    experiment: Annotated[str, Field(min_length=1)] = "transfer-learning"
-    registered_model: Annotated[str, Field(min_length=1)] = "transfer-classifier"
+    experiment: Annotated[str, Field(min_length=1, max_length=MAX_EXPERIMENT_LENGTH)] = Field(
+        default=AUTO,
+        description="auto: <data>-transfer, after data.path (fashion-mnist-transfer for Fashion-MNIST); or a name.",
+    )
+    registered_model: Annotated[str, Field(min_length=1, max_length=MAX_REGISTERED_MODEL_LENGTH)] = Field(
+        default=AUTO,
+        description="auto: <data>-<backbone>, after data.path and backbone.name "
+        "(fashion-mnist-efficientnet-lite0); or a name without / or :.",
+    )
     champion_metric: Literal["accuracy", "macro_f1"] = "accuracy"
     champion_margin: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
         default=0.0,
@@ -102,3 +114,21 @@ class TrackingParams(Section):
         default=10.0,
         description="Seconds between CPU/memory/GPU samples on the run (system/* metrics); 0 turns them off.",
     )
+
+    @field_validator("experiment", "registered_model")
+    @classmethod
+    def _no_outer_spaces(cls, name: str) -> str:
+        # MLflow keeps the spaces, and `models:/ name@champion` then names nothing anyone would type.
+        if name != name.strip():
+            raise ValueError("starts or ends with a space; remove it")
+        return name
+
+    @field_validator("registered_model")
+    @classmethod
+    def _model_name_mlflow_takes(cls, name: str) -> str:
+        if any(character in name for character in MODEL_NAME_FORBIDDEN):
+            raise ValueError(
+                "holds / or :, which MLflow refuses in a registered model's name (they separate the parts of "
+                "models:/<name>@<alias>); use - instead, or auto"
+            )
+        return name

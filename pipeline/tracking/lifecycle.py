@@ -22,6 +22,12 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.tracking.runs import RunReference, TrackedRun
 
+# The experiment tag MLflow's UI (3.x) reads to choose an experiment's page, and the value of the page with the
+# runs table, metrics and model versions. Without it the UI guesses, and for an experiment without traces it
+# may open the GenAI overview (traces, latency, token usage: all empty for a training pipeline).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_EXPERIMENT_KIND = "custom_model_development"
+
 
 def _experiment_id(client: MlflowClient, name: str, artifact_dir: Path, tracking_uri: str) -> str:
     """The experiment's id; a new one keeps artifacts in `artifact_dir`, or where a tracking server says.
@@ -32,9 +38,24 @@ def _experiment_id(client: MlflowClient, name: str, artifact_dir: Path, tracking
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
+    kind = {EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND}
     if tracking_uri.lower().startswith(("http://", "https://")):
-        return client.create_experiment(name)
-    return client.create_experiment(name, artifact_location=artifact_dir.resolve().as_uri())
+        return client.create_experiment(name, tags=kind)
+    return client.create_experiment(name, artifact_location=artifact_dir.resolve().as_uri(), tags=kind)
+
+
+def mark_training_experiment(client: MlflowClient, experiment_id: str) -> None:
+    """Tags the experiment as model training, so that MLflow's UI opens it on the runs table.
+
+    Why on every use, not only at creation: experiments made before this tag existed, or tagged by the UI's
+    own guess (`genai_development_inferred`, ...), would keep opening on the GenAI overview.
+
+    Args:
+        client: The tracking client.
+        experiment_id: The experiment.
+    """
+    if client.get_experiment(experiment_id).tags.get(EXPERIMENT_KIND_TAG) != TRAINING_EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT_KIND)
 
 
 class _TerminatedError(Exception):
@@ -107,7 +128,8 @@ def tracked_run(
 ) -> Iterator[TrackedRun]:
     """Opens a new run, or reopens one, and ends it FINISHED; FAILED on an error, KILLED when interrupted.
 
-    Before opening, runs of the experiment left RUNNING by a process that died are closed as KILLED.
+    Before opening, runs of the experiment left RUNNING by a process that died are closed as KILLED, and the
+    experiment is tagged as model training (`mark_training_experiment`).
 
     Args:
         tracking_uri: Where MLflow stores runs (already resolved with `tracking_store.resolve_tracking_uri`).
@@ -132,6 +154,7 @@ def tracked_run(
         experiment_id = _experiment_id(client, experiment, artifact_dir or Path("mlartifacts"), tracking_uri)
     else:
         raise ValueError("tracked_run needs an experiment for a new run or a run to resume")
+    mark_training_experiment(client, experiment_id)
     close_orphaned_runs(client, experiment_id)
     if resume is None:
         run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
@@ -164,4 +187,3 @@ def run_reference(run: TrackedRun, tracking_uri: str) -> RunReference:
     """The reference a later stage needs to reopen `run`."""
     info = run.client.get_run(run.run_id).info
     return RunReference(run_id=run.run_id, experiment_id=info.experiment_id, tracking_uri=tracking_uri)
-

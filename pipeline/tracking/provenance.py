@@ -127,6 +127,24 @@ def dvc_context(environment: Mapping[str, str]) -> dict[str, str]:
     return tags
 
 
+def run_name(model: str, environment: Mapping[str, str]) -> str:
+    """The run's name in MLflow: the model it trains, after the DVC experiment's name under `dvc exp run`.
+
+    Why: runs of one experiment on one dataset share the model's name (`efficientnet_lite0-64px`), so the
+    UI's compare view could not tell three `dvc exp run`s apart; DVC's name for each (`DVC_EXP_NAME`, set
+    in every stage's environment by `dvc exp run`, also what `dvc exp show` lists) does.
+
+    Args:
+        model: What the run trains, e.g. `efficientnet_lite0-64px`.
+        environment: The process environment.
+
+    Returns:
+        `<experiment> · <model>` under `dvc exp run` (`raked-doek · efficientnet_lite0-64px`), else `model`.
+    """
+    experiment = environment.get("DVC_EXP_NAME", "").strip()
+    return f"{experiment} \u00b7 {model}" if experiment else model
+
+
 def library_versions() -> dict[str, str]:
     """The Python version and each tracked library's installed version (`not installed` when absent)."""
     versions = {"versions.python": platform.python_version()}

@@ -34,8 +34,24 @@ TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 PROBE_TIMEOUT_S = 5.0
 # Schemes of SQLAlchemy stores other than sqlite and postgresql: only their port is tried.
 _DEFAULT_PORTS = {"mysql": 3306, "mssql": 1433}
-# URIs MLflow hands to clients of their own, even written without `://`.
-_OTHER_CLIENTS = ("databricks", "databricks-uc", "uc")
+# The schemes MLflow 3.17 keeps runs and registered models in (`_register_tracking_stores` in
+# mlflow/tracking/_tracking_service/utils.py, `DATABASE_ENGINES` in mlflow/store/db/db_types.py); "" is a path.
+DATABASE_DIALECTS = ("sqlite", "postgresql", "mysql", "mssql")
+_FOLDER_SCHEMES = ("", "file")
+_SERVER_SCHEMES = ("http", "https")
+# URIs MLflow hands to a client of its own, even written without `://`.
+_OTHER_CLIENTS = ("databricks",)
+# MLflow registers these only to refuse them: Unity Catalog holds registered models, never runs.
+_REGISTRY_ONLY = ("databricks-uc", "uc")
+# Tracking stores of installed MLflow plugins, by scheme.
+_PLUGIN_GROUP = "mlflow.tracking_store"
+# MLflow 3.17 refuses a folder store ("maintenance mode") unless this is true.
+ALLOW_FILE_STORE_ENV = "MLFLOW_ALLOW_FILE_STORE"
+SCHEMES_THAT_WORK = (
+    "sqlite:///<file>.db; postgresql://, mysql:// or mssql:// (a SQLAlchemy URL, optionally +driver); "
+    "http:// or https:// (an MLflow server); databricks; a folder path or file:// (with "
+    f"{ALLOW_FILE_STORE_ENV}=true)"
+)
 
 
 class TrackingStoreError(PipelineError):
@@ -91,8 +107,10 @@ def check_tracking_store(
     - `postgresql://`: the driver SQLAlchemy will use is installed, and a connection with the URI's
       user, password and database succeeds.
     - `mysql://`, `mssql://`: the driver is installed and the port accepts a connection.
-    - a folder (`file:` or a plain path): it, or the folder it would be created in, is writable.
-    Other schemes (databricks, ...) are left to MLflow.
+    - a folder (`file:` or a plain path): MLFLOW_ALLOW_FILE_STORE is true (MLflow 3.17 refuses folder stores
+      without it), and it, or the folder it would be created in, is writable.
+    databricks and the schemes of installed MLflow plugins are left to MLflow; any other scheme (s3://, a typo
+    such as postgres:// or htp://, Unity Catalog's uc:) is refused with the list of schemes that work.
 
     Args:
         uri: The resolved tracking URI.
@@ -109,9 +127,10 @@ def check_tracking_store(
     parts = urllib.parse.urlsplit(uri)
     scheme = parts.scheme.lower()
     dialect = scheme.split("+")[0]
-    if uri.split("://")[0].lower() in _OTHER_CLIENTS:
-        return "not checked (MLflow's own client handles this scheme)"
     try:
+        _check_scheme(uri)
+        if uri.split("://")[0].lower() in _OTHER_CLIENTS or scheme in _plugin_schemes():
+            return "not checked (MLflow's own client handles this scheme)"
         if scheme in ("http", "https"):
             return _check_http(uri, experiment, timeout)
         if dialect == "sqlite":
@@ -126,6 +145,50 @@ def check_tracking_store(
     except TrackingStoreError as error:
         raise TrackingStoreError(f"tracking store {redact(uri)} (from {origin}) cannot be used: {error}") from None
     return "not checked (MLflow's own client handles this scheme)"
+
+
+def _plugin_schemes() -> set[str]:
+    """Schemes of tracking stores that installed packages add to MLflow (read without importing mlflow)."""
+    import importlib.metadata
+
+    return {entry_point.name.lower() for entry_point in importlib.metadata.entry_points(group=_PLUGIN_GROUP)}
+
+
+def _check_scheme(uri: str) -> None:
+    """Refuses a URI whose scheme MLflow 3.17 has no store for, as MLflow itself reads the scheme.
+
+    Why here: MLflow finds out only when train first writes, after the data is prepared and the model built.
+
+    Raises:
+        TrackingStoreError: The scheme is not one MLflow can keep runs in; the message lists those that work.
+    """
+    scheme = urllib.parse.urlsplit(uri).scheme.lower()
+    scheme = "" if len(scheme) == 1 else scheme  # one letter: a Windows drive, as MLflow reads it
+    written = uri.split("://")[0].lower() if "://" in uri else uri.lower()
+    if written in _OTHER_CLIENTS or scheme in _OTHER_CLIENTS:
+        return
+    if written in _REGISTRY_ONLY or scheme in _REGISTRY_ONLY:
+        raise TrackingStoreError(
+            f"{scheme if scheme in _REGISTRY_ONLY else written} is Unity Catalog, which MLflow uses as a model "
+            "registry only, never as a tracking store; "
+            f"schemes that work: {SCHEMES_THAT_WORK}"
+        )
+    dialect, plus, driver = scheme.partition("+")
+    known = (
+        scheme in _FOLDER_SCHEMES + _SERVER_SCHEMES
+        or (dialect in DATABASE_DIALECTS and (not plus or (driver and "+" not in driver)))
+        or scheme in _plugin_schemes()
+    )
+    if not known:
+        hint = {"postgres": " (write postgresql://)", "sqlite3": " (write sqlite:///)"}.get(dialect, "")
+        raise TrackingStoreError(
+            f"MLflow has no tracking store for scheme {scheme}://{hint}; schemes that work: {SCHEMES_THAT_WORK}"
+        )
+    if scheme in _FOLDER_SCHEMES and os.environ.get(ALLOW_FILE_STORE_ENV, "").lower() not in ("true", "1"):
+        raise TrackingStoreError(
+            f"MLflow 3.17 refuses folder stores unless {ALLOW_FILE_STORE_ENV}=true (they are in maintenance mode); "
+            f"use sqlite:///mlflow.db, or set {ALLOW_FILE_STORE_ENV}=true; schemes that work: {SCHEMES_THAT_WORK}"
+        )
 
 
 def _check_http(uri: str, experiment: str, timeout: float) -> str:

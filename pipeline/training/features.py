@@ -131,7 +131,7 @@ class PhaseDataFactory:
         inputs: How the images are fed (size, batches, seed, augmentation, labels, cache budget).
         deepest_trainable_blocks: The largest `trainable_blocks` of any phase: its cut is the one
             computed from images, once.
-        verbose: Keras' `predict` verbosity for the passes that fill the cache (0: silent); above 0 a
+        verbose: Whether the passes that fill the cache are announced (0: silent); above 0 a
             line says what each pass computes, since the first takes minutes on a large dataset.
     """
 
@@ -220,8 +220,7 @@ class PhaseDataFactory:
                 "computed once for every epoch of the phase",
                 flush=True,
             )
-        batch_size = self._inputs.batch_size if isinstance(inputs, np.ndarray) else None
-        return model.predict(inputs, batch_size=batch_size, verbose=self._verbose)
+        return _forward_pass(model, inputs, batch_size=self._inputs.batch_size)
 
     def for_phase(self, trainable_blocks: int) -> PhaseData:
         """Model and data for a phase; call after the phase's `trainable` flags are set.
@@ -280,3 +279,32 @@ class PhaseDataFactory:
                 views[0], labels, batch_size=self._inputs.batch_size, shuffle=True, seed=self._inputs.seed
             )
         return view_dataset(views, labels, batch_size=self._inputs.batch_size, seed=self._inputs.seed)
+
+
+def _forward_pass(model: keras.Model, inputs: tf.data.Dataset | np.ndarray, *, batch_size: int) -> np.ndarray:
+    """`model` in inference mode over every batch of `inputs`, traced once, for any batch size.
+
+    Why not `model.predict`: Keras traces its predict step for the first batch's shape and again for the last,
+    smaller batch, for each new model; the cache builds a new model for every cut (the frozen prefix, then a
+    segment per phase), so on a small dataset most predict calls were traces, and TensorFlow warned that
+    they "triggered tf.function retracing". A concrete function of any batch size traces each model once.
+    XLA as Keras would choose it for this model (`model.jit_compile`: on GPUs, off on CPUs).
+
+    Args:
+        model: A sub-model of the classifier.
+        inputs: Batches of (images, labels), or an array of activations, cut into `batch_size` rows.
+        batch_size: Rows per call for an array.
+
+    Returns:
+        The outputs, one row per input row, in order.
+    """
+    # One concrete function, traced here, is what every batch calls: nothing retraces, and no call goes through
+    # the tracing heuristic, which keys on the code of the traced function and would count all the cuts' traces.
+    forward = tf.function(
+        lambda batch: model(batch, training=False), jit_compile=model.jit_compile
+    ).get_concrete_function(tf.TensorSpec((None, *model.input.shape[1:]), model.input.dtype))
+    if isinstance(inputs, np.ndarray):
+        batches = (inputs[start : start + batch_size] for start in range(0, len(inputs), batch_size))
+    else:
+        batches = (images for images, _labels in inputs)
+    return np.concatenate([keras.ops.convert_to_numpy(forward(batch)) for batch in batches])

@@ -416,3 +416,20 @@ def test_unfreeze_deeper_than_a_keras_files_blocks_lists_them(keras_file: str) -
         }
     )
     assert accepted.train.unfreeze[0].blocks == 10
+
+
+def test_validate_stage_refuses_a_tracking_scheme_mlflow_cannot_use(tmp_path: Path) -> None:
+    # Before any output: MLflow itself would find out only when train first writes a run.
+    _write_params(tmp_path, {"tracking": {"uri": "s3://team-bucket/mlruns"}})
+
+    result = _run_validate(tmp_path)
+
+    assert result.returncode == 2
+    assert re.fullmatch(
+        r"error: tracking store s3://team-bucket/mlruns \(from tracking.uri in params.yaml\) cannot be used: MLflow "
+        r"has no tracking store for scheme s3://; schemes that work: sqlite:///<file>.db; postgresql://, mysql:// or "
+        r"mssql:// \(a SQLAlchemy URL, optionally \+driver\); http:// or https:// \(an MLflow server\); databricks; "
+        r"a folder path or file:// \(with MLFLOW_ALLOW_FILE_STORE=true\)\n",
+        result.stderr,
+    ), result.stderr
+    assert not (tmp_path / "build" / "params.checked").exists()

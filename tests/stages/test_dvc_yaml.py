@@ -109,3 +109,44 @@ def test_every_code_dependency_exists(pipeline_file: str) -> None:
             if code and not resolved.exists():
                 missing.append(f"{name}: {dep}")
     assert missing == []
+
+
+# Keys whose `auto` value is derived from other params (pipeline.params.naming), and what it is derived from.
+_DERIVED_NAMES = ("tracking.experiment", "tracking.registered_model")
+_NAMED_AFTER = ("data.path", "backbone.name")
+
+
+def _covers(listed: list[str], key: str) -> bool:
+    """Whether a stage's params list `key`, itself or a section above it (`data` covers `data.path`)."""
+    parts = key.split(".")
+    return any(".".join(parts[:depth]) in listed for depth in range(1, len(parts) + 1))
+
+
+def _listed_params(spec: dict) -> list[str]:
+    return [item for item in spec.get("params", []) if isinstance(item, str)]
+
+
+@pytest.mark.parametrize("pipeline_file", ["dvc.yaml", "examples/transfer_ab/dvc.yaml"])
+def test_a_stage_reading_an_auto_name_lists_what_it_is_named_after(pipeline_file: str) -> None:
+    # `tracking.experiment: auto` is named after data.path and backbone.name: a stage that lists the
+    # name but not those would not rerun when the user points data.path at another dataset.
+    stages = yaml.safe_load((REPO / pipeline_file).read_text(encoding="utf-8"))["stages"]
+    missing = []
+    for name, spec in stages.items():
+        spec = spec.get("do", spec)
+        listed = _listed_params(spec)
+        if any(_covers(listed, key) for key in _DERIVED_NAMES):
+            missing += [f"{name}: {key}" for key in _NAMED_AFTER if not _covers(listed, key)]
+    assert missing == []
+
+
+def test_the_stages_that_use_a_name_list_it() -> None:
+    # train opens runs in the experiment; evaluate and register look up the registered model's @champion.
+    reads = {
+        "train": "tracking.experiment",
+        "evaluate": "tracking.registered_model",
+        "register": "tracking.registered_model",
+    }
+    assert {stage: _covers(_listed_params(STAGES[stage]), key) for stage, key in reads.items()} == dict.fromkeys(
+        reads, True
+    )

@@ -101,3 +101,34 @@ def test_sigterm_ends_the_run_killed(store: str, tmp_path: Path) -> None:
     terminated = MlflowClient(store).get_run(run_id)
     assert terminated.info.status == "KILLED"
     assert terminated.data.tags[lifecycle.END_REASON_TAG] == "terminated by signal 15"
+
+
+def _experiment_kind(store: str, name: str) -> str | None:
+    return MlflowClient(store).get_experiment_by_name(name).tags.get("mlflow.experimentKind")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file"])
+def test_a_new_experiment_opens_in_the_model_training_view(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # MLflow's UI opens an experiment tagged custom_model_development on its runs table, not the GenAI overview.
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3.17 refuses folder stores without it
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}" if kind == "sqlite" else (tmp_path / "mlruns").as_uri()
+    with open_run(store, tmp_path):
+        pass
+    assert _experiment_kind(store, "tests") == "custom_model_development"
+
+
+@pytest.mark.parametrize("before", [None, "genai_development_inferred"])
+def test_an_experiment_in_use_is_tagged_as_model_training(store: str, tmp_path: Path, before: str | None) -> None:
+    # Made before the tag existed, or tagged by the UI's own guess: tagged when a run opens in it, or reopens.
+    client = MlflowClient(store)
+    client.create_experiment("tests", tags={} if before is None else {"mlflow.experimentKind": before})
+    with open_run(store, tmp_path) as run:
+        pass
+    assert _experiment_kind(store, "tests") == "custom_model_development"
+    experiment_id = client.get_run(run.run_id).info.experiment_id
+    client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "genai_development")
+    with lifecycle.tracked_run(tracking_uri=store, resume=lifecycle.run_reference(run, store)):
+        pass
+    assert _experiment_kind(store, "tests") == "custom_model_development"

@@ -84,6 +84,16 @@ def test_dvc_context_from_the_environment() -> None:
     }
 
 
+def test_runs_are_named_after_the_dvc_experiment() -> None:
+    model = "efficientnet_lite0-64px"
+    assert provenance.run_name(model, {"DVC_EXP_NAME": "raked-doek", "DVC_STAGE": "train"}) == (
+        "raked-doek \u00b7 efficientnet_lite0-64px"
+    )
+    # `dvc repro` and a stage run by hand set no experiment name.
+    assert provenance.run_name(model, {"DVC_STAGE": "train"}) == model
+    assert provenance.run_name(model, {"DVC_EXP_NAME": " "}) == model
+
+
 def test_library_versions_are_the_installed_ones() -> None:
     versions = provenance.library_versions()
     assert versions["versions.python"] == platform.python_version()

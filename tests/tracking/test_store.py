@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -162,7 +163,8 @@ def test_sqlite_in_a_missing_folder_fails(tmp_path: Path) -> None:
         check_tracking_store(f"sqlite:///{tmp_path / 'nope' / 'mlflow.db'}", origin="test")
 
 
-def test_a_folder_store_is_checked_where_it_would_be_created(tmp_path: Path) -> None:
+def test_a_folder_store_is_checked_where_it_would_be_created(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     assert check_tracking_store(str(tmp_path / "mlruns"), origin="test") == f"folder {tmp_path / 'mlruns'} is writable"
     (tmp_path / "file").write_text("x")
     with pytest.raises(TrackingStoreError, match=rf"{tmp_path / 'file'} is not a folder"):
@@ -191,8 +193,58 @@ def test_a_database_driver_that_is_not_installed_is_named() -> None:
 
 
 def test_schemes_of_other_clients_are_left_to_mlflow() -> None:
-    for uri in ("databricks", "databricks://profile", "uc:databricks-uc"):
+    for uri in ("databricks", "databricks://profile"):
         assert check_tracking_store(uri, origin="test").startswith("not checked"), uri
+
+
+_WORK = (
+    r"schemes that work: sqlite:///<file>.db; postgresql://, mysql:// or mssql:// \(a SQLAlchemy URL, optionally "
+    r"\+driver\); http:// or https:// \(an MLflow server\); databricks; a folder path or file:// \(with "
+    r"MLFLOW_ALLOW_FILE_STORE=true\)$"
+)
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason"),
+    [
+        ("s3://bucket/mlruns", r"MLflow has no tracking store for scheme s3://; "),
+        ("htp://127.0.0.1:5000", r"MLflow has no tracking store for scheme htp://; "),
+        ("postgres://u@db/mlflow", r"MLflow has no tracking store for scheme postgres:// \(write postgresql://\); "),
+        ("sqlite3:///mlflow.db", r"MLflow has no tracking store for scheme sqlite3:// \(write sqlite:///\); "),
+        ("mysql+a+b://db/mlflow", r"MLflow has no tracking store for scheme mysql\+a\+b://; "),
+        ("uc:databricks-uc", r"uc is Unity Catalog, which MLflow uses as a model registry only, never as a tracking "),
+        ("databricks-uc", r"databricks-uc is Unity Catalog, which MLflow uses as a model registry only"),
+    ],
+)
+def test_a_scheme_mlflow_cannot_use_is_refused_with_the_schemes_that_work(uri: str, reason: str) -> None:
+    with pytest.raises(
+        TrackingStoreError,
+        match=rf"^tracking store {re.escape(uri)} \(from tracking.uri in params.yaml\) "
+        rf"cannot be used: {reason}.*{_WORK}",
+    ):
+        check_tracking_store(uri, origin="tracking.uri in params.yaml")
+
+
+def test_a_folder_store_needs_mlflows_opt_in(tmp_path: Path, monkeypatch) -> None:
+    # MLflow 3.17 raises on a folder store unless MLFLOW_ALLOW_FILE_STORE is true.
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(
+        TrackingStoreError,
+        match=r"cannot be used: MLflow 3.17 refuses folder stores unless MLFLOW_ALLOW_FILE_STORE=true \(they are in "
+        r"maintenance mode\); use sqlite:///mlflow.db, or set MLFLOW_ALLOW_FILE_STORE=true; schemes that work: ",
+    ):
+        check_tracking_store(str(tmp_path / "mlruns"), origin="test")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "1")
+    assert (
+        check_tracking_store((tmp_path / "mlruns").as_uri(), origin="test")
+        == f"folder {tmp_path / 'mlruns'} is writable"
+    )
+
+
+def test_database_urls_with_a_driver_pass_the_scheme_check(tmp_path: Path) -> None:
+    assert check_tracking_store(f"sqlite+pysqlite:///{tmp_path / 'm.db'}", origin="test") == (
+        f"sqlite database {tmp_path / 'm.db'} is writable"
+    )
 
 
 def test_redact_hides_only_the_password() -> None:

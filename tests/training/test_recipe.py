@@ -511,3 +511,34 @@ def test_an_absurd_learning_rate_ends_training_with_divergence(tiny_backbone) ->
     phases = [_phase("frozen", 0, 3, 1e4, optimizer=sgd), _phase("unfreeze_top_1", 1, 1, 1e3, optimizer=sgd)]
     with pytest.raises(TrainingDivergedError, match=r"^training diverged in epoch 1 \(phase frozen, lr 10000\): loss"):
         _run(classifier, phases)
+
+
+def test_filling_the_cache_on_a_small_dataset_triggers_no_retracing_warning(tiny_backbone) -> None:
+    # TensorFlow warns when 5 of the last ~10 calls of one traced function retrace. Keras' predict traced each
+    # new sub-model twice (the first batch, then the last, smaller one): on a small dataset, with a sub-model per
+    # cut, that was the warning. 70 and 19 images in batches of 32 end on a partial batch.
+    import logging
+
+    from pipeline.training.features import InputSettings, PhaseDataFactory
+
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    classifier = build_head(tiny_backbone(), HeadParams(pooling="avg", dropout=0.0), num_classes=3, seed=0)
+    train, val = tiny_splits(train_count=70, val_count=19)
+    inputs = InputSettings(image_size=IMAGE_SIZE, batch_size=32, seed=0, cache_limit_bytes=1 << 30)
+    keep = Keep()
+    logging.getLogger("tensorflow").addHandler(keep)
+    try:
+        for _attempt in range(3):
+            factory = PhaseDataFactory(classifier, train=train, val=val, inputs=inputs, deepest_trainable_blocks=2)
+            phases = [factory.for_phase(blocks) for blocks in (0, 1, 2)]
+    finally:
+        logging.getLogger("tensorflow").removeHandler(keep)
+    assert [phase.cached for phase in phases] == [True, True, True]
+    assert [message for message in keep.messages if "retracing" in message] == []
