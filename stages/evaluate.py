@@ -1,7 +1,9 @@
-"""DVC stage `evaluate`: test metrics of the trained model and of the champion on one split, to reports/ and the run.
+"""DVC stage `evaluate`: test metrics of the trained model, its baselines and the champion on one split.
 
 The current `@champion` of `tracking.registered_model` is scored on this run's test images, with the
-majority-class baseline, so that the register stage's gate compares like with like (`pipeline.evaluation.gate`).
+majority-class baseline and the classical baselines of `evaluate.baselines` (a linear probe on the frozen
+pretrained backbone's features, logistic regression on downsampled pixels: `pipeline.evaluation.baselines`),
+so that the register stage's gate compares like with like (`pipeline.evaluation.gate`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from stages._entry import (
 if TYPE_CHECKING:
     import numpy as np
 
+    from pipeline.evaluation.baselines import BaselineResult
     from pipeline.evaluation.gate import Comparison
     from pipeline.evaluation.metrics import EvaluationResult
     from pipeline.tracking.runs import TrackedRun
@@ -51,7 +54,8 @@ def main() -> None:
     tracking_store.check_tracking_store(reference.tracking_uri, origin=f"{RUN_REFERENCE}, written by train")
     source = load_source(config.data)
     classes = source.class_names
-    images, labels = select(source, read_manifest(MANIFEST), "test")
+    manifest = read_manifest(MANIFEST)
+    images, labels = select(source, manifest, "test")
     model = export.load_model(TRAINED_MODEL, safe_mode=config.backbone.safe_mode)
     with tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:
         # The stage working on the run now: the UI then tells which stage a RUNNING run is in.
@@ -64,27 +68,93 @@ def main() -> None:
             image_size=model.input_shape[1],
             batch_size=config.evaluate.batch_size,
         )
-        result.write(metrics=METRICS, report=CLASSIFICATION_REPORT, class_names=classes)
+        print(
+            f"test accuracy {result.accuracy:.4f}, macro F1 {result.macro_f1:.4f} on {result.examples} images",
+            flush=True,
+        )
+        fitted = _fitted_baselines(config, select(source, manifest, "train"), images, labels, classes=classes)
+        comparison = _compare_with_champion(run, config, result, fitted, images, labels, classes=classes)
+        result.write(
+            metrics=METRICS, report=CLASSIFICATION_REPORT, class_names=classes, extra=comparison.baseline_metrics()
+        )
         plots.plot_confusion_matrix(result.confusion, classes, CONFUSION_PNG)
-        comparison = _compare_with_champion(run, config, result, images, labels, classes=classes)
         comparison.write(COMPARISON)
         run.log_metrics(comparison.run_metrics())
-        run.set_tags({"gate.compared_with": comparison.compared_with()})
+        unbeaten = _unbeaten_baseline(comparison, metric=config.tracking.champion_metric)
+        run.set_tags({"gate.compared_with": comparison.compared_with(), "baseline.not_beaten": unbeaten or "none"})
         for artifact in (METRICS, CLASSIFICATION_REPORT, CONFUSION_PNG, COMPARISON):
             run.log_artifact(artifact, "evaluation")
     _print_summary(comparison, registered_model=config.tracking.registered_model)
+
+
+def _fitted_baselines(
+    config: params.PipelineParams,
+    train: tuple[np.ndarray, np.ndarray],
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    classes: tuple[str, ...],
+) -> list[BaselineResult]:
+    """The enabled classical baselines, fitted on (a capped subsample of) the training split, scored on the test
+    images; each printed in one line as it finishes (the probe takes seconds)."""
+    from pipeline.evaluation.baselines import linear_probe, pixel_baseline
+    from stages._classifier import build_backbone
+
+    settings, seed = config.evaluate.baselines, config.data.seed
+    train_images, train_labels = train
+    fitted = []
+    if settings.probe.enabled:
+        probe = linear_probe(
+            build_backbone(config),
+            train_images,
+            train_labels,
+            images,
+            labels,
+            settings=settings.probe,
+            pooling=config.head.pooling,
+            class_names=classes,
+            image_size=config.backbone.image_size,
+            batch_size=config.evaluate.batch_size,
+            seed=seed,
+        )
+        print(probe.line(), flush=True)
+        fitted.append(probe)
+    if settings.pixels.enabled:
+        pixels = pixel_baseline(
+            train_images, train_labels, images, labels, settings=settings.pixels, class_names=classes, seed=seed
+        )
+        print(pixels.line(), flush=True)
+        fitted.append(pixels)
+    return fitted
+
+
+def _unbeaten_baseline(comparison: Comparison, *, metric: str) -> str | None:
+    """The best baseline when the model does not beat it on `metric` (printed as a warning), else None."""
+    from pipeline.evaluation.gate import BASELINE_TITLES
+
+    name, score = comparison.best_baseline(metric)
+    value = float(comparison.challenger[metric])
+    if value > score:
+        return None
+    print(
+        f"warning: the model's test {metric} {value:.4f} does not beat {BASELINE_TITLES[name]}'s {score:.4f} on the "
+        "same test images: the fine-tuning did not pay off (too few steps for this dataset, or a recipe that does "
+        "not fit it); reports/champion_comparison.json has every baseline"
+    )
+    return name
 
 
 def _compare_with_champion(
     run: TrackedRun,
     config: params.PipelineParams,
     result: EvaluationResult,
+    fitted: list[BaselineResult],
     images: np.ndarray,
     labels: np.ndarray,
     *,
     classes: tuple[str, ...],
 ) -> Comparison:
-    """The new model, the majority-class baseline and the current `@champion`, all on these test images."""
+    """The new model, its baselines and the current `@champion`, all on these test images."""
     from pipeline.evaluation import gate
     from pipeline.evaluation.metrics import majority_baseline, score_champion
     from pipeline.tracking import models, registry
@@ -97,22 +167,15 @@ def _compare_with_champion(
         # Loaded inside score_champion: a champion that fails to load is a reason not to compare.
         load = functools.partial(models.load_model_version, run, name, version)
         champion = score_champion(version, load, images, labels, class_names=classes, batch_size=batch_size)
+    baselines = {"majority": baseline.scores(), **{item.name: item.scores() for item in fitted}}
     return gate.Comparison(
-        class_names=list(classes),
-        challenger=result.summary(),
-        baseline=baseline.summary(),
-        majority_class=baseline.class_name,
-        champion=champion,
+        class_names=list(classes), challenger=result.summary(), baselines=baselines, champion=champion
     )
 
 
 def _print_summary(comparison: Comparison, *, registered_model: str) -> None:
-    challenger, baseline, champion = comparison.challenger, comparison.baseline, comparison.champion
-    print(
-        f"test accuracy {challenger['accuracy']:.4f}, macro F1 {challenger['macro_f1']:.4f} "
-        f"on {challenger['examples']} images"
-    )
-    print(f"majority-class baseline ({comparison.majority_class}) accuracy {baseline['accuracy']:.4f}")
+    majority, champion = comparison.baselines["majority"], comparison.champion
+    print(f"majority-class baseline ({majority.details['class_name']}) accuracy {majority.scores['accuracy']:.4f}")
     if champion is None:
         print(f"no @champion of {registered_model} to compare with")
     elif champion.scores is None:

@@ -64,6 +64,7 @@ def main() -> None:
             metric=settings.champion_metric,
             margin=settings.champion_margin,
             current_champion=registry.champion_version(run, name),
+            baselines=settings.gate_baselines,
         )
         registration = registry.register_model(
             run,

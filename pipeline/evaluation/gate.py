@@ -8,10 +8,13 @@ split (`pipeline.evaluation.metrics.score_champion`) and records both in a `Comp
 decides on those two numbers (`decide`).
 
 The rule: the challenger becomes champion when its score on the configured metric beats both the
-champion's score on the same test split and the majority-class baseline (always answering the
-split's most frequent class) by more than `tracking.champion_margin`:
-`challenger - max(champion, baseline) > margin`, strictly, so a tie keeps the champion in place and a
-model that learned nothing never becomes champion, not even of an empty registry.
+champion's score on the same test split and the best of the baselines `tracking.gate_baselines` lists
+by more than `tracking.champion_margin`: `challenger - max(champion, best baseline) > margin`,
+strictly, so a tie keeps the champion in place. The baselines, all scored on the same test split, are
+the majority class (always answering the split's most frequent class: a model that learned nothing
+never becomes champion, not even of an empty registry), the linear probe (logistic regression on the
+frozen pretrained backbone's features: a fine-tuned model worse than that is not a champion) and the
+pixel baseline (logistic regression on downsampled raw pixels), see `pipeline.evaluation.baselines`.
 
 It never moves the alias when it cannot compare honestly:
 - the champion could not be scored on this split (another task's classes, no class names recorded,
@@ -19,7 +22,9 @@ It never moves the alias when it cannot compare honestly:
   different question; such a model belongs under another `tracking.registered_model`, or the alias
   can be moved by hand;
 - the champion changed between evaluate and register (another pipeline registered meanwhile, or
-  evaluate's result was reused by DVC after the registry moved): the comparison is stale.
+  evaluate's result was reused by DVC after the registry moved): the comparison is stale;
+- a baseline the gate is told to compare with was not scored by evaluate (a comparison written with
+  other settings): the floor is unknown.
 
 This module holds no TensorFlow or MLflow import: the register stage reads the comparison as JSON.
 """
@@ -27,11 +32,18 @@ This module holds no TensorFlow or MLflow import: the register stage reads the c
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 GATE_METRICS = ("accuracy", "macro_f1")
+# How the decision's reason names each baseline of `pipeline.params.baselines.BASELINE_NAMES`.
+BASELINE_TITLES = {
+    "majority": "the majority-class baseline",
+    "probe": "the linear probe",
+    "pixels": "the pixel baseline",
+}
 
 
 @dataclass(frozen=True)
@@ -50,21 +62,40 @@ class ChampionScores:
 
 
 @dataclass(frozen=True)
+class BaselineScores:
+    """A baseline scored on the challenger's test split, and what it used.
+
+    Attributes:
+        scores: Its test scores (`accuracy`, `macro_f1`, and for the fitted baselines `loss`, `examples`).
+        description: What it is and fitted on, in words ("always Sandal", "logistic regression on ...").
+        details: What it used, as numbers and names (the majority's `class_name`; the fitted baselines'
+            `train_images`, `dimension`, `solver`, `seconds`, ...).
+    """
+
+    scores: dict[str, float]
+    description: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def title(self, name: str) -> str:
+        """How the gate's reason names it: the majority-class baseline with its class."""
+        title = BASELINE_TITLES.get(name, name)
+        return f"{title} ({self.details['class_name']})" if name == "majority" else title
+
+
+@dataclass(frozen=True)
 class Comparison:
     """Everything the gate compares, all measured on one test split by the evaluate stage.
 
     Attributes:
         class_names: The challenger's classes, by label index.
         challenger: The new model's test scores.
-        baseline: The majority-class baseline's scores (`accuracy`, `macro_f1`).
-        majority_class: The class the baseline always answers.
+        baselines: Each baseline scored, by name (`majority` always; `probe` and `pixels` when enabled).
         champion: The champion's scores on the same split; None when the registry had no champion.
     """
 
     class_names: list[str]
     challenger: dict[str, float]
-    baseline: dict[str, float]
-    majority_class: str
+    baselines: dict[str, BaselineScores]
     champion: ChampionScores | None
 
     def write(self, path: Path) -> None:
@@ -73,13 +104,37 @@ class Comparison:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
 
     def run_metrics(self) -> dict[str, float]:
-        """The numbers as run metrics: `test_*` of the challenger, `baseline_test_*`, and `champion_test_*` when
-        the champion was scored."""
+        """The numbers as run metrics: `test_*` of the challenger, the baselines' (`baseline_metrics`), and
+        `champion_test_*` when the champion was scored."""
         metrics = {f"test_{key}": float(value) for key, value in self.challenger.items()}
-        metrics.update({f"baseline_test_{key}": float(value) for key, value in self.baseline.items()})
+        metrics.update(self.baseline_metrics())
         if self.champion is not None and self.champion.scores is not None:
             metrics.update({f"champion_test_{key}": float(self.champion.scores[key]) for key in GATE_METRICS})
         return metrics
+
+    def baseline_metrics(self) -> dict[str, float]:
+        """The baselines' scores as flat metrics, for the run and reports/metrics.json.
+
+        `baseline_test_accuracy` and `baseline_test_macro_f1` are the majority class's (the names runs have
+        always had); `probe_test_*` and `pixels_test_*` the fitted baselines', with their `*_seconds`.
+        """
+        metrics: dict[str, float] = {}
+        for name, baseline in self.baselines.items():
+            prefix = "baseline" if name == "majority" else name
+            metrics.update({f"{prefix}_test_{key}": float(baseline.scores[key]) for key in GATE_METRICS})
+            if "seconds" in baseline.details:
+                metrics[f"{prefix}_seconds"] = float(baseline.details["seconds"])
+        return metrics
+
+    def best_baseline(self, metric: str, names: Sequence[str] | None = None) -> tuple[str, float]:
+        """The baseline with the highest `metric` among `names` (default: all scored); the first wins a tie.
+
+        Raises:
+            KeyError: A name that was not scored.
+        """
+        listed = list(self.baselines) if names is None else list(names)
+        best = max(listed, key=lambda name: float(self.baselines[name].scores[metric]))
+        return best, float(self.baselines[best].scores[metric])
 
     def compared_with(self) -> str:
         """Which champion was scored, in words (the run's tag `gate.compared_with`)."""
@@ -94,7 +149,8 @@ class Comparison:
         """Reads a comparison written by `write`."""
         document: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
         champion = document.pop("champion")
-        return cls(**document, champion=None if champion is None else ChampionScores(**champion))
+        baselines = {name: BaselineScores(**scores) for name, scores in document.pop("baselines").items()}
+        return cls(**document, baselines=baselines, champion=None if champion is None else ChampionScores(**champion))
 
 
 @dataclass(frozen=True)
@@ -106,10 +162,11 @@ class GateDecision:
         metric: The metric compared (higher is better).
         margin: How much the challenger had to win by.
         challenger: The challenger's score.
-        baseline: The majority-class baseline's score on the same split.
+        baseline: The best score of the gate's baselines on the same split: the floor.
         champion: The champion's score on the same split; None when there was none, or not comparable.
         champion_version: The champion the evaluate stage scored; None when the registry had none.
         reason: The decision in words, with the numbers.
+        baseline_name: Which baseline set the floor (`majority`, `probe` or `pixels`).
     """
 
     promote: bool
@@ -120,6 +177,7 @@ class GateDecision:
     champion: float | None
     champion_version: str | None
     reason: str
+    baseline_name: str = "majority"
 
     def tags(self) -> dict[str, str]:
         """The decision as model-version tags: both numbers (and the baseline's) and the reason."""
@@ -131,6 +189,7 @@ class GateDecision:
             f"gate.challenger_{self.metric}": str(self.challenger),
             f"gate.champion_{self.metric}": "none" if self.champion is None else str(self.champion),
             f"gate.baseline_{self.metric}": str(self.baseline),
+            "gate.baseline": self.baseline_name,
             "gate.champion_version": self.champion_version or "none",
         }
 
@@ -143,27 +202,38 @@ class GateDecision:
         return {"gate.decision": self.tags()["gate.decision"], "gate.reason": self.reason}
 
 
-def decide(comparison: Comparison, *, metric: str, margin: float, current_champion: str | None) -> GateDecision:
+def decide(
+    comparison: Comparison,
+    *,
+    metric: str,
+    margin: float,
+    current_champion: str | None,
+    baselines: Sequence[str],
+) -> GateDecision:
     """Applies the gate's rule (see the module) to a comparison.
 
     Args:
         comparison: What the evaluate stage measured.
         metric: `accuracy` or `macro_f1`.
-        margin: The challenger must beat max(champion, baseline) by more than this (>= 0).
+        margin: The challenger must beat max(champion, best baseline) by more than this (>= 0).
         current_champion: The version `@champion` points at now; compared with the one evaluate scored.
+        baselines: The baselines whose best score is the floor (`tracking.gate_baselines`), at least one.
 
     Returns:
         The decision.
 
     Raises:
-        ValueError: An unknown metric or a negative margin.
+        ValueError: An unknown metric, a negative margin, or no baseline.
     """
     if metric not in GATE_METRICS:
         raise ValueError(f"the gate compares one of {', '.join(GATE_METRICS)}, not {metric!r}")
     if margin < 0:
         raise ValueError(f"champion margin must be >= 0, got {margin}")
+    if not baselines:
+        raise ValueError(f"the gate needs at least one baseline of {', '.join(BASELINE_TITLES)}")
     value = float(comparison.challenger[metric])
-    baseline = float(comparison.baseline[metric])
+    missing = [name for name in baselines if name not in comparison.baselines]
+    floor_name, floor = ("majority", 0.0) if missing else comparison.best_baseline(metric, baselines)
     scored = comparison.champion
     scored_version = None if scored is None else scored.version
     champion_value = None if scored is None or scored.scores is None else float(scored.scores[metric])
@@ -174,12 +244,20 @@ def decide(comparison: Comparison, *, metric: str, margin: float, current_champi
             metric=metric,
             margin=margin,
             challenger=value,
-            baseline=baseline,
+            baseline=floor,
             champion=champion_value,
             champion_version=scored_version,
             reason=reason,
+            baseline_name=floor_name,
         )
 
+    if missing:
+        return decision(
+            False,
+            f"not compared: tracking.gate_baselines lists {', '.join(missing)}, which evaluate did not score "
+            f"(it scored {', '.join(comparison.baselines)}). Rerun the evaluation (dvc repro -f -s evaluate, then "
+            "dvc repro) with those baselines enabled in evaluate.baselines",
+        )
     if scored_version != current_champion:
         now = "no @champion" if current_champion is None else f"@champion is v{current_champion}"
         then = "an empty registry" if scored_version is None else f"v{scored_version}"
@@ -194,12 +272,18 @@ def decide(comparison: Comparison, *, metric: str, margin: float, current_champi
             f"@champion v{scored.version} stays: it could not be scored on this test split ({scored.reason}). "
             "A model of another task belongs under another tracking.registered_model; or move the alias by hand",
         )
-    rivals = [(baseline, f"the majority-class baseline ({comparison.majority_class}) {baseline:.4f}")]
+    rivals: list[tuple[float, str]] = []
     if champion_value is not None:
-        rivals.insert(0, (champion_value, f"@champion v{scored_version} {champion_value:.4f} on the same test split"))
+        rivals.append((champion_value, f"@champion v{scored_version} {champion_value:.4f} on the same test split"))
+    for name in baselines:
+        score = float(comparison.baselines[name].scores[metric])
+        rivals.append((score, f"{comparison.baselines[name].title(name)} {score:.4f}"))
     promote = value - max(score for score, _ in rivals) > margin
     if promote:
-        beaten = " and ".join(text for _, text in rivals)
-        return decision(True, f"{metric} {value:.4f} beats {beaten} by more than the margin {margin:g}")
+        # The champion (when there is one) and the floor: the other baselines are below it.
+        best = comparison.baselines[floor_name].title(floor_name)
+        beaten = [rivals[0][1]] if champion_value is not None else []
+        beaten.append(f"{best} {floor:.4f}" + ("" if len(baselines) == 1 else f" (best of {', '.join(baselines)})"))
+        return decision(True, f"{metric} {value:.4f} beats {' and '.join(beaten)} by more than the margin {margin:g}")
     unbeaten = " or ".join(text for score, text in rivals if not value - score > margin)
     return decision(False, f"{metric} {value:.4f} does not beat {unbeaten} by more than the margin {margin:g}")

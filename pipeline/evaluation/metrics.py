@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, log_loss
 
 from pipeline.data.datasets import image_dataset
-from pipeline.evaluation.gate import ChampionScores
+from pipeline.evaluation.gate import BaselineScores, ChampionScores
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,15 @@ class EvaluationResult:
             "examples": self.examples,
         }
 
-    def write(self, *, metrics: Path, report: Path, class_names: Sequence[str]) -> None:
-        """Writes the evaluate stage's two files: the headline numbers (`{"test": summary}`, DVC's metrics)
-        and the per-class scores with the confusion matrix and the class names."""
+    def write(
+        self, *, metrics: Path, report: Path, class_names: Sequence[str], extra: dict[str, float] | None = None
+    ) -> None:
+        """Writes the evaluate stage's two files: the headline numbers (`{"test": summary}`, DVC's metrics,
+        followed by the `extra` metrics, such as the baselines' `probe_test_accuracy`) and the per-class scores
+        with the confusion matrix and the class names."""
         metrics.parent.mkdir(parents=True, exist_ok=True)
-        metrics.write_text(json.dumps({"test": self.summary()}, indent=2) + "\n", encoding="utf-8")
+        headline = {"test": self.summary(), **(extra or {})}
+        metrics.write_text(json.dumps(headline, indent=2) + "\n", encoding="utf-8")
         document = {"per_class": self.per_class, "confusion": self.confusion.tolist(), "class_names": list(class_names)}
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
@@ -103,6 +107,14 @@ class MajorityBaseline:
     def summary(self) -> dict[str, float]:
         """The scores by metric name, as the champion gate reads them."""
         return {"accuracy": self.accuracy, "macro_f1": self.macro_f1}
+
+    def scores(self) -> BaselineScores:
+        """The scores and the class, as the champion gate's comparison stores them."""
+        return BaselineScores(
+            scores=self.summary(),
+            description=f"always {self.class_name}, the test split's most frequent class",
+            details={"class_name": self.class_name},
+        )
 
 
 def majority_baseline(labels: np.ndarray, *, class_names: tuple[str, ...]) -> MajorityBaseline:

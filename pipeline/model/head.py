@@ -84,6 +84,38 @@ def _dropout(rate: float, *, kind: str, seed: int, name: str) -> keras.layers.La
     return keras.layers.Dropout(rate, seed=seed, name=name)
 
 
+def pool_features(backbone: Backbone, pooling: str) -> keras.KerasTensor:
+    """The backbone's output pooled to one feature vector per image, as the head's input.
+
+    Why a function of its own: the evaluate stage's linear probe (`pipeline.evaluation.baselines`) reads
+    the frozen backbone's features exactly where the head reads them.
+
+    Args:
+        backbone: The feature extractor.
+        pooling: "avg" or "max" global pooling of a feature map; a backbone that ends in a feature
+            vector is not pooled.
+
+    Returns:
+        The pooled tensor (batch, features), the output of the layer named `HEAD_POOL`.
+
+    Raises:
+        ValueError: The backbone's output is neither a feature map nor a feature vector.
+    """
+    features = backbone.model.output
+    if len(features.shape) == 2:
+        # A backbone that already ends in a feature vector (a TF Hub feature-vector SavedModel, a .keras
+        # model cut after its own pooling) has nothing left to pool; the layer keeps its name so the
+        # feature cache and the layer map find the head's input where they always do.
+        return keras.layers.Identity(name=HEAD_POOL)(features)
+    if len(features.shape) == 4:
+        pooling_layers = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}
+        return pooling_layers[pooling](name=HEAD_POOL)(features)
+    raise ValueError(
+        f"{backbone.name} outputs features of shape {tuple(features.shape)}; the head takes a feature map "
+        "(batch, height, width, channels) or a feature vector (batch, features)"
+    )
+
+
 def build_head(backbone: Backbone, head: HeadParams, *, num_classes: int, seed: int) -> Classifier:
     """Puts pooling, dropout, the hidden layers and a softmax over the dataset's classes on the backbone.
 
@@ -122,20 +154,7 @@ def build_head(backbone: Backbone, head: HeadParams, *, num_classes: int, seed: 
         None if head.max_norm is None else kernel_constraint(max_norm=head.max_norm.value, axis=head.max_norm.axis)
     )
 
-    features = backbone.model.output
-    if len(features.shape) == 2:
-        # A backbone that already ends in a feature vector (a TF Hub feature-vector SavedModel, a .keras
-        # model cut after its own pooling) has nothing left to pool; the layer keeps its name so the
-        # feature cache and the layer map find the head's input where they always do.
-        pooled = keras.layers.Identity(name=HEAD_POOL)(features)
-    elif len(features.shape) == 4:
-        pooling_layers = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}
-        pooled = pooling_layers[head.pooling](name=HEAD_POOL)(features)
-    else:
-        raise ValueError(
-            f"{backbone.name} outputs features of shape {tuple(features.shape)}; the head takes a feature map "
-            "(batch, height, width, channels) or a feature vector (batch, features)"
-        )
+    pooled = pool_features(backbone, head.pooling)
     tensor = _dropout(dropout, kind=dropout_kind, seed=seed, name=HEAD_DROPOUT)(pooled)
     # Hidden layer i is seeded with seed + i so that layers of one shape still draw different weights; the
     # output layer keeps `seed`, so a head without hidden layers starts exactly as it always has.

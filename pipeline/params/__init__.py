@@ -113,6 +113,19 @@ class PipelineParams(Section):
         return self
 
     @model_validator(mode="after")
+    def _gate_baselines_are_scored(self) -> PipelineParams:
+        # The gate can only compare with a baseline the evaluate stage scored.
+        off = [name for name in self.tracking.gate_baselines if name in self.evaluate.baselines.disabled()]
+        if off:
+            keys = " and ".join(f"evaluate.baselines.{name}.enabled" for name in off)
+            verb, pronoun = ("is", "it") if len(off) == 1 else ("are", "them")
+            raise ValueError(
+                f"tracking.gate_baselines lists {', '.join(off)}, but {keys} {verb} false, so evaluate does not "
+                f"score {pronoun}; enable {pronoun} or remove {pronoun} from tracking.gate_baselines"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _auto_learning_rate_needs_the_range_test(self) -> PipelineParams:
         if self.train.base_learning_rate == "auto" and not self.lr_find.enabled:
             raise ValueError(

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StrictBool, field_validator, model_validator
 
 from pipeline.optim.lr_suggestions import SUGGESTION_RULES
+from pipeline.params.baselines import BASELINE_NAMES, BaselinesParams
 from pipeline.params.common import NumberOr, PositiveInt, Registered, Section
 from pipeline.params.naming import AUTO, MAX_EXPERIMENT_LENGTH, MAX_REGISTERED_MODEL_LENGTH, MODEL_NAME_FORBIDDEN
 
@@ -33,9 +34,10 @@ class LRFindParams(Section):
 
 
 class EvaluateParams(Section):
-    """How the test split is scored."""
+    """How the test split is scored, and the classical baselines scored beside the model."""
 
     batch_size: PositiveInt = 128
+    baselines: BaselinesParams = Field(default_factory=BaselinesParams)
 
 
 class DeviceParams(Section):
@@ -107,7 +109,14 @@ class TrackingParams(Section):
         default=0.0,
         description=(
             "The new model becomes @champion when its champion_metric beats both the champion's score on the "
-            "same test split and the majority-class baseline's by more than this (0: any strict improvement)."
+            "same test split and the best of gate_baselines by more than this (0: any strict improvement)."
+        ),
+    )
+    gate_baselines: list[str] = Field(
+        default_factory=lambda: list(BASELINE_NAMES),
+        description=(
+            "The baselines whose best score on champion_metric is the gate's floor: a model that does not beat it "
+            "by more than champion_margin is not @champion."
         ),
     )
     system_metrics_interval: Annotated[float, Field(ge=0.0, le=3600.0)] = Field(
@@ -132,3 +141,16 @@ class TrackingParams(Section):
                 "models:/<name>@<alias>); use - instead, or auto"
             )
         return name
+
+    @field_validator("gate_baselines")
+    @classmethod
+    def _known_baselines(cls, names: list[str]) -> list[str]:
+        allowed = f"allowed: one or more of {', '.join(BASELINE_NAMES)}"
+        unknown = [name for name in names if name not in BASELINE_NAMES]
+        if unknown:
+            raise ValueError(f"unknown baseline {', '.join(map(repr, unknown))}; {allowed}")
+        if not names:
+            raise ValueError(allowed)
+        if len(set(names)) != len(names):
+            raise ValueError(f"lists a baseline twice; {allowed}, each once")
+        return names

@@ -82,7 +82,7 @@ def test_outputs_with_fixed_names(tiny_run: Path) -> None:
     for name in ("history.png", "confusion_matrix.png", "data_report.json", "registry.json", "lr_find.png"):
         assert (project / "reports" / name).stat().st_size > 0
     comparison = json.loads((project / "reports" / "champion_comparison.json").read_text())
-    assert comparison["baseline"]["accuracy"] == 0.1  # 4 test images of each of the 10 classes
+    assert comparison["baselines"]["majority"]["scores"]["accuracy"] == 0.1  # 4 test images of each of 10 classes
     assert comparison["champion"] is None  # the registry was empty
     assert comparison["challenger"]["accuracy"] == metrics["test"]["accuracy"]
     registry = json.loads((project / "reports" / "registry.json").read_text())
@@ -154,6 +154,21 @@ def test_one_run_holds_everything(tiny_run: Path, tmp_path: Path) -> None:
     assert "Total params" in Path(summary).read_text()
     assert run.data.metrics["system/system_memory_usage_megabytes"] > 0
     assert run.data.metrics["baseline_test_accuracy"] == 0.1
+    # The classical baselines, on the same 40 test images, fitted on all 120 training images (under the caps).
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    for name in ("probe", "pixels"):
+        assert run.data.metrics[f"{name}_test_accuracy"] == metrics[f"{name}_test_accuracy"]
+        assert 0.0 <= metrics[f"{name}_test_macro_f1"] <= 1.0
+    comparison = json.loads((project / "reports" / "champion_comparison.json").read_text())
+    assert list(comparison["baselines"]) == ["majority", "probe", "pixels"]
+    assert comparison["baselines"]["probe"]["details"]["train_images"] == 120
+    assert comparison["baselines"]["probe"]["details"]["dimension"] == 1280
+    assert comparison["baselines"]["pixels"]["description"] == (
+        "logistic regression on 16x16 grey pixels of 120 training images"
+    )
+    assert run.data.tags["baseline.not_beaten"] == max(
+        ("probe", "pixels"), key=lambda name: metrics[f"{name}_test_accuracy"]
+    )
     assert run.data.tags["gate.compared_with"] == "no champion"
     assert run.data.tags["gate.decision"] == "champion"
     champion = client.get_model_version_by_alias("e2e-model", "champion")

@@ -56,10 +56,14 @@ def _gate_round(store: str, tmp_path: Path, mapping: list[int], labels: list[int
                 class_names=CLASSES,
                 batch_size=16,
             )
-        comparison = gate.Comparison(list(CLASSES), result.summary(), baseline.summary(), baseline.class_name, champion)
+        comparison = gate.Comparison(list(CLASSES), result.summary(), {"majority": baseline.scores()}, champion)
         uri = models.log_keras_model(run, model, name="model", pip_requirements=["keras"], class_names=CLASSES)
         decision = gate.decide(
-            comparison, metric="accuracy", margin=margin, current_champion=registry.champion_version(run, "clf")
+            comparison,
+            metric="accuracy",
+            margin=margin,
+            current_champion=registry.champion_version(run, "clf"),
+            baselines=["majority"],
         )
         registration = registry.register_model(
             run,
