@@ -95,6 +95,7 @@ def main() -> None:
             base_learning_rate=base_learning_rate,
             block_count=len(classifier.backbone.blocks_top_down),
             steps_per_epoch=inputs.steps_per_epoch(len(train.labels)),
+            train_examples=len(train.labels),
         )
         _log_plan(run, phases, train_examples=len(train.labels))
         diagnostics = TrainingDiagnostics(config.diagnostics)

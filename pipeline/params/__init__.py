@@ -68,7 +68,8 @@ class PipelineParams(Section):
     def _unfreeze_within_backbone(self) -> PipelineParams:
         blocks = self.backbone.block_names()
         for index, stage in enumerate(self.train.unfreeze):
-            if stage.blocks != "all" and stage.blocks > len(blocks):
+            # `auto` is what the data asks for, within the backbone's blocks (a SavedModel has one).
+            if stage.blocks not in ("all", "auto") and stage.blocks > len(blocks):
                 if self.backbone.kind() == "hub":
                     raise ValueError(
                         f"train.unfreeze.{index}.blocks is {stage.blocks}, but {self.backbone.name} is a SavedModel: "

@@ -48,16 +48,19 @@ def Registered(names: tuple[str, ...], kind: str) -> Any:  # noqa: N802 (reads a
     return Annotated[str, AfterValidator(check)]
 
 
-def NumberOr(word: str, number: Any) -> Any:  # noqa: N802 (reads as a type)
-    """A number of type `number` (with its bounds) or the word `word`, with one message when neither.
+def NumberOr(word: str | tuple[str, ...], number: Any) -> Any:  # noqa: N802 (reads as a type)
+    """A number of type `number` (with its bounds) or the word `word` (or one of several), with one message
+    when neither.
 
     Why: pydantic reports each branch of `float | Literal["auto"]` on a line of its own, under keys
     such as `...constrained-float`; a user needs one line under the key they wrote.
     """
     adapter = TypeAdapter(number)
+    words = (word,) if isinstance(word, str) else word
+    spelled = " or ".join(words)
 
     def check(value: Any) -> Any:
-        if value == word:
+        if isinstance(value, str) and value in words:
             return value
         try:
             return adapter.validate_python(value)
@@ -67,10 +70,10 @@ def NumberOr(word: str, number: Any) -> Any:  # noqa: N802 (reads as a type)
             inside = ".".join(str(part) for part in first["loc"])
             if first["type"] == "extra_forbidden" and isinstance(number, type) and issubclass(number, BaseModel):
                 allowed = ", ".join(sorted(number.model_fields))
-                raise ValueError(f"{inside}: unknown key; allowed keys here: {allowed}, or {word}") from None
-            raise ValueError(f"{inside + ': ' if inside else ''}{first['msg']}, or {word}") from None
+                raise ValueError(f"{inside}: unknown key; allowed keys here: {allowed}, or {spelled}") from None
+            raise ValueError(f"{inside + ': ' if inside else ''}{first['msg']}, or {spelled}") from None
 
-    return Annotated[number | Literal[word], PlainValidator(check)]
+    return Annotated[number | Literal[words], PlainValidator(check)]
 
 
 def NamedChoice(members: tuple[type[NamedOptions], ...], kind: str) -> Any:  # noqa: N802 (reads as a type)

@@ -33,7 +33,7 @@ from pipeline.training.losses import classification_loss
 if TYPE_CHECKING:
     from pipeline.params.optimizer import OptimizerParams
     from pipeline.params.schedule import ScheduleParams
-    from pipeline.params.train import TrainParams
+    from pipeline.params.train import TrainParams, UnfreezeDepthParams
     from pipeline.training.diagnostics import TrainingDiagnostics
 
 
@@ -53,6 +53,7 @@ class Phase:
         early_stopping: Early stopping settings, or None.
         min_epochs: Epochs before early stopping may end the phase (None: any epoch).
         length_note: Why the phase is this long, for the printed plan (empty for a fixed length).
+        depth_note: Why it unfreezes this many blocks (empty unless `blocks: auto`).
     """
 
     name: str
@@ -66,6 +67,7 @@ class Phase:
     early_stopping: EarlyStoppingParams | None = None
     min_epochs: int | None = None
     length_note: str = ""
+    depth_note: str = ""
 
     def describe_plan(self) -> str:
         """One line of the printed plan: what trains, for how long and why, and when it stops.
@@ -84,6 +86,7 @@ class Phase:
             stopping = f"early stopping on {self.early_stopping.monitor}, patience {self.early_stopping.patience}"
             stopping += ", best epoch restored" if self.early_stopping.restore_best else ""
         trains = "the head" if self.trainable_blocks == 0 else f"the head and the top {self.trainable_blocks} blocks"
+        trains += f" ({self.depth_note})" if self.depth_note else ""
         return (
             f"{self.name}: {length}, {stopping}; {trains} at {self.optimizer.name} lr {self.learning_rate:g} "
             f"({self.schedule.name})"
@@ -141,8 +144,32 @@ def _early_stopping(setting: EarlyStoppingParams | str | None, *, automatic: boo
     return setting
 
 
+def unfreeze_depth(
+    blocks: int | str, *, depth: UnfreezeDepthParams, block_count: int, train_examples: int
+) -> tuple[int, str]:
+    """How many blocks from the top a stage unfreezes, and why when it was `auto`.
+
+    Args:
+        blocks: A stage's `blocks`: a number, `all`, or `auto` (more on a small training split).
+        depth: The validated `train.unfreeze_depth` section (what `auto` means).
+        block_count: Blocks of the backbone (what `all` means, and the most `auto` gives).
+        train_examples: Images of the training split.
+
+    Returns:
+        (blocks, why in words; empty unless `auto`).
+    """
+    if blocks == "all":
+        return block_count, ""
+    if blocks != "auto":
+        return int(blocks), ""
+    small = train_examples <= depth.small_data_images
+    chosen = min(depth.small_data_blocks if small else depth.blocks, block_count)
+    relation = "<=" if small else ">"
+    return chosen, f"auto: {train_examples} training images {relation} {depth.small_data_images}"
+
+
 def plan_phases(
-    train: TrainParams, *, base_learning_rate: float, block_count: int, steps_per_epoch: int
+    train: TrainParams, *, base_learning_rate: float, block_count: int, steps_per_epoch: int, train_examples: int
 ) -> list[Phase]:
     """The frozen phase at the base LR, then each unfreeze stage at its fraction of it, each as long as the data needs.
 
@@ -153,6 +180,7 @@ def plan_phases(
         block_count: Number of blocks of the backbone (what `all` means).
         steps_per_epoch: Optimiser steps of one epoch on the training split, which turn the step bounds of
             the `epochs: auto` phases into epochs.
+        train_examples: Images of the training split, which decide what `blocks: auto` unfreezes.
 
     Returns:
         The phases in order.
@@ -181,7 +209,9 @@ def plan_phases(
         )
     ]
     for stage in train.unfreeze:
-        blocks = block_count if stage.blocks == "all" else stage.blocks
+        blocks, depth_note = unfreeze_depth(
+            stage.blocks, depth=train.unfreeze_depth, block_count=block_count, train_examples=train_examples
+        )
         schedule = stage.schedule or train.schedule
         epochs, min_epochs, note = phase_length(
             epochs=stage.epochs,
@@ -205,6 +235,7 @@ def plan_phases(
                 ),
                 min_epochs=min_epochs,
                 length_note=note,
+                depth_note=depth_note,
             )
         )
     return phases

@@ -262,7 +262,11 @@ def test_frozen_phase_keeps_the_saved_model_and_unfreezing_fine_tunes_it(saved_m
         config.backbone.name, image_size=IMAGE_SIZE, cache_dir=tmp_path, training_signature="serve_train"
     )
     phases = plan_phases(
-        config.train, base_learning_rate=0.01, block_count=len(backbone.blocks_top_down), steps_per_epoch=10
+        config.train,
+        base_learning_rate=0.01,
+        block_count=len(backbone.blocks_top_down),
+        steps_per_epoch=10,
+        train_examples=100,
     )
     classifier = build_head(backbone, HeadParams(dropout=0.0), num_classes=3, seed=0)
     initial = _variables(backbone)
@@ -320,7 +324,9 @@ def test_cached_training_equals_training_on_images(saved_models, tmp_path, bn_po
             num_classes=3,
             seed=0,
         )
-        phases = plan_phases(config.train, base_learning_rate=0.01, block_count=1, steps_per_epoch=10)
+        phases = plan_phases(
+            config.train, base_learning_rate=0.01, block_count=1, steps_per_epoch=10, train_examples=100
+        )
         history = _run(classifier, phases, cache_bytes=cache_bytes)
         assert [phase.cached_features for phase in history.phases] == [bool(cache_bytes), False]
         results.append(([row["val_loss"] for row in history.rows], _variables(backbone)))

@@ -94,7 +94,8 @@ def test_repository_params_file_validates() -> None:
 
     assert params.backbone.name == "efficientnet_lite0"
     assert len(params.train.unfreeze) >= 1
-    assert all(stage.blocks <= 9 for stage in params.train.unfreeze)
+    assert all(stage.blocks == "auto" or stage.blocks <= 9 for stage in params.train.unfreeze)
+    assert params.train.unfreeze_depth.small_data_blocks <= 9
 
 
 def test_unknown_top_level_key() -> None:

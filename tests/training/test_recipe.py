@@ -61,7 +61,7 @@ def test_plan_phases_scales_the_base_learning_rate() -> None:
             }
         }
     ).train
-    phases = plan_phases(train, base_learning_rate=0.002, block_count=9, steps_per_epoch=10)
+    phases = plan_phases(train, base_learning_rate=0.002, block_count=9, steps_per_epoch=10, train_examples=100)
     assert phases == [
         _phase("frozen", 0, 3, 0.002),
         _phase("unfreeze_top_2", 2, 2, 0.002 * 0.1),
@@ -93,7 +93,9 @@ def test_a_stage_inherits_the_sections_settings_or_overrides_them() -> None:
             }
         }
     ).train
-    frozen, inherited, overridden = plan_phases(train, base_learning_rate=0.01, block_count=4, steps_per_epoch=10)
+    frozen, inherited, overridden = plan_phases(
+        train, base_learning_rate=0.01, block_count=4, steps_per_epoch=10, train_examples=100
+    )
     assert (frozen.optimizer, frozen.schedule.name, frozen.bn_policy) == (train.optimizer, "cosine", "affine")
     assert (inherited.optimizer.name, inherited.schedule.name, inherited.bn_policy) == ("sgd", "cosine", "affine")
     assert (inherited.lr_decay_per_block, inherited.early_stopping.patience) == (2.6, 1)
@@ -106,7 +108,7 @@ def test_a_stage_inherits_the_sections_settings_or_overrides_them() -> None:
 
 def test_onecycle_gives_a_momentum_less_sgd_the_cycles_top_momentum() -> None:
     train = parse({"train": {"optimizer": "sgd", "schedule": {"name": "onecycle", "max_momentum": 0.9}}}).train
-    (frozen,) = plan_phases(train, base_learning_rate=0.01, block_count=4, steps_per_epoch=10)
+    (frozen,) = plan_phases(train, base_learning_rate=0.01, block_count=4, steps_per_epoch=10, train_examples=100)
     assert frozen.optimizer == SGDParams(name="sgd", momentum=0.9)
 
 
@@ -337,7 +339,9 @@ def test_early_stopping_waits_for_the_minimum_epochs_and_still_restores_an_earli
 )
 def test_an_auto_phase_is_bounded_in_steps(steps_per_epoch: int, expected: tuple[int, int]) -> None:
     train = parse({"train": {"phase_length": {"min_steps": 600, "max_steps": 3500, "max_epochs": 100}}}).train
-    (frozen,) = plan_phases(train, base_learning_rate=0.01, block_count=4, steps_per_epoch=steps_per_epoch)
+    (frozen,) = plan_phases(
+        train, base_learning_rate=0.01, block_count=4, steps_per_epoch=steps_per_epoch, train_examples=100
+    )
     assert (frozen.epochs, frozen.min_epochs) == expected
     assert frozen.early_stopping == EarlyStoppingParams(monitor="val_loss", patience=3, restore_best=True)
     assert frozen.length_note == (f"{steps_per_epoch} steps each: at least 600 steps, at most 3500 steps or 100 epochs")
@@ -356,7 +360,9 @@ def test_fixed_epochs_run_every_epoch_unless_early_stopping_is_set() -> None:
             }
         }
     ).train
-    frozen, fixed, automatic = plan_phases(train, base_learning_rate=0.01, block_count=4, steps_per_epoch=20)
+    frozen, fixed, automatic = plan_phases(
+        train, base_learning_rate=0.01, block_count=4, steps_per_epoch=20, train_examples=100
+    )
     assert (frozen.epochs, frozen.min_epochs, frozen.early_stopping, frozen.length_note) == (3, None, None, "")
     assert (fixed.epochs, fixed.min_epochs, fixed.early_stopping) == (2, None, None)
     assert (automatic.epochs, automatic.min_epochs, automatic.early_stopping.patience) == (6, 3, 3)
@@ -367,11 +373,33 @@ def test_fixed_epochs_run_every_epoch_unless_early_stopping_is_set() -> None:
         "lr 0.001 (constant)"
     )
     every = parse({"train": {"frozen_epochs": 3, "early_stopping": {"patience": 1}}}).train
-    (stopped,) = plan_phases(every, base_learning_rate=0.01, block_count=4, steps_per_epoch=20)
+    (stopped,) = plan_phases(every, base_learning_rate=0.01, block_count=4, steps_per_epoch=20, train_examples=100)
     assert stopped.early_stopping.patience == 1
     none = parse({"train": {"early_stopping": None}}).train
-    (unstopped,) = plan_phases(none, base_learning_rate=0.01, block_count=4, steps_per_epoch=20)
+    (unstopped,) = plan_phases(none, base_learning_rate=0.01, block_count=4, steps_per_epoch=20, train_examples=100)
     assert (unstopped.epochs, unstopped.min_epochs, unstopped.early_stopping) == (100, 30, None)
+
+
+@pytest.mark.parametrize(
+    ("train_examples", "block_count", "expected"),
+    [
+        (800, 7, (4, "auto: 800 training images <= 10000")),
+        (10000, 7, (4, "auto: 10000 training images <= 10000")),
+        (56000, 7, (2, "auto: 56000 training images > 10000")),
+        (800, 1, (1, "auto: 800 training images <= 10000")),  # a SavedModel is one block
+    ],
+)
+def test_auto_blocks_unfreeze_deeper_on_a_small_split(train_examples, block_count, expected) -> None:
+    train = parse(
+        {"train": {"unfreeze": [{"blocks": "auto", "lr_factor": 0.5}, {"blocks": 3, "epochs": 1, "lr_factor": 0.1}]}}
+    ).train
+    _, automatic, fixed = plan_phases(
+        train, base_learning_rate=0.01, block_count=block_count, steps_per_epoch=13, train_examples=train_examples
+    )
+    assert (automatic.trainable_blocks, automatic.depth_note) == expected
+    assert automatic.name == f"unfreeze_top_{expected[0]}"
+    assert f"the head and the top {expected[0]} blocks ({expected[1]})" in automatic.describe_plan()
+    assert (fixed.trainable_blocks, fixed.depth_note) == (3, "")
 
 
 def test_step_bounds_are_refused_on_a_fixed_stage_and_when_crossed() -> None:
@@ -381,6 +409,8 @@ def test_step_bounds_are_refused_on_a_fixed_stage_and_when_crossed() -> None:
         parse({"train": {"phase_length": {"min_steps": 700, "max_steps": 600}}})
     with pytest.raises(ParamsError, match=r"train.frozen_epochs: received 0; Input should be greater than 0, or auto"):
         parse({"train": {"frozen_epochs": 0}})
+    with pytest.raises(ParamsError, match=r"train.unfreeze.0.blocks: received 'deep'; .*, or all or auto"):
+        parse({"train": {"unfreeze": [{"blocks": "deep", "lr_factor": 0.5}]}})
 
 
 @pytest.mark.parametrize("cache_bytes", [1 << 30, 0], ids=["cached", "images"])
