@@ -113,9 +113,10 @@ def make_datasets(folder: Path) -> None:
         for index in range(300):
             image = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 256, 3)))
             draw = ImageDraw.Draw(image)
-            for _ in range(rng.integers(1, 4)):  # clutter: random lines
+            for _ in range(rng.integers(1, 4)):  # clutter: random lines (the colour drawn first)
+                colour = tuple(int(v) for v in rng.integers(0, 256, 3))
                 ends = [tuple(int(v) for v in rng.integers(0, size, 2)) for _ in range(2)]
-                draw.line(ends, fill=tuple(int(v) for v in rng.integers(0, 256, 3)), width=2)
+                draw.line(ends, fill=colour, width=2)
             radius = int(rng.integers(size // 8, size // 3))
             x, y = (int(v) for v in rng.integers(radius, size - radius, 2))
             _draw_shape(draw, shape, x, y, radius, tuple(int(v) for v in rng.integers(0, 256, 3)))
