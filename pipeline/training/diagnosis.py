@@ -147,6 +147,18 @@ def diagnose(
         )
     previous_best = min(val_loss[:-1])
     improvement = (previous_best - val_loss[-1]) / previous_best if previous_best > 0 else 0.0
+    # A phase's first epoch moves the loss by the change of phase (a lower LR, more blocks), which says
+    # nothing of whether that phase needed more epochs: only a last phase of two or more epochs can tell.
+    last_phase = history.phases[-1] if history.phases else None
+    if last_phase is not None and last_phase.first_epoch == epochs - 1 and best == epochs - 1:
+        return Diagnosis(
+            "converging",
+            f"Converging: the last phase ({last_phase.name}, one epoch) gave the lowest validation loss, "
+            f"{val_loss[-1]:.3g} at epoch {epochs} ({improvement:.1%} below the phases before); whether more "
+            "epochs help needs a longer last phase.",
+            epoch=epochs,
+            details={**gaps, "last_improvement": improvement},
+        )
     if best == epochs - 1 and improvement > tolerance:
         return Diagnosis(
             "undertrained",

@@ -63,6 +63,23 @@ def test_undertrained_when_the_last_epoch_still_improves() -> None:
     assert found.details["last_improvement"] == pytest.approx(0.25)
 
 
+def test_a_one_epoch_last_phase_that_improves_is_not_read_as_undertrained() -> None:
+    # The Fashion-MNIST default: 4 frozen, 2 unfrozen at 0.5x, 1 at 0.05x; the lower LR's first epoch drops the loss.
+    history = _history([0.43, 0.33, 0.31, 0.29, 0.31, 0.21, 0.13], [0.31, 0.30, 0.28, 0.28, 0.24, 0.22, 0.2])
+    history.phases = [
+        PhaseRecord(0, "frozen", 0, 1e-3, 0, 4, True),
+        PhaseRecord(1, "unfreeze_top_2", 2, 5e-4, 4, 6, True),
+        PhaseRecord(2, "unfreeze_top_2", 2, 5e-5, 6, 7, True),
+    ]
+    found = diagnose(history, num_classes=10)
+    assert (found.verdict, found.epoch) == ("converging", 7)
+    assert found.details["last_improvement"] == pytest.approx(0.2 / 2.2)
+    assert found.sentence == (
+        "Converging: the last phase (unfreeze_top_2, one epoch) gave the lowest validation loss, 0.2 at epoch 7 "
+        "(9.1% below the phases before); whether more epochs help needs a longer last phase."
+    )
+
+
 def test_plateaued_when_nothing_improved_for_a_window() -> None:
     found = diagnose(_history([1.0, 0.5, 0.5, 0.5, 0.5], [1.0, 0.5, 0.501, 0.5005, 0.502]), num_classes=10)
     assert (found.verdict, found.epoch) == ("plateaued", 2)
