@@ -27,8 +27,10 @@ from stages._entry import (
 )
 
 if TYPE_CHECKING:
+    import keras
     import numpy as np
 
+    from pipeline.backbones.base import Backbone
     from pipeline.evaluation.baselines import BaselineResult
     from pipeline.evaluation.gate import Comparison
     from pipeline.evaluation.metrics import EvaluationResult
@@ -43,7 +45,6 @@ def main() -> None:
 
     from pipeline.data.split import read_manifest, select
     from pipeline.evaluation import plots
-    from pipeline.evaluation.metrics import evaluate_classifier
     from pipeline.model import export
     from pipeline.tracking import provenance
     from pipeline.tracking.lifecycle import tracked_run
@@ -60,19 +61,20 @@ def main() -> None:
     with tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:
         # The stage working on the run now: the UI then tells which stage a RUNNING run is in.
         run.set_tags(provenance.dvc_context(os.environ))
-        result = evaluate_classifier(
-            model,
-            images,
-            labels,
-            class_names=classes,
-            image_size=model.input_shape[1],
-            batch_size=config.evaluate.batch_size,
-        )
+        result, backbone, test_features = _score_model(config, model, images, labels, classes=classes)
         print(
             f"test accuracy {result.accuracy:.4f}, macro F1 {result.macro_f1:.4f} on {result.examples} images",
             flush=True,
         )
-        fitted = _fitted_baselines(config, select(source, manifest, "train"), images, labels, classes=classes)
+        fitted = _fitted_baselines(
+            config,
+            select(source, manifest, "train"),
+            images,
+            labels,
+            classes=classes,
+            backbone=backbone,
+            test_features=test_features,
+        )
         comparison = _compare_with_champion(run, config, result, fitted, images, labels, classes=classes)
         result.write(
             metrics=METRICS, report=CLASSIFICATION_REPORT, class_names=classes, extra=comparison.baseline_metrics()
@@ -87,6 +89,33 @@ def main() -> None:
     _print_summary(comparison, registered_model=config.tracking.registered_model)
 
 
+def _score_model(
+    config: params.PipelineParams,
+    model: keras.Model,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    classes: tuple[str, ...],
+) -> tuple[EvaluationResult, Backbone | None, np.ndarray | None]:
+    """The model's test scores and, with the probe on, the pretrained backbone and the probe's test features,
+    from one pass over the blocks the two share (`pipeline.evaluation.shared_pass`)."""
+    from pipeline.evaluation.metrics import evaluate_classifier, score_predictions
+    from pipeline.evaluation.shared_pass import model_and_probe_pass
+    from stages._classifier import build_backbone
+
+    image_size, batch_size = model.input_shape[1], config.evaluate.batch_size
+    if not config.evaluate.baselines.probe.enabled:
+        scores = evaluate_classifier(
+            model, images, labels, class_names=classes, image_size=image_size, batch_size=batch_size
+        )
+        return scores, None, None
+    backbone = build_backbone(config)
+    probabilities, test_features, _ = model_and_probe_pass(
+        model, backbone, images, labels, pooling=config.head.pooling, image_size=image_size, batch_size=batch_size
+    )
+    return score_predictions(labels, probabilities, class_names=classes), backbone, test_features
+
+
 def _fitted_baselines(
     config: params.PipelineParams,
     train: tuple[np.ndarray, np.ndarray],
@@ -94,18 +123,19 @@ def _fitted_baselines(
     labels: np.ndarray,
     *,
     classes: tuple[str, ...],
+    backbone: Backbone | None,
+    test_features: np.ndarray | None,
 ) -> list[BaselineResult]:
     """The enabled classical baselines, fitted on (a capped subsample of) the training split, scored on the test
     images; each printed in one line as it finishes (the probe takes seconds)."""
     from pipeline.evaluation.baselines import linear_probe, pixel_baseline
-    from stages._classifier import build_backbone
 
     settings, seed = config.evaluate.baselines, config.data.seed
     train_images, train_labels = train
     fitted = []
     if settings.probe.enabled:
         probe = linear_probe(
-            build_backbone(config),
+            backbone,
             train_images,
             train_labels,
             images,
@@ -116,6 +146,7 @@ def _fitted_baselines(
             image_size=config.backbone.image_size,
             batch_size=config.evaluate.batch_size,
             seed=seed,
+            test_features=test_features,
         )
         print(probe.line(), flush=True)
         fitted.append(probe)

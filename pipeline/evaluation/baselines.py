@@ -291,6 +291,7 @@ def linear_probe(
     image_size: int,
     batch_size: int,
     seed: int,
+    test_features: np.ndarray | None = None,
 ) -> BaselineResult:
     """Logistic regression on the frozen pretrained backbone's pooled features (`evaluate.baselines.probe`).
 
@@ -306,6 +307,8 @@ def linear_probe(
         image_size: The backbone's input size.
         batch_size: Images per forward pass.
         seed: Seed of the training subsample.
+        test_features: The test images' pooled features when already computed, in the pass the model's own
+            evaluation makes (`pipeline.evaluation.shared_pass`); None computes them here.
 
     Returns:
         Its scores and what it used.
@@ -322,7 +325,7 @@ def linear_probe(
 
     kept = stratified_subsample(train_labels, settings.max_train_images, seed=seed)
     train_inputs = features(train_images[kept], train_labels[kept])
-    test_inputs = features(test_images, test_labels)
+    test_inputs = features(test_images, test_labels) if test_features is None else test_features
     result, iterations, fit_seconds = fit_logistic_regression(
         train_inputs,
         train_labels[kept],
