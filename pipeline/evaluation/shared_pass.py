@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from pipeline.data.datasets import image_dataset
-from pipeline.model.head import pool_features
+from pipeline.evaluation.baselines import frozen_feature_model
 
 if TYPE_CHECKING:
     from pipeline.backbones.base import Backbone
@@ -98,7 +98,7 @@ def model_and_probe_pass(
     if parts is None or cut is None:
         return model.predict(dataset, verbose=0), None, None
     preprocessing, classifier = parts
-    features = keras.Model(backbone.model.input, pool_features(backbone, pooling))
+    features = frozen_feature_model(backbone, pooling=pooling)
     shared = keras.Model(classifier.input, classifier.get_layer(cut).output)
     tuned_top = keras.Model(classifier.get_layer(cut).output, classifier.outputs[0])
     pretrained_top = keras.Model(features.get_layer(cut).output, features.outputs[0])
