@@ -174,6 +174,44 @@ def fit_logistic_regression(
     return result, int(np.max(classifier.n_iter_)), seconds
 
 
+def _fitted_baseline(
+    name: str,
+    title: str,
+    description: str,
+    data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    *,
+    class_names: tuple[str, ...],
+    max_iter: int,
+    standardise: bool,
+    started: float,
+) -> BaselineResult:
+    """Fits the logistic regression on `data` (train inputs, train labels, test inputs, test labels) and
+    describes the result; `started` is when the baseline began, features or pixels included."""
+    train_inputs, train_labels, test_inputs, test_labels = data
+    result, iterations, fit_seconds = fit_logistic_regression(
+        train_inputs,
+        train_labels,
+        test_inputs,
+        test_labels,
+        class_names=class_names,
+        max_iter=max_iter,
+        standardise=standardise,
+    )
+    return BaselineResult(
+        name=name,
+        title=title,
+        description=description,
+        result=result,
+        train_images=len(train_labels),
+        dimension=train_inputs.shape[1],
+        solver=SOLVER,
+        iterations=iterations,
+        converged=iterations < max_iter,
+        seconds=time.perf_counter() - started,
+        fit_seconds=fit_seconds,
+    )
+
+
 def downsample_pixels(images: np.ndarray, *, side: int, color: str) -> np.ndarray:
     """uint8 images resized (area average) to side x side and flattened, on [0, 1].
 
@@ -233,31 +271,17 @@ def pixel_baseline(
     kept = stratified_subsample(train_labels, settings.max_train_images, seed=seed)
     train_inputs = downsample_pixels(train_images[kept], side=settings.side, color=settings.color)
     test_inputs = downsample_pixels(test_images, side=settings.side, color=settings.color)
-    result, iterations, fit_seconds = fit_logistic_regression(
-        train_inputs,
-        train_labels[kept],
-        test_inputs,
-        test_labels,
+    channels = train_inputs.shape[1] // settings.side**2
+    colour = "grey" if settings.color == "grey" else f"{channels}-channel"
+    return _fitted_baseline(
+        "pixels",
+        "pixel baseline",
+        f"logistic regression on {settings.side}x{settings.side} {colour} pixels of {len(kept)} training images",
+        (train_inputs, train_labels[kept], test_inputs, test_labels),
         class_names=class_names,
         max_iter=settings.max_iter,
         standardise=False,
-    )
-    channels = train_inputs.shape[1] // settings.side**2
-    colour = "grey" if settings.color == "grey" else f"{channels}-channel"
-    return BaselineResult(
-        name="pixels",
-        title="pixel baseline",
-        description=(
-            f"logistic regression on {settings.side}x{settings.side} {colour} pixels of {len(kept)} training images"
-        ),
-        result=result,
-        train_images=len(kept),
-        dimension=train_inputs.shape[1],
-        solver=SOLVER,
-        iterations=iterations,
-        converged=iterations < settings.max_iter,
-        seconds=time.perf_counter() - started,
-        fit_seconds=fit_seconds,
+        started=started,
     )
 
 
@@ -326,28 +350,14 @@ def linear_probe(
     kept = stratified_subsample(train_labels, settings.max_train_images, seed=seed)
     train_inputs = features(train_images[kept], train_labels[kept])
     test_inputs = features(test_images, test_labels) if test_features is None else test_features
-    result, iterations, fit_seconds = fit_logistic_regression(
-        train_inputs,
-        train_labels[kept],
-        test_inputs,
-        test_labels,
+    return _fitted_baseline(
+        "probe",
+        "linear probe",
+        f"logistic regression on {train_inputs.shape[1]} frozen {backbone.name} features of {len(kept)} training "
+        "images",
+        (train_inputs, train_labels[kept], test_inputs, test_labels),
         class_names=class_names,
         max_iter=settings.max_iter,
         standardise=True,
-    )
-    return BaselineResult(
-        name="probe",
-        title="linear probe",
-        description=(
-            f"logistic regression on {train_inputs.shape[1]} frozen {backbone.name} features of {len(kept)} "
-            "training images"
-        ),
-        result=result,
-        train_images=len(kept),
-        dimension=train_inputs.shape[1],
-        solver=SOLVER,
-        iterations=iterations,
-        converged=iterations < settings.max_iter,
-        seconds=time.perf_counter() - started,
-        fit_seconds=fit_seconds,
+        started=started,
     )
