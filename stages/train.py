@@ -12,6 +12,7 @@ from pipeline.tracking import store as tracking_store
 from stages._classifier import build_classifier
 from stages._entry import (
     DATA_REPORT,
+    DIAGNOSIS_JSON,
     HISTORY_CSV,
     HISTORY_JSON,
     HISTORY_PNG,
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from pipeline.training.history import TrainingHistory
     from pipeline.training.recipe import Phase
 
-DIAGNOSIS_JSON = Path("reports/diagnosis.json")
 # What decides a run besides the data: uncommitted changes here make the run's `git.dirty` true.
 CODE_PATHS = ("pipeline", "stages", "dvc.yaml", "params.yaml", "pyproject.toml")
 
