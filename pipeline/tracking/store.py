@@ -128,8 +128,7 @@ def check_tracking_store(
     scheme = parts.scheme.lower()
     dialect = scheme.split("+")[0]
     try:
-        _check_scheme(uri)
-        if uri.split("://")[0].lower() in _OTHER_CLIENTS or scheme in _plugin_schemes():
+        if _check_scheme(uri):
             return "not checked (MLflow's own client handles this scheme)"
         if scheme in ("http", "https"):
             return _check_http(uri, experiment, timeout)
@@ -154,10 +153,14 @@ def _plugin_schemes() -> set[str]:
     return {entry_point.name.lower() for entry_point in importlib.metadata.entry_points(group=_PLUGIN_GROUP)}
 
 
-def _check_scheme(uri: str) -> None:
+def _check_scheme(uri: str) -> bool:
     """Refuses a URI whose scheme MLflow 3.17 has no store for, as MLflow itself reads the scheme.
 
     Why here: MLflow finds out only when train first writes, after the data is prepared and the model built.
+
+    Returns:
+        Whether MLflow's own client handles the scheme (databricks, an installed plugin's): nothing is left
+        for this module to check.
 
     Raises:
         TrackingStoreError: The scheme is not one MLflow can keep runs in; the message lists those that work.
@@ -166,18 +169,18 @@ def _check_scheme(uri: str) -> None:
     scheme = "" if len(scheme) == 1 else scheme  # one letter: a Windows drive, as MLflow reads it
     written = uri.split("://")[0].lower() if "://" in uri else uri.lower()
     if written in _OTHER_CLIENTS or scheme in _OTHER_CLIENTS:
-        return
+        return True
     if written in _REGISTRY_ONLY or scheme in _REGISTRY_ONLY:
         raise TrackingStoreError(
             f"{scheme if scheme in _REGISTRY_ONLY else written} is Unity Catalog, which MLflow uses as a model "
             "registry only, never as a tracking store; "
             f"schemes that work: {SCHEMES_THAT_WORK}"
         )
+    if scheme in _plugin_schemes():
+        return True
     dialect, plus, driver = scheme.partition("+")
-    known = (
-        scheme in _FOLDER_SCHEMES + _SERVER_SCHEMES
-        or (dialect in DATABASE_DIALECTS and (not plus or (driver and "+" not in driver)))
-        or scheme in _plugin_schemes()
+    known = scheme in _FOLDER_SCHEMES + _SERVER_SCHEMES or (
+        dialect in DATABASE_DIALECTS and (not plus or (driver and "+" not in driver))
     )
     if not known:
         hint = {"postgres": " (write postgresql://)", "sqlite3": " (write sqlite:///)"}.get(dialect, "")
@@ -189,6 +192,7 @@ def _check_scheme(uri: str) -> None:
             f"MLflow 3.17 refuses folder stores unless {ALLOW_FILE_STORE_ENV}=true (they are in maintenance mode); "
             f"use sqlite:///mlflow.db, or set {ALLOW_FILE_STORE_ENV}=true; schemes that work: {SCHEMES_THAT_WORK}"
         )
+    return False
 
 
 def _check_http(uri: str, experiment: str, timeout: float) -> str:
