@@ -41,12 +41,12 @@ def variable_blocks(model: keras.Model, block_layer_names: Mapping[str, Sequence
     """
     import keras
 
-    from pipeline.optim.layerwise import _walk_layers
+    from pipeline.optim.layerwise import walk_layers
 
     block_of_layer = {layer: block for block, names in block_layer_names.items() for layer in names}
     return {
         variable.path: block_of_layer.get(layer.name, HEAD_BLOCK)
-        for layer in _walk_layers(model)
+        for layer in walk_layers(model)
         if not isinstance(layer, keras.Model)  # a nested model's variables are listed by its own layers
         for variable in layer.trainable_weights
     }

@@ -63,7 +63,7 @@ def block_multipliers(
     }
 
 
-def _walk_layers(model: keras.Model) -> list[keras.Layer]:
+def walk_layers(model: keras.Model) -> list[keras.Layer]:
     """The layers of `model` and of the models nested in it, depth first."""
     import keras
 
@@ -71,7 +71,7 @@ def _walk_layers(model: keras.Model) -> list[keras.Layer]:
     for layer in model.layers:
         found.append(layer)
         if isinstance(layer, keras.Model):
-            found.extend(_walk_layers(layer))
+            found.extend(walk_layers(layer))
     return found
 
 
@@ -93,7 +93,7 @@ def variable_multipliers(model: keras.Model, layer_multipliers: Mapping[str, flo
         ValueError: `layer_multipliers` names a layer the model does not have (its multiplier would be
             silently ignored).
     """
-    layers = {layer.name: layer for layer in _walk_layers(model)}
+    layers = {layer.name: layer for layer in walk_layers(model)}
     missing = sorted(set(layer_multipliers) - set(layers))
     if missing:
         raise ValueError(
