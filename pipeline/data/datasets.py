@@ -7,7 +7,10 @@ float images (about 110 KB each at 96 px), so memory stays flat while the work p
 
 from __future__ import annotations
 
+import math
 import mmap
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -64,6 +67,126 @@ def flip_images(images: tf.Tensor, mode: str) -> tf.Tensor:
     return images
 
 
+@dataclass(frozen=True)
+class EpochOrder:
+    """Which examples each training batch holds, epoch after epoch, drawn from the seed and the epoch alone.
+
+    Why not `Dataset.shuffle(seed, reshuffle_each_iteration=True)`: its permutation for an epoch depends on how
+    many times the dataset was iterated before in this process, so a training run resumed at epoch k (after a
+    crash) would draw epoch 0's order again. Here epoch e's permutation is a stateless function of
+    (seed, e): a resumed run, a mid-epoch resume that skips the batches already trained, and an uninterrupted
+    run all see the same batches. The same holds for the view drawn per example (the orientation of a cached
+    flip, `pipeline.data.augmentation`).
+
+    Attributes:
+        examples: Examples in the split.
+        batch_size: Examples per batch (each epoch's last batch may be smaller).
+        seed: The run's training seed.
+        views: Views per example to draw one from (1: nothing drawn).
+    """
+
+    examples: int
+    batch_size: int
+    seed: int
+    views: int = 1
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(self.examples / self.batch_size)
+
+    def batches(self, *, first_epoch: int = 0, end_epoch: int | None = None, skip_batches: int = 0) -> tf.data.Dataset:
+        """Batches of (positions, views) from `first_epoch` on: epoch after epoch, each in its own order.
+
+        Args:
+            first_epoch: The first epoch's global index (its order is drawn from it).
+            end_epoch: The epoch after the last (exclusive); None for an endless stream.
+            skip_batches: Batches of the first epoch already trained (a mid-epoch resume), left out.
+
+        Returns:
+            A dataset of (int64 positions (batch,), int64 view indices (batch,)).
+        """
+        import tensorflow as tf
+
+        epochs = (
+            tf.data.Dataset.counter(first_epoch) if end_epoch is None else tf.data.Dataset.range(first_epoch, end_epoch)
+        )
+        examples, views, seed = self.examples, self.views, self.seed
+
+        def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
+            epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
+            order = tf.random.experimental.stateless_shuffle(tf.range(examples, dtype=tf.int64), seed=epoch_seed)
+            # A second stream of the same seeds (offset in the key) for the views, drawn per example.
+            drawn = tf.random.stateless_uniform(
+                [examples], seed=epoch_seed + tf.constant([0, 2**31], tf.int64), maxval=views, dtype=tf.int64
+            )
+            return tf.data.Dataset.from_tensor_slices((order, tf.gather(drawn, order))).batch(self.batch_size)
+
+        return epochs.flat_map(one_epoch).skip(skip_batches)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """Epoch `epoch`'s order of the examples, as the batches hold them."""
+        return np.concatenate(
+            [positions.numpy() for positions, _views in self.batches(first_epoch=epoch, end_epoch=epoch + 1)]
+        )
+
+
+def _in_order(examples: int, batch_size: int) -> tf.data.Dataset:
+    """Batches of (positions, views) of one pass in order, view 0: validation, test and prediction data."""
+    import tensorflow as tf
+
+    positions = tf.data.Dataset.range(examples).batch(batch_size)
+    return positions.map(lambda batch: (batch, tf.zeros_like(batch)))
+
+
+def _row_reader(array: np.ndarray) -> Callable[[tf.Tensor], tf.Tensor]:
+    """A function from a batch of positions to those rows of `array`, read without copying a memmap into memory.
+
+    Why two ways: an in-memory array is one constant tensor that `tf.gather` indexes; a memmap (the prepare
+    stage's image cache, the activation store) can be larger than RAM, so each batch reads only its rows.
+    """
+    import tensorflow as tf
+
+    if not isinstance(array, np.memmap):
+        table = tf.constant(array)
+        return lambda positions: tf.gather(table, positions)
+    # Only a read-only map may drop its pages: a copy-on-write one ("c") would lose its changes.
+    mapping = getattr(array, "_mmap", None) if getattr(array, "mode", None) == "r" else None
+    row_shape = array.shape[1:]
+
+    def read(positions: np.ndarray) -> np.ndarray:
+        # Fancy indexing of a memmap reads only these rows.
+        rows = np.ascontiguousarray(array[positions])
+        if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+            # The pages read stay in the kernel's page cache but leave this process's RSS, which would
+            # otherwise grow to the size of the split over an epoch.
+            mapping.madvise(mmap.MADV_DONTNEED)
+        return rows
+
+    def gather(positions: tf.Tensor) -> tf.Tensor:
+        rows = tf.numpy_function(read, [positions], tf.as_dtype(array.dtype), stateful=False)
+        return tf.ensure_shape(rows, (None, *row_shape))
+
+    return gather
+
+
+def _batches_of(views: list[np.ndarray], labels: np.ndarray, positions: tf.data.Dataset) -> tf.data.Dataset:
+    """(rows, labels) for each batch of (positions, views): each example's row taken from its drawn view."""
+    import tensorflow as tf
+
+    readers = [_row_reader(view) for view in views]
+    label_table = tf.constant(labels.astype(np.int64))
+
+    def gather(batch: tf.Tensor, drawn: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        if len(readers) == 1:
+            rows = readers[0](batch)
+        else:
+            stacked = tf.stack([read(batch) for read in readers], axis=1)
+            rows = tf.gather(stacked, drawn, axis=1, batch_dims=1)
+        return rows, tf.gather(label_table, batch)
+
+    return positions.map(gather)
+
+
 def image_dataset(
     images: np.ndarray,
     labels: np.ndarray,
@@ -73,37 +196,31 @@ def image_dataset(
     preprocessing: keras.layers.Layer | None = None,
     augmentation: keras.layers.Layer | None = None,
     flip: str = "none",
-    shuffle: bool = False,
-    seed: int = 0,
+    positions: tf.data.Dataset | None = None,
 ) -> tf.data.Dataset:
     """Builds a batched, prefetched dataset of (image, label).
 
     Args:
-        images: uint8 images, grey (N, H, W) or colour (N, H, W, C).
+        images: uint8 images, grey (N, H, W) or colour (N, H, W, C); a memmap is read batch by batch.
         labels: Integer labels (N,).
         image_size: Square size the model expects.
-        batch_size: Images per batch.
+        batch_size: Images per batch (of the single pass in order; `positions` sets its own).
         preprocessing: The backbone's own input scaling; None leaves pixels on 0..255 (for a model
             that holds its preprocessing).
         augmentation: Random layers applied (in training mode) to the 0..255 images before the
             preprocessing; None for none (validation, test and prediction data).
         flip: Flip every image this way ("none" keeps them): the second orientation of a cached flip,
             see `pipeline.data.augmentation`.
-        shuffle: Reshuffle every epoch (training data).
-        seed: Seed of the shuffle.
+        positions: Training batches from `EpochOrder.batches` (epoch after epoch, in the run's order);
+            None for one pass over the images in order.
 
     Returns:
         A dataset yielding (float32 images, int64 labels) batches.
     """
     import tensorflow as tf
 
-    if isinstance(images, np.memmap):
-        dataset = _memmap_batches(images, labels, batch_size=batch_size, shuffle=shuffle, seed=seed)
-    else:
-        dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int64))).cache()
-        if shuffle:
-            dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-        dataset = dataset.batch(batch_size)
+    order = positions if positions is not None else _in_order(len(labels), batch_size)
+    dataset = _batches_of([images], labels, order)
 
     def prepare(batch_images: tf.Tensor, batch_labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         batch_images = to_model_input(batch_images, image_size=image_size)
@@ -119,81 +236,23 @@ def image_dataset(
 
 
 def array_dataset(
-    features: np.ndarray, labels: np.ndarray, *, batch_size: int, shuffle: bool, seed: int
+    views: list[np.ndarray], labels: np.ndarray, *, batch_size: int, positions: tf.data.Dataset | None = None
 ) -> tf.data.Dataset:
-    """Builds a batched dataset from cached activations (see `pipeline.training.features`)."""
-    import tensorflow as tf
-
-    dataset = tf.data.Dataset.from_tensor_slices((features, labels.astype(np.int64)))
-    if shuffle:
-        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def view_dataset(views: list[np.ndarray], labels: np.ndarray, *, batch_size: int, seed: int) -> tf.data.Dataset:
-    """Builds shuffled training batches in which every example is one of its cached views, drawn anew each epoch.
-
-    Why: a flip-only augmentation has two possible inputs per image (see `pipeline.data.augmentation`); their
-    frozen activations are cached side by side, and drawing one per example and epoch reproduces the
-    random flip. `Dataset.random` with `rerandomize_each_iteration` gives new draws on every pass
-    while staying reproducible from the seed.
+    """Builds a batched dataset from cached activations (see `pipeline.training.features`).
 
     Args:
-        views: Activations of each view, all of the same shape (N, ...), in the same example order.
+        views: Activations of each view of the examples, all of the shape (N, ...) and in the same example
+            order: one array, or one per orientation of a cached flip (each epoch draws one per example,
+            reproducing the random flip). Memmaps are read batch by batch.
         labels: Integer labels (N,).
-        batch_size: Examples per batch.
-        seed: Seed of the shuffle and of the draws.
+        batch_size: Examples per batch (of the single pass in order; `positions` sets its own).
+        positions: Training batches from `EpochOrder.batches` (with `views=len(views)`); None for one pass in
+            order over the first view.
 
     Returns:
         A dataset yielding (float activations, int64 labels) batches.
     """
     import tensorflow as tf
 
-    examples = tf.data.Dataset.from_tensor_slices((tuple(views), labels.astype(np.int64)))
-    draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    dataset = tf.data.Dataset.zip(examples, draws)
-    dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
-
-    def pick(example: tuple[tuple[tf.Tensor, ...], tf.Tensor], draw: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        batch_views, batch_labels = example
-        stacked = tf.stack(batch_views, axis=1)
-        return tf.gather(stacked, draw % len(views), axis=1, batch_dims=1), batch_labels
-
-    return dataset.map(pick, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
-def _memmap_batches(
-    images: np.memmap, labels: np.ndarray, *, batch_size: int, shuffle: bool, seed: int
-) -> tf.data.Dataset:
-    """Batches of (uint8 images, int64 labels) read from a memmap one batch at a time.
-
-    Why: `from_tensor_slices` would copy the whole array into one tensor; an image cache that the
-    prepare stage wrote can be larger than RAM. Only positions are shuffled (the same permutation as
-    shuffling the images themselves with this seed), and each batch reads just its rows from disk.
-    """
-    import tensorflow as tf
-
-    positions = tf.data.Dataset.from_tensor_slices(np.arange(len(labels), dtype=np.int64))
-    if shuffle:
-        positions = positions.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    label_table = tf.constant(labels.astype(np.int64))
-    image_shape = images.shape[1:]
-
-    # Only a read-only map may drop its pages: a copy-on-write one ("c") would lose its changes.
-    mapping = getattr(images, "_mmap", None) if getattr(images, "mode", None) == "r" else None
-
-    def read(batch: np.ndarray) -> np.ndarray:
-        # Fancy indexing of a memmap reads only these rows.
-        rows = np.ascontiguousarray(images[batch])
-        if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
-            # The pages read stay in the kernel's page cache but leave this process's RSS, which would
-            # otherwise grow to the size of the split over an epoch.
-            mapping.madvise(mmap.MADV_DONTNEED)
-        return rows
-
-    def gather(batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        batch_images = tf.numpy_function(read, [batch], tf.uint8, stateful=False)
-        batch_images = tf.ensure_shape(batch_images, (None, *image_shape))
-        return batch_images, tf.gather(label_table, batch)
-
-    return positions.batch(batch_size).map(gather)
+    order = positions if positions is not None else _in_order(len(labels), batch_size)
+    return _batches_of(views, labels, order).prefetch(tf.data.AUTOTUNE)

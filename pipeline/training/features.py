@@ -23,6 +23,7 @@ deepest cut and a phase's cut are recomputed with the weights and statistics of 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.data.augmentation import build_augmentation, cacheable_flip
-from pipeline.data.datasets import array_dataset, image_dataset, view_dataset
+from pipeline.data.datasets import EpochOrder, array_dataset, image_dataset
 from pipeline.model.head import Classifier
 from pipeline.training.losses import needs_one_hot, one_hot_labels
 
@@ -49,14 +50,35 @@ class ImageSplit:
 
 @dataclass(frozen=True)
 class PhaseData:
-    """What one phase fits: the model to compile and its training and validation data."""
+    """What one phase fits: the model to compile and its training and validation data.
+
+    Attributes:
+        model: The model to compile and fit (a sub-model from the phase's cut under the cache).
+        val: Validation batches, in order.
+        cached: Whether the phase trains on cached activations.
+        steps_per_epoch: Batches of one training epoch.
+        note: Why the phase trains on what it trains on.
+        order: The training order of every epoch (`pipeline.data.datasets.EpochOrder`).
+        gather: Training batches of (inputs, labels) for a dataset of `order`'s batches.
+    """
 
     model: keras.Model
-    train: tf.data.Dataset
     val: tf.data.Dataset
     cached: bool
     steps_per_epoch: int
     note: str
+    order: EpochOrder
+    gather: Callable[[tf.data.Dataset], tf.data.Dataset]
+
+    def train(self, *, first_epoch: int = 0, end_epoch: int | None = None, skip_batches: int = 0) -> tf.data.Dataset:
+        """Training batches from `first_epoch` on, epoch after epoch (`fit` with `steps_per_epoch`).
+
+        Args:
+            first_epoch: The first epoch's global index: its order is the one an uninterrupted run draws there.
+            end_epoch: The epoch after the last (exclusive); None for an endless stream.
+            skip_batches: Batches of the first epoch already trained (a resume from a mid-epoch checkpoint).
+        """
+        return self.gather(self.order.batches(first_epoch=first_epoch, end_epoch=end_epoch, skip_batches=skip_batches))
 
 
 def cut_tensor(classifier: Classifier, trainable_blocks: int) -> keras.KerasTensor:
@@ -177,7 +199,9 @@ class PhaseDataFactory:
                 )
         self._base_activations: dict[str, list[np.ndarray]] | None = None
 
-    def _images(self, split: str, *, shuffle: bool, augment: bool = False, flip: str = "none") -> tf.data.Dataset:
+    def _images(
+        self, split: str, *, positions: tf.data.Dataset | None = None, augment: bool = False, flip: str = "none"
+    ) -> tf.data.Dataset:
         data = self._splits[split]
         return image_dataset(
             data.images,
@@ -187,9 +211,11 @@ class PhaseDataFactory:
             preprocessing=self._preprocessing,
             augmentation=self._inputs.augmentation if augment else None,
             flip=flip,
-            shuffle=shuffle,
-            seed=self._inputs.seed,
+            positions=positions,
         )
+
+    def _order(self, views: int) -> EpochOrder:
+        return EpochOrder(len(self._splits["train"].labels), self._inputs.batch_size, self._inputs.seed, views=views)
 
     def _labelled(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
         if self._one_hot_classes is None:
@@ -202,9 +228,7 @@ class PhaseDataFactory:
             prefix = keras.Model(self._classifier.model.input, self._base_cut)
             views = {"train": self._train_views, "val": ("none",)}
             self._base_activations = {
-                split: [
-                    self._predict(prefix, self._images(split, shuffle=False, flip=flip), split, flip) for flip in flips
-                ]
+                split: [self._predict(prefix, self._images(split, flip=flip), split, flip) for flip in flips]
                 for split, flips in views.items()
             }
         return self._base_activations
@@ -235,11 +259,12 @@ class PhaseDataFactory:
         if not self.caching or cut is self._classifier.model.input:
             return PhaseData(
                 model=self._classifier.model,
-                train=self._labelled(self._images("train", shuffle=True, augment=True)),
-                val=self._labelled(self._images("val", shuffle=False)),
+                val=self._labelled(self._images("val")),
                 cached=False,
                 steps_per_epoch=self.steps_per_epoch,
                 note=self.cache_note if not self.caching else "the whole backbone trains: nothing frozen to cache",
+                order=self._order(views=1),
+                gather=lambda positions: self._labelled(self._images("train", positions=positions, augment=True)),
             )
         base = self._base()
         if cut is self._base_cut:
@@ -255,30 +280,20 @@ class PhaseDataFactory:
                 ]
                 for split, views in base.items()
             }
+        train_views, train_labels = activations["train"], self._splits["train"].labels
         return PhaseData(
             model=keras.Model(cut, self._classifier.model.output),
-            train=self._labelled(self._train_activations(activations["train"])),
             val=self._labelled(
-                array_dataset(
-                    activations["val"][0],
-                    self._splits["val"].labels,
-                    batch_size=self._inputs.batch_size,
-                    shuffle=False,
-                    seed=self._inputs.seed,
-                )
+                array_dataset(activations["val"], self._splits["val"].labels, batch_size=self._inputs.batch_size)
             ),
             cached=True,
             steps_per_epoch=self.steps_per_epoch,
             note=self.cache_note,
+            order=self._order(views=len(train_views)),
+            gather=lambda positions: self._labelled(
+                array_dataset(train_views, train_labels, batch_size=self._inputs.batch_size, positions=positions)
+            ),
         )
-
-    def _train_activations(self, views: list[np.ndarray]) -> tf.data.Dataset:
-        labels = self._splits["train"].labels
-        if len(views) == 1:
-            return array_dataset(
-                views[0], labels, batch_size=self._inputs.batch_size, shuffle=True, seed=self._inputs.seed
-            )
-        return view_dataset(views, labels, batch_size=self._inputs.batch_size, seed=self._inputs.seed)
 
 
 def _forward_pass(model: keras.Model, inputs: tf.data.Dataset | np.ndarray, *, batch_size: int) -> np.ndarray:

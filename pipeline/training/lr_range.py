@@ -62,7 +62,7 @@ def find_learning_rate(
     ).for_phase(0)
     result = lr_range_test(
         data.model,
-        data.train,
+        data.train(),
         make_optimizer=lambda learning_rate: make_optimizer(optimizer, learning_rate=learning_rate),
         loss=classification_loss(label_smoothing=inputs.label_smoothing),
         min_lr=settings.min_lr,

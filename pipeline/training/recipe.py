@@ -351,15 +351,16 @@ def fine_tune(
         )
         diagnosing = diagnostics.callbacks(phase_data.model, phase_data.val) if diagnostics else []
         phase_data.model.fit(
-            phase_data.train,
+            phase_data.train(first_epoch=first_epoch, end_epoch=record.end_epoch),
             validation_data=phase_data.val,
             initial_epoch=first_epoch,
             epochs=record.end_epoch,
+            steps_per_epoch=phase_data.steps_per_epoch,
             # The recorder first, so it logs the LR this epoch used before a plateau callback lowers it; the
             # divergence guard last, so that the epoch that blew up is still recorded and logged to the run.
             # The diagnostics before both, so that their metrics are in the epoch's logs.
             callbacks=[*diagnosing, recorder, *schedule.callbacks, *([stopper] if stopper else []), *callbacks, guard],
-            shuffle=False,  # the datasets reshuffle themselves, with the run's seed
+            shuffle=False,  # each epoch's order is drawn from the run's seed and the epoch (EpochOrder)
             verbose=verbose,
         )
         # Early stopping may end a phase sooner and restore its best epoch: record both.

@@ -450,7 +450,7 @@ def test_augmentation_reaches_training_batches_only(tiny_backbone) -> None:
             ),
             deepest_trainable_blocks=0,
         ).for_phase(0)
-        batches[label] = (next(iter(data.train))[0].numpy(), next(iter(data.val))[0].numpy())
+        batches[label] = (next(iter(data.train()))[0].numpy(), next(iter(data.val))[0].numpy())
     (plain_train, plain_val), (flipped_train, flipped_val) = batches["plain"], batches["flipped"]
     np.testing.assert_array_equal(flipped_val, plain_val)
     # Same shuffle seed, so the same images: each is kept or mirrored, and some are mirrored.
@@ -503,9 +503,9 @@ def test_flip_alone_caches_both_orientations_and_draws_one_per_epoch(tiny_backbo
         for images in (pixels, pixels[:, :, ::-1, :])
     ]
     choices = []
-    for _epoch in range(2):
+    for epoch in range(2):
         seen = {}
-        for features, labels in data.train:
+        for features, labels in data.train(first_epoch=epoch, end_epoch=epoch + 1):
             for row, label in zip(features.numpy().reshape(len(labels), -1), labels.numpy(), strict=True):
                 # (orientation, image) whose expected features this row is.
                 distances = np.stack([np.abs(view - row).max(axis=1) for view in views])
