@@ -59,12 +59,19 @@ class PhaseEarlyStopping(keras.callbacks.EarlyStopping):
     def __init__(self, *, first_epoch: int, min_epochs: int, **settings: Any) -> None:
         super().__init__(**settings)
         self._may_stop_from = first_epoch + min_epochs - 1  # the global index of the phase's last required epoch
+        # False while a phase is trained by more than one `fit` (a mid-epoch resume finishes its epoch first):
+        # the best weights are then restored at the end of the phase, not at the end of each `fit`.
+        self.restore_at_train_end = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         super().on_epoch_end(epoch, logs)
         if epoch < self._may_stop_from and self.stopped_epoch == epoch:
             self.model.stop_training = False
             self.stopped_epoch = 0
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self.restore_at_train_end or self.model.stop_training:
+            super().on_train_end(logs)
 
 
 def early_stopping(

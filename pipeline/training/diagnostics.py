@@ -188,6 +188,11 @@ class TrainingDiagnostics:
         self.flags[name] = DiagnosticFlag(name=name, epoch=epoch, detail=detail)
         self.print_line(self.flags[name].line())
 
+    def restore_flags(self, flags: dict[str, dict[str, Any]]) -> None:
+        """Takes back the flags a checkpoint saved (a resumed run), without printing their lines again."""
+        for name, flag in flags.items():
+            self.flags[name] = DiagnosticFlag(name=name, epoch=int(flag["epoch"]), detail=str(flag["detail"]))
+
     def tags(self) -> dict[str, str]:
         """The flags as run tags (none when nothing was flagged)."""
         return dict(flag.tag() for flag in self.flags.values())

@@ -26,9 +26,18 @@ from pipeline.optim.optimizers import make_optimizer
 from pipeline.optim.schedules import make_schedule
 from pipeline.params.train import EarlyStoppingParams
 from pipeline.training.callbacks import DivergenceGuard, HistoryRecorder, early_stopping
+from pipeline.training.checkpoint import restore_layers
 from pipeline.training.features import ImageSplit, InputSettings, PhaseDataFactory
 from pipeline.training.history import PhaseRecord, TrainingHistory
 from pipeline.training.losses import classification_loss
+from pipeline.training.resume import (
+    Checkpointing,
+    PhaseProgress,
+    fit_phase,
+    note_trained_layers,
+    restore_optimizer,
+    stateful_callbacks,
+)
 
 if TYPE_CHECKING:
     from pipeline.params.optimizer import OptimizerParams
@@ -252,6 +261,7 @@ def fine_tune(
     verbose: int = 2,
     jit_compile: bool | str = "auto",
     diagnostics: TrainingDiagnostics | None = None,
+    checkpointing: Checkpointing | None = None,
 ) -> TrainingHistory:
     """Fine-tunes `classifier` in place, phase after phase.
 
@@ -269,6 +279,9 @@ def fine_tune(
         diagnostics: The course's diagnostics (`pipeline.training.diagnostics`): block gradient norms
             accumulated by each phase's optimiser, and their callbacks first in each phase's list, so
             their metrics reach the history and the run; None for none.
+        checkpointing: Checkpoints after every epoch (`pipeline.training.resume`), and the checkpoint to
+            resume from: its finished phases are skipped, its weights, optimiser, callbacks' state and
+            history restored, and training goes on at its next epoch (or batch); None for no checkpoints.
 
     Returns:
         Every epoch of every phase on one axis, the phase boundaries and the trainable-layer map.
@@ -277,7 +290,13 @@ def fine_tune(
         TrainingDivergedError: An epoch's loss was NaN or infinite, or far above that of guessing
             (`pipeline.training.divergence`); training stops at that epoch, and no model should be kept.
     """
-    history = TrainingHistory()
+    resume = checkpointing.resume if checkpointing is not None else None
+    history = resume.state.history() if resume is not None else TrainingHistory()
+    trained_layers: list[str] = list(resume.state.trained_layers) if resume is not None else []
+    if resume is not None:
+        restore_layers(classifier.model, resume)
+        if diagnostics is not None:
+            diagnostics.restore_flags(resume.state.flags)
     recorder = HistoryRecorder(history)
     guard = DivergenceGuard(num_classes=classifier.model.output_shape[-1])
     blocks = classifier.backbone.blocks_top_down
@@ -290,12 +309,16 @@ def fine_tune(
         verbose=verbose,
     )
     for index, phase in enumerate(phases):
-        started = time.perf_counter()
+        # A resumed run skips the phases its checkpoint finished: their epochs and records are in the history.
+        if resume is not None and index < resume.state.phase_index:
+            continue
+        resuming = resume if resume is not None and index == resume.state.phase_index else None
+        started = time.perf_counter() - (resuming.state.phase_seconds if resuming is not None else 0.0)
         set_trainable_blocks(
             classifier.model, blocks, trainable_blocks=phase.trainable_blocks, bn_policy=phase.bn_policy
         )
         phase_data = data.for_phase(phase.trainable_blocks)
-        first_epoch = history.epochs_done
+        first_epoch = history.phases[-1].end_epoch if history.phases else 0
         schedule = make_schedule(
             phase.schedule,
             learning_rate=phase.learning_rate,
@@ -320,9 +343,14 @@ def fine_tune(
             metrics=["accuracy"],
             jit_compile=jit_compile,
         )
-        history.layers.extend(
-            layer_map(classifier.model, blocks, phase=index, phase_name=phase.name, lr_multipliers=layer_multipliers)
-        )
+        if resuming is not None:
+            restore_optimizer(phase_data.model, resuming)
+        else:
+            history.layers.extend(
+                layer_map(
+                    classifier.model, blocks, phase=index, phase_name=phase.name, lr_multipliers=layer_multipliers
+                )
+            )
         record = PhaseRecord(
             index=index,
             name=phase.name,
@@ -349,18 +377,22 @@ def fine_tune(
             if phase.early_stopping is not None
             else None
         )
+        # What a checkpoint must save: the layers this phase may change, and the callbacks that carry state.
+        note_trained_layers(trained_layers, phase_data.model)
+        stateful = stateful_callbacks(stopper, schedule.callbacks)
         diagnosing = diagnostics.callbacks(phase_data.model, phase_data.val) if diagnostics else []
-        phase_data.model.fit(
-            phase_data.train(first_epoch=first_epoch, end_epoch=record.end_epoch),
-            validation_data=phase_data.val,
-            initial_epoch=first_epoch,
-            epochs=record.end_epoch,
-            steps_per_epoch=phase_data.steps_per_epoch,
+        fit_phase(
+            phase_data,
+            first_epoch=resuming.state.epochs_done if resuming is not None else first_epoch,
+            end_epoch=record.end_epoch,
             # The recorder first, so it logs the LR this epoch used before a plateau callback lowers it; the
             # divergence guard last, so that the epoch that blew up is still recorded and logged to the run.
             # The diagnostics before both, so that their metrics are in the epoch's logs.
             callbacks=[*diagnosing, recorder, *schedule.callbacks, *([stopper] if stopper else []), *callbacks, guard],
-            shuffle=False,  # each epoch's order is drawn from the run's seed and the epoch (EpochOrder)
+            checkpointing=checkpointing,
+            progress=PhaseProgress(index, history, trained_layers, started, diagnostics, stateful),
+            classifier_model=classifier.model,
+            resume=resuming,
             verbose=verbose,
         )
         # Early stopping may end a phase sooner and restore its best epoch: record both.
