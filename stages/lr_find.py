@@ -33,19 +33,27 @@ def main() -> None:
 
     from pipeline.data.split import read_manifest, select
     from pipeline.training.features import ImageSplit, InputSettings
-    from pipeline.training.lr_range import find_learning_rate
+    from pipeline.training.lr_range import deepest_trainable_blocks, find_learning_rate
     from stages._data import load_source
 
     keras.utils.set_random_seed(config.train.seed)
     source = load_source(config.data)
-    train = ImageSplit(*select(source, read_manifest(MANIFEST), "train"))
+    rows = read_manifest(MANIFEST)
+    train, val = (ImageSplit(*select(source, rows, split)) for split in ("train", "val"))
+    classifier = build_classifier(config, num_classes=len(source.class_names))
+    # The frozen activations the train stage needs go into the activation store here, so train reads them.
     report = find_learning_rate(
-        build_classifier(config, num_classes=len(source.class_names)),
+        classifier,
         train,
         optimizer=config.train.optimizer,
         inputs=InputSettings.from_params(config.train, image_size=config.backbone.image_size),
         settings=settings,
         jit_compile=selection.jit_compile,
+        val=val,
+        deepest_trainable_blocks=deepest_trainable_blocks(
+            config.train, block_count=len(classifier.backbone.blocks_top_down), train_examples=len(train.labels)
+        ),
+        verbose=1,
     )
     report.write(LR_FIND_JSON)
     result = report.result

@@ -108,6 +108,17 @@ class UnfreezeStageParams(Section):
         return self
 
 
+class ActivationStoreParams(Section):
+    """Where the frozen activations are kept on disk between runs (`pipeline.training.activation_store`)."""
+
+    path: Annotated[str, Field(min_length=1)] = Field(
+        default=".cache/activations", description="The store's folder; `make clean` empties .cache."
+    )
+    limit_mb: Annotated[int, Field(ge=0)] = Field(
+        default=8192, description="Largest total size; past it the least recently used entries go. 0: no store."
+    )
+
+
 class TrainParams(Section):
     """The fine-tuning recipe: frozen phase, then the unfreezing stages in order."""
 
@@ -141,4 +152,9 @@ class TrainParams(Section):
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     augmentation: AugmentationParams = Field(default_factory=AugmentationParams)
     unfreeze: list[UnfreezeStageParams] = Field(default_factory=list)
-    feature_cache_mb: Annotated[int, Field(ge=0)] = 2048
+    feature_cache_mb: Annotated[int, Field(ge=0)] = Field(
+        default=2048,
+        description="Largest frozen activations a run caches (in memory, or memory-mapped from the activation "
+        "store, where they must still fit the page cache to be read fast every epoch); 0: never cache.",
+    )
+    activation_store: ActivationStoreParams = Field(default_factory=ActivationStoreParams)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import keras
@@ -34,6 +35,14 @@ import tensorflow as tf
 from pipeline.data.augmentation import build_augmentation, cacheable_flip
 from pipeline.data.datasets import EpochOrder, array_dataset, image_dataset
 from pipeline.model.head import Classifier
+from pipeline.training.activation_store import (
+    ActivationKey,
+    ActivationStore,
+    StoredActivations,
+    describe_layer,
+    images_digest,
+    weights_digest,
+)
 from pipeline.training.losses import needs_one_hot, one_hot_labels
 
 if TYPE_CHECKING:
@@ -117,6 +126,8 @@ class InputSettings:
         augmentation: Random layers for the training images (`pipeline.data.augmentation`), or None;
             anything but a flip alone disables caching (a flip alone doubles the training part of the cache).
         label_smoothing: Label smoothing of the cross-entropy; above 0 the labels are fed one-hot.
+        activation_store: Where the frozen activations are kept between runs
+            (`pipeline.training.activation_store`), or None to keep them in memory for this run only.
     """
 
     image_size: int
@@ -125,10 +136,13 @@ class InputSettings:
     cache_limit_bytes: int
     augmentation: keras.layers.Layer | None = None
     label_smoothing: float = 0.0
+    activation_store: ActivationStore | None = None
 
     @classmethod
     def from_params(cls, train: TrainParams, *, image_size: int) -> InputSettings:
-        """The settings of the `train` section (batch size, seed, `feature_cache_mb`, augmentation, smoothing)."""
+        """The settings of the `train` section (batch size, seed, `feature_cache_mb`, augmentation, smoothing,
+        `activation_store`)."""
+        store = train.activation_store
         return cls(
             image_size=image_size,
             batch_size=train.batch_size,
@@ -136,6 +150,9 @@ class InputSettings:
             cache_limit_bytes=train.feature_cache_mb * 2**20,
             augmentation=build_augmentation(train.augmentation, seed=train.seed),
             label_smoothing=train.label_smoothing,
+            activation_store=ActivationStore(Path(store.path), limit_bytes=store.limit_mb * 2**20)
+            if store.limit_mb > 0
+            else None,
         )
 
     def steps_per_epoch(self, examples: int) -> int:
@@ -155,6 +172,8 @@ class PhaseDataFactory:
             computed from images, once.
         verbose: Whether the passes that fill the cache are announced (0: silent); above 0 a
             line says what each pass computes, since the first takes minutes on a large dataset.
+        base_activations: The activations at the base cut, already computed (one array per view of each
+            split, as `base_activations()` returns them): nothing is computed from images, nor stored.
     """
 
     def __init__(
@@ -166,6 +185,7 @@ class PhaseDataFactory:
         inputs: InputSettings,
         deepest_trainable_blocks: int,
         verbose: int = 0,
+        base_activations: dict[str, list[np.ndarray]] | None = None,
     ) -> None:
         num_classes = classifier.model.output_shape[-1]
         augmentation, cache_limit_bytes = inputs.augmentation, inputs.cache_limit_bytes
@@ -197,7 +217,25 @@ class PhaseDataFactory:
                 self.cache_note += (
                     f", for both orientations of the {self._flip} flip (each epoch draws one per training image)"
                 )
-        self._base_activations: dict[str, list[np.ndarray]] | None = None
+        self._base_activations = base_activations
+        self._store = inputs.activation_store if self.caching and base_activations is None else None
+        self._prefix_digest: str | None = None
+        self._images_digests: dict[str, str] = {}
+        if self._store is not None and self.estimated_cache_bytes > self._store.limit_bytes:
+            self._store = None
+            self.cache_note += (
+                f"; kept in memory only, since {self.estimated_cache_bytes / 2**20:.0f} MiB is over "
+                f"train.activation_store.limit_mb ({self._inputs.activation_store.limit_bytes / 2**20:.0f} MiB)"
+            )
+
+    @property
+    def uses_store(self) -> bool:
+        """Whether the base cut's activations are read from (or written to) the activation store."""
+        return self._store is not None
+
+    def base_activations(self) -> dict[str, list[np.ndarray]]:
+        """The activations at the base cut, one array per view of each split, computed or read once."""
+        return self._base()
 
     def _images(
         self, split: str, *, positions: tf.data.Dataset | None = None, augment: bool = False, flip: str = "none"
@@ -227,11 +265,47 @@ class PhaseDataFactory:
         if self._base_activations is None:
             prefix = keras.Model(self._classifier.model.input, self._base_cut)
             views = {"train": self._train_views, "val": ("none",)}
+            stored: list[StoredActivations] = []
             self._base_activations = {
-                split: [self._predict(prefix, self._images(split, flip=flip), split, flip) for flip in flips]
+                split: [self._base_view(prefix, split, flip, stored) for flip in flips]
                 for split, flips in views.items()
             }
+            if stored:
+                self.cache_note = _store_note(stored, self._store) + self.cache_note.removeprefix(
+                    "frozen activations computed once and reused"
+                )
         return self._base_activations
+
+    def _base_view(self, prefix: keras.Model, split: str, flip: str, stored: list[StoredActivations]) -> np.ndarray:
+        """One view's activations at the base cut: from the store when it holds them, else computed (and stored)."""
+
+        def compute() -> np.ndarray:
+            return self._predict(prefix, self._images(split, flip=flip), split, flip)
+
+        if self._store is None:
+            return compute()
+        if self._prefix_digest is None:
+            # Every layer below the cut, configuration and weights (BatchNorm statistics included).
+            self._prefix_digest = weights_digest(
+                (describe_layer(layer), [keras.ops.convert_to_numpy(weight) for weight in layer.weights])
+                for layer in prefix.layers
+            )
+        if split not in self._images_digests:
+            self._images_digests[split] = images_digest(self._splits[split].images)
+        key = ActivationKey(
+            backbone=self._classifier.backbone.name,
+            weights_digest=self._prefix_digest,
+            image_size=self._inputs.image_size,
+            preprocessing=describe_layer(self._preprocessing),
+            cut_layer=prefix.output._keras_history.operation.name,
+            batchnorm="inference",  # `_forward_pass` runs the prefix with training=False
+            dtype_policy=keras.config.dtype_policy().name,
+            flip=flip,
+            images_digest=self._images_digests[split],
+        )
+        found = self._store.fetch(key, compute, label=f"{split} images, flip {flip}")
+        stored.append(found)
+        return found.array
 
     def _predict(self, model: keras.Model, inputs: tf.data.Dataset | np.ndarray, split: str, flip: str) -> np.ndarray:
         """One pass that fills the cache, announced when verbose."""
@@ -294,6 +368,23 @@ class PhaseDataFactory:
                 array_dataset(train_views, train_labels, batch_size=self._inputs.batch_size, positions=positions)
             ),
         )
+
+
+def _store_note(stored: list[StoredActivations], store: ActivationStore) -> str:
+    """How the base activations came, for the phases' notes: read from the store, or computed and stored."""
+    read = [entry for entry in stored if entry.read]
+    if len(read) == len(stored):
+        entries = ", ".join(entry.entry[:12] for entry in read)
+        return (
+            f"frozen activations read from the activation store {store.root} (entries {entries}, computed "
+            f"{min(entry.computed_at for entry in read)})"
+        )
+    if read:
+        return (
+            f"frozen activations partly read from the activation store {store.root} ({len(read)} of {len(stored)} "
+            "entries), the rest computed once and stored"
+        )
+    return f"frozen activations computed once and stored in the activation store {store.root}"
 
 
 def _forward_pass(model: keras.Model, inputs: tf.data.Dataset | np.ndarray, *, batch_size: int) -> np.ndarray:

@@ -41,3 +41,17 @@ def test_unfreeze_all_blocks_and_bad_block_words() -> None:
     )
     message = error_message({"train": {"unfreeze": [{"blocks": "most", "epochs": 1, "lr_factor": 0.1}]}})
     assert "train.unfreeze.0.blocks: received 'most'" in message
+
+
+def test_activation_store_defaults_and_refusals() -> None:
+    store = parse({}).train.activation_store
+    assert (store.path, store.limit_mb) == (".cache/activations", 8192)
+
+    message = error_message({"train": {"activation_store": {"limit_mb": -1}}})
+    assert "train.activation_store.limit_mb: received -1" in message
+    assert "greater than or equal to 0" in message
+    message = error_message({"train": {"activation_store": {"path": ""}}})
+    assert "train.activation_store.path: received ''" in message
+    assert "at least 1 character" in message
+    message = error_message({"train": {"activation_store": {"size_mb": 10}}})
+    assert "train.activation_store.size_mb" in message
