@@ -106,7 +106,9 @@ def test_a_run_resumed_from_any_checkpoint_ends_bit_identical(tmp_path, kept_che
     ]
     frozen_end = max(number for number, state in enumerate(states) if state.phase_index == 0)
     in_frozen = 1
-    in_unfreeze = next(number for number, state in enumerate(states) if state.phase_index == 1 and not state.batches_done)
+    in_unfreeze = next(
+        number for number, state in enumerate(states) if state.phase_index == 1 and not state.batches_done
+    )
     mid_epoch = next(number for number, state in enumerate(states) if state.phase_index == 1 and state.batches_done)
     for moment in (in_frozen, frozen_end, in_unfreeze, mid_epoch):
         resumed, resumed_history = _train(
