@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from pipeline import params
 from pipeline.tracking import store as tracking_store
+from stages._checkpoint import TRAIN_CHECKPOINT, checkpoint_key, resume_point
 from stages._classifier import build_classifier
 from stages._entry import (
     DATA_REPORT,
@@ -31,7 +32,9 @@ if TYPE_CHECKING:
     from pipeline.data.split import ManifestRow
     from pipeline.model.head import Classifier
     from pipeline.runtime.devices import DeviceSelection
+    from pipeline.tracking.epoch_logger import EpochLogger
     from pipeline.tracking.runs import TrackedRun
+    from pipeline.training.checkpoint import Checkpoint
     from pipeline.training.diagnosis import Diagnosis
     from pipeline.training.history import TrainingHistory
     from pipeline.training.recipe import Phase
@@ -57,10 +60,12 @@ def main() -> None:
     from pipeline.tracking import provenance
     from pipeline.tracking.epoch_logger import EpochLogger
     from pipeline.tracking.lifecycle import tracked_run
+    from pipeline.training.checkpoint import remove_checkpoint
     from pipeline.training.diagnostics import TrainingDiagnostics
     from pipeline.training.features import ImageSplit, InputSettings
     from pipeline.training.recipe import fine_tune, plan_phases
-    from stages._data import load_source
+    from pipeline.training.resume import Checkpointing
+    from stages._data import load_source, source_sha256
 
     keras.utils.set_random_seed(config.train.seed)
     tf.config.experimental.enable_op_determinism()
@@ -72,23 +77,39 @@ def main() -> None:
     strategy = devices.distribution_strategy(selection)
     with devices.strategy_scope(strategy):
         classifier = build_classifier(config, num_classes=len(source.class_names))
+    key = checkpoint_key(
+        config,
+        base_learning_rate=base_learning_rate,
+        tracking_uri=tracking_uri,
+        source_sha256=source_sha256(config.data),
+    )
+    resume, resumed_run = resume_point(config, key, tracking_uri=tracking_uri)
     run_name = provenance.run_name(f"{classifier.backbone.name}-{config.backbone.image_size}px", os.environ)
     names = config.tracking
-    print(f"MLflow run {run_name!r} in experiment {names.experiment!r}; registered model {names.registered_model!r}")
+    if resumed_run is None:
+        print(
+            f"MLflow run {run_name!r} in experiment {names.experiment!r}; registered model {names.registered_model!r}"
+        )
     with (
         tracked_run(
             tracking_uri=tracking_uri,
             experiment=config.tracking.experiment,
             artifact_dir=Path(config.tracking.artifact_dir),
             run_name=run_name,
+            resume=resumed_run,
         ) as run,
         run.system_metrics(
             gpu_indices=devices.nvml_indices(selection, os.environ),
             sampling_interval=config.tracking.system_metrics_interval,
+            resume=resume is not None,
         ),
     ):
-        _log_inputs(run, config, selection, source, rows, classifier)
-        _log_learning_rate(run, base_learning_rate, learning_rate_source)
+        logger = EpochLogger(run, logged_steps=run.logged_steps("loss") if resume is not None else None)
+        if resume is None:
+            _log_inputs(run, config, selection, source, rows, classifier)
+            _log_learning_rate(run, base_learning_rate, learning_rate_source)
+        else:
+            _log_resume(run, resume, logger)
         inputs = InputSettings.from_params(config.train, image_size=config.backbone.image_size)
         phases = plan_phases(
             config.train,
@@ -107,14 +128,25 @@ def main() -> None:
                     val=val,
                     phases=phases,
                     inputs=inputs,
-                    callbacks=[EpochLogger(run)],
+                    callbacks=[logger],
                     jit_compile=selection.jit_compile,
                     diagnostics=diagnostics,
+                    checkpointing=Checkpointing(
+                        path=TRAIN_CHECKPOINT,
+                        key=key,
+                        run_id=run.run_id,
+                        every_steps=config.train.checkpoint_every_steps,
+                        resume=resume,
+                    )
+                    if config.train.resume
+                    else None,
                 )
         finally:
             # Also when training diverged: an exploding-gradient flag is then the run's explanation.
             run.set_tags(diagnostics.tags())
         _write_outputs(run, config, classifier, history, tracking_uri=tracking_uri)
+    # Only once the outputs are written and the run ended: a kill before this resumes to write them.
+    remove_checkpoint(TRAIN_CHECKPOINT)
 
 
 def _base_learning_rate(config: params.PipelineParams) -> tuple[float, str]:
@@ -136,6 +168,21 @@ def _log_learning_rate(run: TrackedRun, learning_rate: float, source: str) -> No
     run.log_metrics({"base_learning_rate": learning_rate})
     run.set_tags({"base_learning_rate.source": source})
     print(f"base learning rate {learning_rate:g} from {source}")
+
+
+def _log_resume(run: TrackedRun, resume: Checkpoint, logger: EpochLogger) -> None:
+    """Tags and prints where a resumed run goes on, and logs the checkpoint's epochs the run lacks."""
+    state = resume.state
+    sent = logger.catch_up(state.rows)
+    tags = {"resume.count": str(state.resumes + 1), "resume.from_epoch": str(state.epochs_done + 1)}
+    if state.batches_done:
+        tags["resume.from_batch"] = str(state.batches_done + 1)
+    run.set_tags(tags)
+    caught_up = f"; {sent} epoch(s) the run lacked logged from the checkpoint" if sent else ""
+    print(
+        f"resuming MLflow run {run.run_id} from {TRAIN_CHECKPOINT}: {state.where()} of phase {state.phase_index + 1}, "
+        f"{state.epochs_done} epoch(s) done (resume {state.resumes + 1}){caught_up}"
+    )
 
 
 def _log_plan(run: TrackedRun, phases: list[Phase], *, train_examples: int) -> None:

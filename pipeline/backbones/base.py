@@ -52,6 +52,7 @@ class Backbone:
     def block_names(self) -> tuple[str, ...]:
         return tuple(group.name for group in self.blocks_top_down)
 
+
 def cut_flags(inbound: Sequence[Sequence[int]]) -> list[bool]:
     """Which operations' outputs separate the graph: nothing after them reads anything before them.
 
@@ -70,8 +71,6 @@ def cut_flags(inbound: Sequence[Sequence[int]]) -> list[bool]:
         cuts[index] = earliest_read_after >= index
         earliest_read_after = min([earliest_read_after, *inbound[index]])
     return cuts
-
-
 
 
 def group_layers(model: keras.Model, prefixes: list[tuple[str, str]]) -> tuple[BlockGroup, ...]:

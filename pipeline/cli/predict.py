@@ -224,7 +224,6 @@ def _describe_reading(reading: Reading, card: ModelCard | None, names: tuple[str
     )
 
 
-
 def render_text(predictions: Sequence[Prediction]) -> str:
     """Each classified file, then its top classes with their probabilities (and spreads); errors left out.
 

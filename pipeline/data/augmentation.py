@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from pipeline.params.train import AugmentationParams
 
+
 def build_augmentation(augmentation: AugmentationParams, *, seed: int) -> keras.Sequential | None:
     """Chains the random layers the `train.augmentation` section turns on; None when every switch is off.
 

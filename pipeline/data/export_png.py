@@ -28,6 +28,8 @@ class ExportError(PipelineError, ValueError):
 
 class OutputFolderError(PipelineError, FileExistsError):
     """The output folder already holds files: exporting into it would mix two datasets."""
+
+
 # IDX part -> the split folders its images go to (train's images are shared out between train and val).
 SPLIT_PARTS: dict[str, tuple[str, ...]] = {"train": ("train", "val"), "t10k": ("test",)}
 

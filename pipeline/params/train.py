@@ -158,3 +158,22 @@ class TrainParams(Section):
         "store, where they must still fit the page cache to be read fast every epoch); 0: never cache.",
     )
     activation_store: ActivationStoreParams = Field(default_factory=ActivationStoreParams)
+    resume: bool = Field(
+        default=True,
+        description="Checkpoint after every epoch and, when a killed train starts again with the same params, "
+        "data and code, go on from its last checkpoint in the same tracking run; false: always from the start.",
+    )
+    checkpoint_every_steps: PositiveInt | None = Field(
+        default=None,
+        description="Also checkpoint every this many optimiser steps within an epoch (long epochs); null: at "
+        "epoch ends only. Needs resume: true.",
+    )
+
+    @model_validator(mode="after")
+    def _checkpoints_need_resume(self) -> TrainParams:
+        if self.checkpoint_every_steps is not None and not self.resume:
+            raise ValueError(
+                f"train.checkpoint_every_steps is {self.checkpoint_every_steps}, but train.resume is false, so no "
+                "checkpoint would be written or read; set train.resume: true or checkpoint_every_steps: null"
+            )
+        return self

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from pipeline.model.model_card import ModelCard
 
+
 @dataclass(frozen=True)
 class ClassScore:
     """One class of a prediction.

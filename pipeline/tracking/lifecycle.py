@@ -160,6 +160,12 @@ def tracked_run(
         run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
     else:
         client.update_run(run_id, status="RUNNING")
+        # A run reopened after it failed or was killed (a resumed train, a stage run again) is no longer either:
+        # the reason of its earlier end would contradict its status.
+        earlier = client.get_run(run_id).data.tags
+        for tag in (ERROR_TAG, END_REASON_TAG):
+            if tag in earlier:
+                client.delete_tag(run_id, tag)
     client.log_batch(run_id, tags=[RunTag(PID_TAG, str(os.getpid())), RunTag(HOST_TAG, socket.gethostname())])
 
     def on_sigterm(signum: int, frame: object) -> None:
@@ -181,6 +187,23 @@ def tracked_run(
         client.set_terminated(run_id, status="FINISHED")
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+
+
+def find_run(tracking_uri: str, run_id: str) -> RunReference | None:
+    """The reference of run `run_id` in the store at `tracking_uri`; None when it is not there (or deleted).
+
+    Why: a checkpoint names the run its epochs went to; a resume continues that run only if the store
+    still holds it (the user may have deleted it, or pointed `tracking.uri` elsewhere since).
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        info = MlflowClient(tracking_uri).get_run(run_id).info
+    except MlflowException:
+        return None
+    if info.lifecycle_stage != "active":
+        return None
+    return RunReference(run_id=run_id, experiment_id=info.experiment_id, tracking_uri=tracking_uri)
 
 
 def run_reference(run: TrackedRun, tracking_uri: str) -> RunReference:

@@ -166,5 +166,3 @@ def _registered_version(client: MlflowClient, uri: str) -> str | None:
         return str(client.get_model_version_by_alias(name, alias).version)
     name, _, version = reference.rpartition("/")
     return version if name and version.isdigit() else None
-
-

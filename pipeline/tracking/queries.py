@@ -93,4 +93,3 @@ def run_artifact_json(tracking_uri: str, run_id: str, path: str) -> Any | None:
     except (mlflow.exceptions.MlflowException, OSError):
         return None
     return json.loads(text)
-

@@ -86,8 +86,14 @@ class TrackedRun:
         """Stores `text` as the artifact `artifact_file` (e.g. `model/summary.txt`)."""
         self.client.log_text(self.run_id, text, artifact_file)
 
+    def logged_steps(self, key: str) -> set[int]:
+        """The steps at which metric `key` was logged to this run (a resumed run's epochs already sent)."""
+        return {metric.step for metric in self.client.get_metric_history(self.run_id, key)}
+
     @contextlib.contextmanager
-    def system_metrics(self, *, gpu_indices: Sequence[int] = (), sampling_interval: float = 10.0) -> Iterator[None]:
+    def system_metrics(
+        self, *, gpu_indices: Sequence[int] = (), sampling_interval: float = 10.0, resume: bool = False
+    ) -> Iterator[None]:
         """Samples CPU, memory, disk and network (and the selected GPUs) into `system/*` metrics meanwhile.
 
         Why MLflow's monitor and not our own: it is the one whose metrics the MLflow UI charts on the
@@ -97,6 +103,8 @@ class TrackedRun:
         Args:
             gpu_indices: Physical indices of the GPUs the run uses; GPUs are not sampled when empty.
             sampling_interval: Seconds between samples; 0 samples nothing.
+            resume: The run was reopened (a resumed train): samples go on after its last `system/*` step
+                instead of starting again at step 0, which would log each of those steps twice.
         """
         if sampling_interval <= 0:
             yield
@@ -106,7 +114,7 @@ class TrackedRun:
 
         # Its start, stop and "no GPU" notices are INFO lines on every stage; the metrics say it all.
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=sampling_interval)
+        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=sampling_interval, resume_logging=resume)
         narrow_gpu_monitors(monitor.monitors, gpu_indices=gpu_indices, gpu_monitor_type=GPUMonitor)
         monitor.start()
         try:
@@ -168,4 +176,3 @@ def fluent_run(run_id: str) -> Iterator[None]:
     finally:
         mlflow.end_run()
         MlflowClient().update_run(run_id, status="RUNNING")
-

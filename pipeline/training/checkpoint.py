@@ -139,6 +139,11 @@ class TrainingState:
     version: int = FORMAT_VERSION
 
     @property
+    def trained(self) -> bool:
+        """Whether anything was trained (a checkpoint written before the first step only names its run)."""
+        return bool(self.rows) or self.batches_done > 0
+
+    @property
     def checkpoint_key(self) -> CheckpointKey:
         return CheckpointKey(**self.key)
 
@@ -193,8 +198,11 @@ def read_checkpoint(path: Path) -> Checkpoint | None:
     state = read_state(path)
     if state is None:
         return None
-    with np.load(path, allow_pickle=False) as archive:
-        arrays = {name: archive[name] for name in archive.files if name != _STATE_ENTRY}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files if name != _STATE_ENTRY}
+    except (OSError, ValueError, zipfile.BadZipFile):  # a member damaged after the state (its CRC fails)
+        return None
     return Checkpoint(state, arrays)
 
 

@@ -37,6 +37,7 @@ from pipeline.training.resume import (
     note_trained_layers,
     restore_optimizer,
     stateful_callbacks,
+    write_start,
 )
 
 if TYPE_CHECKING:
@@ -291,6 +292,9 @@ def fine_tune(
             (`pipeline.training.divergence`); training stops at that epoch, and no model should be kept.
     """
     resume = checkpointing.resume if checkpointing is not None else None
+    if checkpointing is not None and (resume is None or not resume.state.trained):
+        resume = None
+        write_start(checkpointing)
     history = resume.state.history() if resume is not None else TrainingHistory()
     trained_layers: list[str] = list(resume.state.trained_layers) if resume is not None else []
     if resume is not None:

@@ -169,6 +169,24 @@ class CheckpointWriter(keras.callbacks.Callback):
         write_checkpoint(checkpointing.path, state, arrays)
 
 
+def write_start(checkpointing: Checkpointing) -> None:
+    """Writes the checkpoint of a run that has trained nothing yet: its key and its tracking run alone.
+
+    Why: the one-time pass that fills the feature cache can take minutes before the first epoch; a run
+    killed there is continued (same tracking run, `resume.count` counted) rather than left KILLED beside a
+    new one. A resume from it trains from the start (`TrainingState.trained` is false).
+    """
+    key = checkpointing.key
+    state = TrainingState(
+        key={"params": dict(key.params), "data": dict(key.data), "code": dict(key.code)},
+        run_id=checkpointing.run_id,
+        phase_index=0,
+        epochs_done=0,
+        resumes=checkpointing.resumes,
+    )
+    write_checkpoint(checkpointing.path, state, {})
+
+
 def _numbered(prefix: str, variables: Sequence[Any]) -> dict[str, np.ndarray]:
     return {f"{prefix}/{index}": keras.ops.convert_to_numpy(variable) for index, variable in enumerate(variables)}
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pipeline.params import parse
+import pytest
+
+from pipeline.params import ParamsError, parse
 from tests.params.conftest import error_message
 
 
@@ -55,3 +57,14 @@ def test_activation_store_defaults_and_refusals() -> None:
     assert "at least 1 character" in message
     message = error_message({"train": {"activation_store": {"size_mb": 10}}})
     assert "train.activation_store.size_mb" in message
+
+
+def test_resume_settings() -> None:
+    assert (parse({}).train.resume, parse({}).train.checkpoint_every_steps) == (True, None)
+    assert parse({"train": {"checkpoint_every_steps": 500}}).train.checkpoint_every_steps == 500
+    with pytest.raises(ParamsError, match=r"train.checkpoint_every_steps is 5, but train.resume is false"):
+        parse({"train": {"resume": False, "checkpoint_every_steps": 5}})
+    with pytest.raises(ParamsError, match=r"train.checkpoint_every_steps: received 0; Input should be greater than 0"):
+        parse({"train": {"checkpoint_every_steps": 0}})
+    with pytest.raises(ParamsError, match=r"train.resume: received 'sometimes'"):
+        parse({"train": {"resume": "sometimes"}})

@@ -97,15 +97,17 @@ def test_a_run_resumed_from_any_checkpoint_ends_bit_identical(tmp_path, kept_che
     assert len({row["lr"] for row in history.rows if row["phase"] == 1.0}) == 2
     states = [read_state(copy) for copy in kept_checkpoints]
     kept_checkpoints_now = list(kept_checkpoints)
-    # 6 steps per epoch: a mid-epoch checkpoint every 4 steps, one at every epoch's end.
-    assert [(state.phase_index, state.epochs_done, state.batches_done) for state in states][:4] == [
+    # One before the first step (the run's id alone), then with 6 steps per epoch a mid-epoch checkpoint every
+    # 4 steps and one at every epoch's end.
+    assert [(state.phase_index, state.epochs_done, state.batches_done) for state in states][:5] == [
+        (0, 0, 0),
         (0, 0, 4),
         (0, 1, 0),
         (0, 1, 2),  # step 8 of the phase: batch 2 of epoch 2
         (0, 2, 0),
     ]
     frozen_end = max(number for number, state in enumerate(states) if state.phase_index == 0)
-    in_frozen = 1
+    in_frozen = 2
     in_unfreeze = next(
         number for number, state in enumerate(states) if state.phase_index == 1 and not state.batches_done
     )
@@ -141,7 +143,8 @@ def test_a_checkpoint_holds_the_state_of_early_stopping_and_the_plateau_schedule
 
 def test_the_frozen_phase_checkpoints_only_the_head(tmp_path, kept_checkpoints) -> None:
     _train(tmp_path / "train.npz")
-    first = read_checkpoint(kept_checkpoints[0])
+    assert read_checkpoint(kept_checkpoints[0]).state.trained_layers == []  # the start: nothing trained yet
+    first = read_checkpoint(kept_checkpoints[1])
     assert all(name.startswith("head_") for name in first.state.trained_layers)
     last = read_state(kept_checkpoints[-1])
     assert {"top_conv", "block2a_conv"} <= set(last.trained_layers)
