@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.runtime import atomic
+
 GATE_METRICS = ("accuracy", "macro_f1")
 # How the decision's reason names each baseline of `pipeline.params.baselines.BASELINE_NAMES`.
 BASELINE_TITLES = {
@@ -100,8 +102,7 @@ class Comparison:
 
     def write(self, path: Path) -> None:
         """Writes the comparison as JSON (the evaluate stage's `reports/champion_comparison.json`)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        atomic.write_text(path, json.dumps(asdict(self), indent=2) + "\n")
 
     def run_metrics(self) -> dict[str, float]:
         """The numbers as run metrics: `test_*` of the challenger, the baselines' (`baseline_metrics`), and
