@@ -89,6 +89,7 @@ def main() -> None:
                 report = json.dumps({**asdict(registration), "decision": asdict(decision)}, indent=2) + "\n"
                 report_file.write(functools.partial(Path.write_text, data=report, encoding="utf-8"))
             report_file.commit()
+            registry.mark_complete(run, name, registration.version)
         except BaseException:
             if registration is not None:
                 registry.withdraw(run, name, registration.version)

@@ -23,6 +23,9 @@ CHAMPION_ALIAS = "champion"
 SETTLED_TAG = "gate.settled"
 # The champion a registration found at its turn ("none"): where `withdraw` puts the alias back.
 PREVIOUS_CHAMPION_TAG = "gate.previous_champion"
+# Set once the registration's files are in place too (`mark_complete`): a version of this run without it is
+# a leftover of a killed or failed attempt, which the run's next registration withdraws.
+COMPLETE_TAG = "pipeline.registration"
 TURN_TIMEOUT_SECONDS = 300.0
 
 
@@ -119,7 +122,13 @@ def register_model(
     """
     verdict = _FixedVerdict(promote, version_tags, run_tags)
     registration, _ = register_gated(run, model_uri=model_uri, name=name, decide=lambda _: verdict)
+    mark_complete(run, name, registration.version)
     return registration
+
+
+def mark_complete(run: TrackedRun, name: str, version: str) -> None:
+    """Records that a registration is complete, files included (tag `pipeline.registration: complete`)."""
+    run.client.set_model_version_tag(name, version, COMPLETE_TAG, "complete")
 
 
 def register_gated(
@@ -141,8 +150,9 @@ def register_gated(
     predecessors left, and `decide` sees that champion. Versions of finished, failed or killed runs
     never hold a turn; a run killed mid-registration (still RUNNING) holds it for `turn_timeout` at most.
 
-    Leftovers of this same run (a register stage killed before it settled) are withdrawn first, so a
-    rerun never doubles a version (`withdraw`).
+    Leftovers of this same run (a register stage killed or failed before `mark_complete`) are withdrawn
+    first, so a rerun never doubles a version (`withdraw`). The caller marks the registration complete
+    once its files are in place.
 
     Args:
         run: The run that logged the model.
@@ -159,7 +169,7 @@ def register_gated(
         RegistrationRaceError: An earlier registration did not settle within `turn_timeout`; the new
             version is withdrawn.
     """
-    for leftover in _unsettled_versions(run, name, of_run=True):
+    for leftover in _leftover_versions(run, name):
         withdraw(run, name, leftover)
     version = str(mlflow.register_model(model_uri, name).version)
     try:
@@ -202,6 +212,24 @@ def withdraw(run: TrackedRun, name: str, version: str) -> None:
         else:
             run.client.set_registered_model_alias(name, CHAMPION_ALIAS, previous)
     run.client.delete_model_version(name, version)
+
+
+def _leftover_versions(run: TrackedRun, name: str) -> list[str]:
+    """Versions of this run whose registration never completed (a killed or failed attempt)."""
+    try:
+        versions = run.client.search_model_versions(f"name = '{name}'")
+    except mlflow.exceptions.MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
+    return sorted(
+        (
+            str(item.version)
+            for item in versions
+            if (item.run_id or item.tags.get("run_id")) == run.run_id and item.tags.get(COMPLETE_TAG) != "complete"
+        ),
+        key=int,
+    )
 
 
 def _unsettled_versions(run: TrackedRun, name: str, *, of_run: bool, below: int | None = None) -> list[str]:

@@ -46,6 +46,7 @@ def main(store: str, artifacts: str, name: str, mapping: list[int], go_file: Pat
         registration, decision = registry.register_gated(
             run, model_uri=uri, name=name, decide=decide, poll_seconds=0.05
         )
+        registry.mark_complete(run, name, registration.version)
     print(json.dumps({**asdict(registration), "reason": decision.reason, "accuracy": result.accuracy}), flush=True)
 
 
