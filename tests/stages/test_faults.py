@@ -115,7 +115,7 @@ def test_a_killed_register_keeps_the_exports_and_its_rerun_withdraws_the_leftove
     _assert_exports_load(project)
     leftover = _versions(project)[-1]
     # Its gate decision is recorded (the other pipelines' turn may come), its files are not in place.
-    assert leftover.version == str(int(version.version) + 1)
+    assert int(leftover.version) == int(version.version) + 1
     assert (leftover.tags["gate.settled"], leftover.tags.get("pipeline.registration")) == ("true", None)
     rerun = subprocess.run(
         [sys.executable, "-m", "stages.register"], cwd=project, env=_environment(), capture_output=True, text=True
@@ -123,7 +123,7 @@ def test_a_killed_register_keeps_the_exports_and_its_rerun_withdraws_the_leftove
     assert rerun.returncode == 0, rerun.stderr
     versions = _versions(project)
     # The killed attempt's version is gone; the rerun's is the one of this run, settled.
-    assert [item.version for item in versions] == [version.version, str(int(version.version) + 2)]
+    assert [int(item.version) for item in versions] == [int(version.version), int(version.version) + 2]
     assert (versions[-1].tags["gate.settled"], versions[-1].tags["pipeline.registration"]) == ("true", "complete")
     _assert_exports_load(project)
     assert sorted(path.name for path in (project / "models").glob(".*.tmp-*")) == []  # the killed one's, removed
