@@ -15,3 +15,11 @@ USER_ERROR_EXIT = 2
 
 class PipelineError(Exception):
     """A mistake the user can fix; its message is one line naming the key or file, the value and the fix."""
+
+
+class OutputWriteError(PipelineError, OSError):
+    """An output could not be written (disk full, file too large, read-only folder); the message names the path.
+
+    Why its own class: the fix is the user's (free space, permissions), and whoever wrote the output
+    kept the previous one intact (`pipeline.runtime.atomic`), so one line is all there is to say.
+    """

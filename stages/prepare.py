@@ -7,16 +7,18 @@ the later stages read.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline import params
+from pipeline.runtime import atomic
 from stages._entry import DATA_REPORT, IMAGE_CACHE, MANIFEST, PARAMS, run_stage
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from pipeline.data.report import DataReport
     from pipeline.data.sources import ImageSource
     from pipeline.params.data import DataParams
@@ -28,13 +30,17 @@ def main() -> None:
     from pipeline.data.split import cap_training_rows, class_counts, manifest_rows, write_manifest
 
     # DVC declares the cache folder as an output: it exists for every kind, and never holds a stale cache.
-    shutil.rmtree(IMAGE_CACHE, ignore_errors=True)
-    IMAGE_CACHE.mkdir(parents=True)
-    source, split, report = _split_idx_files(data) if data.kind == "idx" else _cache_image_files(data)
-    try:
-        rows = cap_training_rows(manifest_rows(source, split), data.train_size, seed=data.seed)
-    except ValueError as error:
-        raise params.ParamsError(str(error)) from None
+    # It is built beside its place and swapped in whole (pipeline.runtime.atomic): a killed prepare leaves
+    # the previous complete cache, never half of one; the manifest, written after it, matches it.
+    with atomic.atomic_directory(IMAGE_CACHE) as cache_dir:
+        if data.kind == "idx":
+            source, split, report = _split_idx_files(data, cache_dir)
+        else:
+            source, split, report = _cache_image_files(data, cache_dir)
+        try:
+            rows = cap_training_rows(manifest_rows(source, split), data.train_size, seed=data.seed)
+        except ValueError as error:
+            raise params.ParamsError(str(error)) from None
     counts = class_counts(rows, source.class_names)
     split_sizes = {name: sum(per_class.values()) for name, per_class in counts.items()}
     report = replace(report, split_sizes=split_sizes, class_counts=counts)
@@ -44,7 +50,7 @@ def main() -> None:
     print(f"split {split_sizes} of {report.source_images} images -> {MANIFEST} ({skipped} files skipped)")
 
 
-def _split_idx_files(data: DataParams) -> tuple[ImageSource, dict[str, np.ndarray], DataReport]:
+def _split_idx_files(data: DataParams, cache_dir: Path) -> tuple[ImageSource, dict[str, np.ndarray], DataReport]:
     """The stratified split of IDX data; the cache folder gets only the files' digests."""
     from pipeline.data.report import DataReport
     from pipeline.data.sources import idx_file_digests
@@ -65,7 +71,7 @@ def _split_idx_files(data: DataParams) -> tuple[ImageSource, dict[str, np.ndarra
         raise params.ParamsError(f"data: {error}") from None
     # Later stages read the IDX files, not this folder: the digests make it change when the files do.
     marker = {"kind": "idx", "sha256": idx_file_digests(data.path)}
-    (IMAGE_CACHE / "info.json").write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    (cache_dir / "info.json").write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     report = DataReport(
         kind=data.kind,
         path=data.path,
@@ -76,7 +82,7 @@ def _split_idx_files(data: DataParams) -> tuple[ImageSource, dict[str, np.ndarra
     return source, split, report
 
 
-def _cache_image_files(data: DataParams) -> tuple[ImageSource, dict[str, np.ndarray], DataReport]:
+def _cache_image_files(data: DataParams, cache_dir: Path) -> tuple[ImageSource, dict[str, np.ndarray], DataReport]:
     """Every usable image file decoded once into the cache, de-duplicated and split."""
     from pipeline.data.cache import build_cache
     from pipeline.data.files import scan_csv, scan_folder
@@ -85,7 +91,7 @@ def _cache_image_files(data: DataParams) -> tuple[ImageSource, dict[str, np.ndar
     scan = scan_folder(data.path) if data.kind == "folder" else scan_csv(data.path)
     cached = build_cache(
         scan,
-        IMAGE_CACHE,
+        cache_dir,
         size=data.stored_size,
         color=data.color,
         max_pixels=data.max_image_pixels,

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.runtime import atomic
+
 # The fields with a name of their own; the others are the details of the data kind (the cache's report).
 _NAMED = ("kind", "path", "source_images", "image_shape", "stored_shape", "class_names", "split_sizes", "class_counts")
 
@@ -79,8 +81,7 @@ class DataReport:
 
     def write(self, path: Path) -> None:
         """Writes the report as JSON (its folder is made when missing; non-ASCII class names kept)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic.write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
     def read(cls, path: Path) -> DataReport:

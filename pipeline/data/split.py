@@ -17,6 +17,7 @@ from sklearn.model_selection import train_test_split
 
 from pipeline.data.files import USER_SPLITS, ImageFile
 from pipeline.data.sources import DatasetFormatError, ImageSource
+from pipeline.runtime import atomic
 
 # The manifest names its splits as a dataset that comes split names its folders.
 SPLITS: tuple[str, ...] = USER_SPLITS
@@ -130,9 +131,8 @@ def manifest_rows(source: ImageSource, split: dict[str, np.ndarray]) -> list[Man
 
 
 def write_manifest(rows: list[ManifestRow], path: Path) -> None:
-    """Writes the manifest as CSV."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
+    """Writes the manifest as CSV, atomically (`pipeline.runtime.atomic`): a killed run leaves the old one."""
+    with atomic.atomic_path(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(MANIFEST_COLUMNS)
         writer.writerows((row.part, row.index, row.label, row.split) for row in rows)

@@ -31,11 +31,14 @@ This module holds no TensorFlow or MLflow import: the register stage reads the c
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pipeline.runtime import atomic
 
 GATE_METRICS = ("accuracy", "macro_f1")
 # How the decision's reason names each baseline of `pipeline.params.baselines.BASELINE_NAMES`.
@@ -100,8 +103,7 @@ class Comparison:
 
     def write(self, path: Path) -> None:
         """Writes the comparison as JSON (the evaluate stage's `reports/champion_comparison.json`)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        atomic.write_text(path, json.dumps(asdict(self), indent=2) + "\n")
 
     def run_metrics(self) -> dict[str, float]:
         """The numbers as run metrics: `test_*` of the challenger, the baselines' (`baseline_metrics`), and
@@ -287,3 +289,40 @@ def decide(
         return decision(True, f"{metric} {value:.4f} beats {' and '.join(beaten)} by more than the margin {margin:g}")
     unbeaten = " or ".join(text for score, text in rivals if not value - score > margin)
     return decision(False, f"{metric} {value:.4f} does not beat {unbeaten} by more than the margin {margin:g}")
+
+
+def decider(
+    comparison: Comparison,
+    *,
+    metric: str,
+    margin: float,
+    baselines: Sequence[str],
+    rescore: Callable[[str], ChampionScores],
+) -> Callable[[str | None], GateDecision]:
+    """The gate's rule against whoever is champion when the registration's turn comes.
+
+    Why: the evaluate stage scored the champion of its moment; another pipeline may have promoted a
+    model since (two pipelines registering to one name at once). Refusing then would let whichever
+    registered first stay champion, better or not; so the new champion is scored now on this run's
+    test split (`rescore`) and the rule applied to it, like with like.
+
+    Args:
+        comparison: What the evaluate stage measured.
+        metric: `accuracy` or `macro_f1`.
+        margin: See `decide`.
+        baselines: See `decide`.
+        rescore: A champion version -> its scores on this run's test split (`metrics.score_champion`).
+
+    Returns:
+        The champion version now (None: none) -> the decision.
+    """
+
+    def decide_now(current_champion: str | None) -> GateDecision:
+        scored = comparison.champion
+        compared = comparison
+        if current_champion != (None if scored is None else scored.version):
+            champion = None if current_champion is None else rescore(current_champion)
+            compared = dataclasses.replace(comparison, champion=champion)
+        return decide(compared, metric=metric, margin=margin, current_champion=current_champion, baselines=baselines)
+
+    return decide_now

@@ -19,6 +19,7 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 
 from pipeline.data.datasets import image_dataset
 from pipeline.evaluation.gate import BaselineScores, ChampionScores
+from pipeline.runtime import atomic
 
 
 @dataclass(frozen=True)
@@ -47,12 +48,10 @@ class EvaluationResult:
         """Writes the evaluate stage's two files: the headline numbers (`{"test": summary}`, DVC's metrics,
         followed by the `extra` metrics, such as the baselines' `probe_test_accuracy`) and the per-class scores
         with the confusion matrix and the class names."""
-        metrics.parent.mkdir(parents=True, exist_ok=True)
         headline = {"test": self.summary(), **(extra or {})}
-        metrics.write_text(json.dumps(headline, indent=2) + "\n", encoding="utf-8")
+        atomic.write_text(metrics, json.dumps(headline, indent=2) + "\n")
         document = {"per_class": self.per_class, "confusion": self.confusion.tolist(), "class_names": list(class_names)}
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        atomic.write_text(report, json.dumps(document, indent=2) + "\n")
 
 
 def score_predictions(

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import matplotlib
 
+from pipeline.runtime import atomic
+
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
 import numpy as np
@@ -67,8 +69,7 @@ def plot_history(history: TrainingHistory, path: Path, *, marker: tuple[int, str
         axis.set_xlabel("epoch (all phases)")
         axis.grid(alpha=0.3)
         axis.legend(loc="center right")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    _save_figure(figure, path, dpi=110)
     plt.close(figure)
 
 
@@ -100,8 +101,7 @@ def plot_confusion_matrix(confusion: np.ndarray, class_names: tuple[str, ...], p
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     figure.colorbar(image, ax=axis, shrink=0.8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    _save_figure(figure, path, dpi=110)
     plt.close(figure)
 
 
@@ -146,8 +146,7 @@ def plot_lr_finder(result: LRFinderResult, path: Path) -> plt.Figure:
         axis.set_ylim(min(finite) * 0.95, top * 1.05)
     axis.set_title("LR range test")
     axis.legend()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    _save_figure(figure, path, dpi=110)
     plt.close(figure)
     return figure
 
@@ -157,6 +156,11 @@ def plot_note(text: str, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(7, 1.2))
     axis.axis("off")
     axis.text(0.5, 0.5, text, ha="center", va="center")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    _save_figure(figure, path, dpi=100)
     plt.close(figure)
+
+
+def _save_figure(figure: plt.Figure, path: Path, *, dpi: int) -> None:
+    """Saves a figure as PNG atomically (`pipeline.runtime.atomic`): a killed run leaves the previous plot."""
+    with atomic.atomic_path(path, suffix=".png") as temporary:
+        figure.savefig(temporary, dpi=dpi, format="png")

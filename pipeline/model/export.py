@@ -11,15 +11,17 @@ holds the fine-tuned weights but only the path of the SavedModel, which must sti
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
-import os
-import shutil
-import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import keras
+
+from pipeline.runtime import atomic
 
 
 def end_to_end_model(classifier: keras.Model, preprocessing: keras.layers.Layer, *, image_size: int) -> keras.Model:
@@ -43,7 +45,7 @@ def end_to_end_model(classifier: keras.Model, preprocessing: keras.layers.Layer,
 
 
 def save_model(model: keras.Model, path: str | Path) -> Path:
-    """Saves a `.keras` file through a temporary file and an atomic rename.
+    """Saves a `.keras` file atomically: a temporary sibling, fsync, then a rename (`pipeline.runtime.atomic`).
 
     Args:
         model: The model.
@@ -51,18 +53,16 @@ def save_model(model: keras.Model, path: str | Path) -> Path:
 
     Returns:
         The destination.
+
+    Raises:
+        OutputWriteError: The file could not be written (disk full, read-only folder); the previous one is kept.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=".keras", dir=path.parent)
-    os.close(handle)
+    staged = atomic.Staged(path, suffix=".keras")
     try:
-        model.save(temporary)
-        os.replace(temporary, path)
+        staged.write(model.save)
+        return staged.commit()
     finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return path
+        staged.discard()
 
 
 def holds_saved_model_layer(path: str | Path) -> bool:
@@ -88,8 +88,8 @@ def export_saved_model(model: keras.Model, directory: str | Path) -> Path:
 
     Why a SavedModel next to the `.keras` file: it loads with `tf.saved_model.load` alone, in a process
     without Keras (TensorFlow Serving, a plain TensorFlow service), and keeps the preprocessing inside.
-    It is written into a temporary folder beside `directory` and renamed into place, so a run killed
-    mid-export never leaves half a SavedModel there (an existing one is swapped out, then deleted).
+    It is written into a temporary folder beside `directory` and exchanged with the old one in one rename
+    (`pipeline.runtime.atomic`), so a run killed mid-export never leaves half a SavedModel there, nor none.
 
     Args:
         model: The end-to-end model (0..255 RGB in, class probabilities out).
@@ -97,24 +97,53 @@ def export_saved_model(model: keras.Model, directory: str | Path) -> Path:
 
     Returns:
         The destination; `tf.saved_model.load(str(it)).serve(float32 batch)` gives the probabilities.
+
+    Raises:
+        OutputWriteError: The folder could not be written; the previous one is kept.
     """
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    exported, previous = temporary / "model", temporary / "previous"
+    staged = atomic.Staged(directory, directory=True)
     try:
-        model.export(str(exported), format="tf_saved_model", verbose=False)
-        if directory.exists():
-            os.replace(directory, previous)
-        try:
-            os.replace(exported, directory)
-        except BaseException:
-            if previous.exists():
-                os.replace(previous, directory)
-            raise
+        staged.write(functools.partial(_write_saved_model, model))
+        return staged.commit()
     finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-    return directory
+        staged.discard()
+
+
+def _write_saved_model(model: keras.Model, folder: Path) -> None:
+    model.export(str(folder), format="tf_saved_model", verbose=False)
+
+
+@contextlib.contextmanager
+def staged_exports(model: keras.Model, keras_path: str | Path, saved_model_dir: str | Path) -> Iterator[None]:
+    """Writes both exports beside their targets, runs the block, then puts them in place.
+
+    Why: the register stage writes the exports before it adds a registry version (a full disk or a
+    read-only `models/` then stops it before the registry holds anything), and puts them in place only
+    once the version exists; if the block fails, the previous exports stay untouched.
+
+    Args:
+        model: The end-to-end model.
+        keras_path: The `.keras` destination (`models/model.keras`).
+        saved_model_dir: The SavedModel destination (`models/saved_model`).
+
+    Raises:
+        OutputWriteError: An export could not be written (before the block runs) or renamed into place.
+    """
+    keras_file = atomic.Staged(keras_path, suffix=".keras")
+    try:
+        folder = atomic.Staged(saved_model_dir, directory=True)
+    except BaseException:
+        keras_file.discard()
+        raise
+    try:
+        keras_file.write(model.save)
+        folder.write(functools.partial(_write_saved_model, model))
+        yield
+        folder.commit()
+        keras_file.commit()
+    finally:
+        keras_file.discard()
+        folder.discard()
 
 
 def load_model(path: str | Path, *, safe_mode: bool = True) -> keras.Model:

@@ -45,6 +45,7 @@ from typing import Any
 import keras
 
 from pipeline.backbones.base import BlockGroup
+from pipeline.runtime import atomic
 
 BN_POLICIES = ("frozen", "affine", "trainable")
 HEAD_BLOCK = "head"
@@ -267,10 +268,9 @@ def layer_map(
 
 
 def save_layer_map(rows: Sequence[LayerState], path: Path) -> None:
-    """Writes the trainable-layer map of every phase as one CSV."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Writes the trainable-layer map of every phase as one CSV, atomically (`pipeline.runtime.atomic`)."""
     fields = list(LayerState.__dataclass_fields__)
-    with path.open("w", newline="", encoding="utf-8") as handle:
+    with atomic.atomic_path(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fields)
         writer.writeheader()
         writer.writerows(asdict(row) for row in rows)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.optim.lr_suggestions import MINIMUM_POINTS, SUGGESTION_RULES, smooth, suggest_steepest, suggest_valley
+from pipeline.runtime import atomic
 
 if TYPE_CHECKING:
     import keras
@@ -108,8 +109,7 @@ class LRFindReport:
 
     def write(self, path: Path) -> None:
         """Writes the document to `path` (its folder is made when missing)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        atomic.write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def read(cls, path: Path) -> LRFindReport:

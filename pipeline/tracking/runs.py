@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -24,7 +25,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from pipeline.errors import PipelineError
+from pipeline.errors import OutputWriteError, PipelineError
 
 # MLflow's log_batch limits: at most 1000 metrics or 100 params or 100 tags per call.
 _PARAMS_PER_BATCH = 100
@@ -44,8 +45,27 @@ class RunReference:
     tracking_uri: str
 
     def write(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.__dict__, indent=2) + "\n", encoding="utf-8")
+        """Writes the reference atomically: a temporary sibling, fsync, rename (a killed train leaves the old one).
+
+        Why not `pipeline.runtime.atomic`: this adapter imports `pipeline.errors` alone (tests/test_architecture.py).
+
+        Raises:
+            OutputWriteError: The file could not be written; the previous one is kept.
+        """
+        path = Path(path)
+        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with temporary.open("w", encoding="utf-8") as handle:
+                handle.write(json.dumps(self.__dict__, indent=2) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except OSError as error:
+            reason = error.strerror or error
+            raise OutputWriteError(f"cannot write {path}: {reason}; the previous one is kept") from None
+        finally:
+            temporary.unlink(missing_ok=True)
 
     @classmethod
     def read(cls, path: Path) -> RunReference:

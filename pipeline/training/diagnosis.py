@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.runtime import atomic
+
 if TYPE_CHECKING:
     from pipeline.training.history import TrainingHistory
 
@@ -62,8 +64,7 @@ class Diagnosis:
 
     def save(self, path: Path) -> None:
         """Writes the diagnosis as JSON (`reports/diagnosis.json`)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        atomic.write_text(path, json.dumps(asdict(self), indent=2) + "\n")
 
 
 def _column(history: TrainingHistory, key: str) -> list[float]:

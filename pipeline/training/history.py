@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.model.freezing import LayerState
+from pipeline.runtime import atomic
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,9 @@ class TrainingHistory:
 
     def save(self, *, csv_path: Path, json_path: Path) -> None:
         """Writes the epochs as CSV (a DVC plot) and epochs plus phases as JSON."""
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        with csv_path.open("w", newline="", encoding="utf-8") as handle:
+        with atomic.atomic_path(csv_path) as temporary, temporary.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, HISTORY_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(self.rows)
-        json_path.parent.mkdir(parents=True, exist_ok=True)
         document = {"epochs": self.rows, "phases": [asdict(phase) for phase in self.phases]}
-        json_path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        atomic.write_text(json_path, json.dumps(document, indent=2) + "\n")
