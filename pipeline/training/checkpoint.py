@@ -19,9 +19,7 @@ says why in one line.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import os
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 import keras
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.errors import OutputWriteError
 from pipeline.model.freezing import LayerState
+from pipeline.runtime.atomic import atomic_path, remove_stale_temporaries
 from pipeline.training.history import PhaseRecord, TrainingHistory
 
 if TYPE_CHECKING:
@@ -41,10 +40,6 @@ if TYPE_CHECKING:
 # Bumped when the layout changes: an older checkpoint is then not used (and the line says so).
 FORMAT_VERSION = 1
 _STATE_ENTRY = "state.json"
-
-
-class CheckpointError(PipelineError, OSError):
-    """Raised when a checkpoint cannot be written (disk full, a read-only folder): the message names the path."""
 
 
 def file_digests(root: Path, paths: Iterable[str], *, suffixes: tuple[str, ...] = (".py",)) -> dict[str, str]:
@@ -207,7 +202,7 @@ def read_checkpoint(path: Path) -> Checkpoint | None:
 
 
 def write_checkpoint(path: Path, state: TrainingState, arrays: Mapping[str, np.ndarray]) -> None:
-    """Writes the checkpoint atomically: to a file beside `path`, flushed to disk, then renamed over it.
+    """Writes the checkpoint atomically (`pipeline.runtime.atomic`): to a file beside `path`, fsynced, renamed over it.
 
     Args:
         path: The checkpoint's path (its folder is created).
@@ -215,45 +210,24 @@ def write_checkpoint(path: Path, state: TrainingState, arrays: Mapping[str, np.n
         arrays: Name -> array.
 
     Raises:
-        CheckpointError: The file could not be written (disk full, a read-only folder); the previous
+        OutputWriteError: The file could not be written (disk full, a read-only folder); the previous
             checkpoint is left as it was.
     """
     encoded = json.dumps(asdict(state)).encode("utf-8")
-    buffer = io.BytesIO()
-    # The state as a uint8 array in the same archive, so one rename publishes state and arrays together;
-    # `read_state` reads it without loading the arrays.
-    np.savez(buffer, **{_STATE_ENTRY: np.frombuffer(encoded, dtype=np.uint8)}, **arrays)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with temporary.open("wb") as handle:
-            handle.write(buffer.getbuffer())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        _fsync_folder(path.parent)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise CheckpointError(f"cannot write the training checkpoint {path}: {error.strerror or error}") from error
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Makes a rename in `folder` survive a power cut (a no-op where folders cannot be opened)."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+        raise OutputWriteError(f"cannot write {path}: {error.strerror or error}; make the folder writable") from None
+    with atomic_path(path) as temporary, temporary.open("wb") as handle:
+        # The state as a uint8 array in the same archive, so one rename publishes state and arrays together.
+        np.savez(handle, **{_STATE_ENTRY: np.frombuffer(encoded, dtype=np.uint8)}, **arrays)
 
 
 def remove_checkpoint(path: Path) -> None:
     """Removes the checkpoint (a finished `train`), and any temporary file a killed writer left."""
     path.unlink(missing_ok=True)
-    for leftover in path.parent.glob(f".{path.name}.*.tmp") if path.parent.is_dir() else ():
-        leftover.unlink(missing_ok=True)
+    if path.parent.is_dir():
+        remove_stale_temporaries(path)
 
 
 # What each kind of callback carries across epochs, and what its `on_train_begin` resets.
