@@ -34,10 +34,16 @@ TRAIN_PARAMS = (
     "tracking.artifact_dir",
     "tracking.experiment",
     "tracking.system_metrics_interval",
+    "tracking.reconnect_seconds",
     "diagnostics",
 )
 # Read by train but deciding nothing it computes: changing them must not throw a checkpoint away.
-NOT_IN_KEY = ("train.resume", "train.checkpoint_every_steps", "tracking.system_metrics_interval")
+NOT_IN_KEY = (
+    "train.resume",
+    "train.checkpoint_every_steps",
+    "tracking.system_metrics_interval",
+    "tracking.reconnect_seconds",
+)
 # The code whose version keys a checkpoint (the params and data are keyed apart).
 CODE = ("pipeline", "stages")
 

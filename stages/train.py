@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline import params
+from pipeline.tracking import runs as tracking_runs
 from pipeline.tracking import store as tracking_store
 from stages._checkpoint import TRAIN_CHECKPOINT, checkpoint_key, resume_point
 from stages._classifier import build_classifier
@@ -45,6 +46,8 @@ CODE_PATHS = ("pipeline", "stages", "dvc.yaml", "params.yaml", "pyproject.toml")
 
 def main() -> None:
     config = params.load(PARAMS)
+    # A tracking server that goes away mid-training must not block it: each request gives up in seconds.
+    tracking_runs.bound_http_requests(os.environ)
     base_learning_rate, learning_rate_source = _base_learning_rate(config)
     # Checked here although validate checked: validate is skipped while params.yaml is unchanged, and
     # the server may have gone down, or MLFLOW_TRACKING_URI changed, since it ran.
@@ -141,6 +144,8 @@ def main() -> None:
                     if config.train.resume
                     else None,
                 )
+            # The epochs a tracking server that went away did not take yet; what follows needs it answering.
+            logger.finish(wait_seconds=config.tracking.reconnect_seconds)
         finally:
             # Also when training diverged: an exploding-gradient flag is then the run's explanation.
             run.set_tags(diagnostics.tags())

@@ -123,6 +123,11 @@ class TrackingParams(Section):
         default=10.0,
         description="Seconds between CPU/memory/GPU samples on the run (system/* metrics); 0 turns them off.",
     )
+    reconnect_seconds: Annotated[float, Field(ge=0.0, le=86400.0)] = Field(
+        default=120.0,
+        description="How long train waits, once training ended, for a tracking server that went away to "
+        "answer again; then it stops in one line and keeps its checkpoint, and the next run logs the epochs.",
+    )
 
     @field_validator("experiment", "registered_model")
     @classmethod

@@ -20,7 +20,7 @@ import mlflow
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
-from pipeline.tracking.runs import RunReference, TrackedRun
+from pipeline.tracking.runs import RunReference, TrackedRun, is_unavailable
 
 # The experiment tag MLflow's UI (3.x) reads to choose an experiment's page, and the value of the page with the
 # runs table, metrics and model versions. Without it the UI guesses, and for an experiment without traces it
@@ -176,17 +176,31 @@ def tracked_run(
         yield TrackedRun(run_id, client)
     except (KeyboardInterrupt, _TerminatedError) as error:
         reason = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else str(error)
-        client.set_tag(run_id, END_REASON_TAG, reason)
-        client.set_terminated(run_id, status="KILLED")
+        _end(client, run_id, "KILLED", {END_REASON_TAG: reason})
         raise
     except BaseException as error:
-        client.set_tag(run_id, ERROR_TAG, _one_line(error))
-        client.set_terminated(run_id, status="FAILED")
+        _end(client, run_id, "FAILED", {ERROR_TAG: _one_line(error)})
         raise
     else:
         client.set_terminated(run_id, status="FINISHED")
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _end(client: MlflowClient, run_id: str, status: str, tags: dict[str, str]) -> None:
+    """Ends the run with `status` and its reason, unless the tracking server is the one that is gone.
+
+    Why not raise then: the stage is already failing for a reason its one line says (often that very
+    server); a second error while reporting it would bury that line under a traceback. The run stays
+    RUNNING, and the next start of the stage resumes it or closes it (`close_orphaned_runs`).
+    """
+    try:
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+        client.set_terminated(run_id, status=status)
+    except Exception as error:
+        if not is_unavailable(error):
+            raise
 
 
 def find_run(tracking_uri: str, run_id: str) -> RunReference | None:

@@ -36,6 +36,44 @@ class TrackingLookupError(PipelineError, LookupError):
     """Raised when an experiment, run, model or artifact asked for is not in the tracking store."""
 
 
+class TrackingUnavailableError(PipelineError, ConnectionError):
+    """Raised when the tracking server stopped answering and did not come back within the wait allowed."""
+
+
+# What makes one request to a tracking server give up: MLflow's default (7 retries with a backoff factor of 2,
+# 120 s per try) waits minutes on a server that is down. A stage that trains keeps its epochs while the
+# server is away (`pipeline.tracking.epoch_logger`), so one request needs to fail quickly rather than block
+# training. A value the user set in the environment is kept.
+BOUNDED_HTTP_REQUESTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+def bound_http_requests(environment: dict[str, str]) -> None:
+    """Sets MLflow's HTTP retry and timeout variables to `BOUNDED_HTTP_REQUESTS`, where they are not set."""
+    for name, value in BOUNDED_HTTP_REQUESTS.items():
+        environment.setdefault(name, value)
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether `error` says the tracking server did not answer (down, restarting, unreachable).
+
+    Why by message: MLflow raises one `MlflowException` type for every failure; a request that never got an
+    answer reads "API request to ... failed with exception ...", and a proxy or a restarting server answers 502,
+    503 or 504. Anything else (a refused metric, a missing run) is a real error and is not waited out.
+    """
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(error, ConnectionError | TimeoutError):  # TrackingUnavailableError included
+        return True
+    if not isinstance(error, MlflowException):
+        return False
+    text = str(error)
+    return "failed with exception" in text or any(f"response code {code}" in text.lower() for code in (502, 503, 504))
+
+
 @dataclass(frozen=True)
 class RunReference:
     """What later stages need to reopen the run: written by train, read by evaluate and register."""
@@ -83,28 +121,40 @@ class TrackedRun:
         """Logs parameters in batches (one call per 100 instead of one per parameter)."""
         items = [Param(key, str(value)) for key, value in params.items()]
         for start in range(0, len(items), _PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=items[start : start + _PARAMS_PER_BATCH])
+            self._call(self.client.log_batch, self.run_id, params=items[start : start + _PARAMS_PER_BATCH])
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Sets run tags."""
         items = [RunTag(key, str(value)) for key, value in tags.items()]
         for start in range(0, len(items), _PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, tags=items[start : start + _PARAMS_PER_BATCH])
+            self._call(self.client.log_batch, self.run_id, tags=items[start : start + _PARAMS_PER_BATCH])
 
     def log_metrics(self, metrics: dict[str, float], *, step: int = 0) -> None:
         """Logs numeric metrics at one step in a single call."""
         timestamp = _now_ms()
         items = [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
         for start in range(0, len(items), _METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=items[start : start + _METRICS_PER_BATCH])
+            self._call(self.client.log_batch, self.run_id, metrics=items[start : start + _METRICS_PER_BATCH])
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Copies a file into the run's artifacts."""
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._call(self.client.log_artifact, self.run_id, str(path), artifact_path)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """Stores `text` as the artifact `artifact_file` (e.g. `model/summary.txt`)."""
-        self.client.log_text(self.run_id, text, artifact_file)
+        self._call(self.client.log_text, self.run_id, text, artifact_file)
+
+    def _call(self, method: Any, *arguments: Any, **options: Any) -> Any:
+        """Calls the client, turning "the server did not answer" into `TrackingUnavailableError` (one line)."""
+        try:
+            return method(*arguments, **options)
+        except Exception as error:
+            if not is_unavailable(error):
+                raise
+            raise TrackingUnavailableError(
+                f"the tracking server {self.client.tracking_uri} did not answer ({_first_line(error)}); the run "
+                f"{self.run_id} stays RUNNING: rerun once it answers, and train resumes it from its checkpoint"
+            ) from None
 
     def logged_steps(self, key: str) -> set[int]:
         """The steps at which metric `key` was logged to this run (a resumed run's epochs already sent)."""
@@ -132,8 +182,9 @@ class TrackedRun:
         from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        # Its start, stop and "no GPU" notices are INFO lines on every stage; the metrics say it all.
-        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+        # Its start, stop and "no GPU" notices are INFO lines on every stage; the metrics say it all. Its warning
+        # when a tracking server goes away (it then stops sampling) would repeat what the epoch logger's line says.
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
         monitor = SystemMetricsMonitor(self.run_id, sampling_interval=sampling_interval, resume_logging=resume)
         narrow_gpu_monitors(monitor.monitors, gpu_indices=gpu_indices, gpu_monitor_type=GPUMonitor)
         monitor.start()
@@ -173,6 +224,11 @@ def narrow_gpu_monitors(monitors: list[Any], *, gpu_indices: Sequence[int], gpu_
             continue
         monitor.gpu_handles = [monitor.gpu_handles[index] for index in gpu_indices if index < len(monitor.gpu_handles)]
         monitor.num_gpus = len(monitor.gpu_handles)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:300]
 
 
 def _now_ms() -> int:

@@ -184,7 +184,7 @@ def test_one_run_holds_everything(tiny_run: Path, tmp_path: Path) -> None:
     assert card == {"class_names": list(FASHION_MNIST_CLASSES), "stored_shape": [28, 28]}
 
     assert champion.tags["gate.reason"] == (
-        "accuracy 0.2000 beats the majority-class baseline (T-shirt/top) 0.1000 by more than the margin 0"
+        "accuracy 0.6000 beats the majority-class baseline (T-shirt/top) 0.1000 by more than the margin 0"
     )
 
 

@@ -7,7 +7,9 @@ machine's speed. `TEST_KILL_AT` says when:
 - `checkpoint:<phase>:<epochs_done>:<batches_done>`: right after writing that checkpoint;
 - `pass:<n>`: at the start of the n-th forward pass that fills the frozen-activation cache (1: the training
   images' pass at the deepest cut).
-Without `TEST_KILL_AT` it changes nothing (dvc itself imports it too).
+`TEST_SLEEP_AFTER_EPOCH=<seconds>` makes each epoch that long at least (a sleep after its checkpoint), for a
+test that must act between epochs (stop a tracking server). Without either variable it changes nothing (dvc
+itself imports it too).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 from typing import Any
 
 _AT = os.environ.get("TEST_KILL_AT", "")
+_SLEEP = float(os.environ.get("TEST_SLEEP_AFTER_EPOCH", "0"))
 _TARGETS = {"checkpoint": "pipeline.training.resume", "pass": "pipeline.training.features"}
 
 
@@ -29,6 +32,17 @@ def _die() -> None:
 
 def _patch(module: Any) -> None:
     kind, _, where = _AT.partition(":")
+    if _SLEEP and module.__name__ == _TARGETS["checkpoint"]:
+        import time
+
+        write_and_go_on = module.write_checkpoint
+
+        def write_then_sleep(path: Any, state: Any, arrays: Any) -> None:
+            write_and_go_on(path, state, arrays)
+            if state.trained and not state.batches_done:
+                time.sleep(_SLEEP)
+
+        module.write_checkpoint = write_then_sleep
     if kind == "checkpoint":
         wanted = tuple(int(part) for part in where.split(":"))
         write = module.write_checkpoint
@@ -56,7 +70,8 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
     """Finds the target module with the other finders, and patches it once it has run."""
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != _TARGETS.get(_AT.partition(":")[0]):
+        wanted = {_TARGETS.get(_AT.partition(":")[0])} | ({_TARGETS["checkpoint"]} if _SLEEP else set())
+        if name not in wanted:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -76,5 +91,5 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
         return spec
 
 
-if _AT:
+if _AT or _SLEEP:
     sys.meta_path.insert(0, _PatchOnImport())
