@@ -186,7 +186,13 @@ def atomic_path(target: str | Path, *, suffix: str = "") -> Iterator[Path]:
     Raises:
         OutputWriteError: Writing failed with an OSError; `target` is unchanged and the temporary file gone.
     """
-    staged = Staged(target, suffix=suffix)
+    with _staged(Staged(target, suffix=suffix)) as path:
+        yield path
+
+
+@contextlib.contextmanager
+def _staged(staged: Staged) -> Iterator[Path]:
+    """Yields the staged path; commits it when the block succeeds, turning an OSError into `OutputWriteError`."""
     try:
         try:
             yield staged.path
@@ -213,17 +219,8 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     Raises:
         OutputWriteError: Building the folder failed with an OSError; `target` is unchanged.
     """
-    staged = Staged(target, directory=True)
-    try:
-        try:
-            yield staged.path
-        except OutputWriteError:
-            raise
-        except OSError as error:
-            raise _write_error(staged.target, error) from None
-        staged.commit()
-    finally:
-        staged.discard()
+    with _staged(Staged(target, directory=True)) as path:
+        yield path
 
 
 def _exchange(first: Path, second: Path) -> bool:

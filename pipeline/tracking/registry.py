@@ -11,7 +11,7 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import mlflow
 
@@ -214,14 +214,19 @@ def withdraw(run: TrackedRun, name: str, version: str) -> None:
     run.client.delete_model_version(name, version)
 
 
-def _leftover_versions(run: TrackedRun, name: str) -> list[str]:
-    """Versions of this run whose registration never completed (a killed or failed attempt)."""
+def _versions(run: TrackedRun, name: str) -> list[Any]:
+    """Every version of the registered model `name`; none when the model does not exist yet."""
     try:
-        versions = run.client.search_model_versions(f"name = '{name}'")
+        return run.client.search_model_versions(f"name = '{name}'")
     except mlflow.exceptions.MlflowException as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
             return []
         raise
+
+
+def _leftover_versions(run: TrackedRun, name: str) -> list[str]:
+    """Versions of this run whose registration never completed (a killed or failed attempt)."""
+    versions = _versions(run, name)
     return sorted(
         (
             str(item.version)
@@ -234,12 +239,7 @@ def _leftover_versions(run: TrackedRun, name: str) -> list[str]:
 
 def _unsettled_versions(run: TrackedRun, name: str, *, of_run: bool, below: int | None = None) -> list[str]:
     """Versions of `name` not settled yet: of this run (`of_run`), or of other runs still RUNNING, below `below`."""
-    try:
-        versions = run.client.search_model_versions(f"name = '{name}'")
-    except mlflow.exceptions.MlflowException as error:
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return []
-        raise
+    versions = _versions(run, name)
     found = []
     for item in versions:
         if item.tags.get(SETTLED_TAG) == "true" or (below is not None and int(item.version) >= below):

@@ -10,6 +10,7 @@ the stage ends after `tracking.reconnect_seconds` in one line, keeps its checkpo
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -97,11 +98,17 @@ def _wait_for_epochs(project: Path, epochs: int, process: subprocess.Popen[str])
     pytest.fail(f"train did not reach epoch {epochs}: {process.communicate()}")
 
 
-def _epoch_steps(server: _Server, run_id: str) -> dict[str, list[int]]:
+def _assert_finished_with_every_epoch_once(project: Path, server: _Server) -> None:
+    """The run of build/run.json on the server: FINISHED, no error tag, each of the 4 epochs logged once."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(server.uri)
-    return {key: sorted(m.step for m in client.get_metric_history(run_id, key)) for key in ("loss", "val_loss", "lr")}
+    run_id = json.loads((project / "build" / "run.json").read_text())["run_id"]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert "pipeline.error" not in run.data.tags
+    for key in ("loss", "val_loss", "lr"):
+        assert sorted(metric.step for metric in client.get_metric_history(run_id, key)) == [0, 1, 2, 3], key
 
 
 def test_epochs_are_kept_while_the_server_is_away_and_sent_when_it_answers(tiny_run_copy: Path, tmp_path) -> None:
@@ -125,13 +132,7 @@ def test_epochs_are_kept_while_the_server_is_away_and_sent_when_it_answers(tiny_
 
     server.start()
     try:
-        import json
-
-        run_id = json.loads((project / "build" / "run.json").read_text())["run_id"]
-        from mlflow.tracking import MlflowClient
-
-        assert MlflowClient(server.uri).get_run(run_id).info.status == "FINISHED"
-        assert _epoch_steps(server, run_id) == {key: [0, 1, 2, 3] for key in ("loss", "val_loss", "lr")}
+        _assert_finished_with_every_epoch_once(project, server)
     finally:
         server.stop()
 
@@ -163,14 +164,6 @@ def test_a_server_that_never_comes_back_ends_train_in_one_line_and_the_next_run_
         stdout, stderr = rerun.communicate(timeout=600)
         assert rerun.returncode == 0, stdout + stderr
         assert "resuming MLflow run" in stdout and "3 epoch(s) the run lacked logged from the checkpoint" in stdout
-        import json
-
-        run_id = json.loads((project / "build" / "run.json").read_text())["run_id"]
-        from mlflow.tracking import MlflowClient
-
-        run = MlflowClient(server.uri).get_run(run_id)
-        assert run.info.status == "FINISHED"
-        assert "pipeline.error" not in run.data.tags
-        assert _epoch_steps(server, run_id) == {key: [0, 1, 2, 3] for key in ("loss", "val_loss", "lr")}
+        _assert_finished_with_every_epoch_once(project, server)
     finally:
         server.stop()

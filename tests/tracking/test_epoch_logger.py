@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.tracking.epoch_logger import EpochLogger
@@ -20,3 +21,65 @@ def test_epochs_of_several_fits_share_one_step_axis(store: str, tmp_path: Path) 
         model.fit(features, labels, initial_epoch=2, epochs=5, verbose=0, callbacks=[EpochLogger(run)])
     steps = [metric.step for metric in MlflowClient(store).get_metric_history(run.run_id, "loss")]
     assert steps == [0, 1, 2, 3, 4]
+
+
+class _AwayFor:
+    """A run whose server does not answer the first `refusals` log calls (as MLflow reports a refused connection)."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals, self.logged, self.run_id = refusals, [], "r1"
+        self.client = type("Client", (), {"tracking_uri": "http://127.0.0.1:5000"})()
+
+    def log_metrics(self, metrics: dict[str, float], *, step: int) -> None:
+        from mlflow.exceptions import MlflowException
+
+        if self.refusals:
+            self.refusals -= 1
+            raise MlflowException(
+                "API request to http://127.0.0.1:5000/api/2.0/mlflow/runs/log-batch failed with exception"
+            )
+        self.logged.append((step, metrics["loss"]))
+
+
+def test_epochs_the_server_did_not_take_are_sent_in_order_when_it_answers() -> None:
+    run, lines = _AwayFor(refusals=3), []
+    logger = EpochLogger(run, print_line=lines.append)
+    for epoch in range(4):
+        logger.on_epoch_end(epoch, {"loss": float(epoch)})
+        if epoch == 1:
+            assert (run.logged, logger.pending) == ([], 2)
+    assert run.logged == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0)]
+    assert logger.pending == 0
+    assert lines[0] == (
+        "tracking server not answering at epoch 1; training goes on and its epochs are kept to be sent when it answers"
+    )
+    assert lines[1].startswith("tracking server answering again after ")
+    # A resumed run does not log again an epoch the run holds, and catches up the ones it lacks.
+    resumed = EpochLogger(run, logged_steps={0, 1, 2, 3}, print_line=lines.append)
+    assert resumed.catch_up([{"epoch": 4, "phase": 1.0, "phase_name": "x", "loss": 4.0}]) == 1
+    resumed.on_epoch_end(3, {"loss": 9.0})
+    assert run.logged[-1] == (4, 4.0)
+
+
+def test_a_server_still_away_after_the_wait_is_one_error_naming_what_is_not_logged() -> None:
+    from pipeline.tracking.runs import TrackingUnavailableError
+
+    logger = EpochLogger(_AwayFor(refusals=100), print_line=lambda line: None)
+    logger.on_epoch_end(0, {"loss": 1.0})
+    logger.on_epoch_end(1, {"loss": 1.0})
+    with pytest.raises(
+        TrackingUnavailableError,
+        match=r"did not answer for 0.2 s after training ended .* 2 epoch\(s\) of run r1 are not logged yet",
+    ):
+        logger.finish(wait_seconds=0.2, retry_every=0.05)
+
+
+def test_other_errors_of_the_store_are_not_waited_out() -> None:
+    class Refusing(_AwayFor):
+        def log_metrics(self, metrics, *, step):
+            from mlflow.exceptions import MlflowException
+
+            raise MlflowException("Invalid value nan for metric 'loss'")
+
+    with pytest.raises(Exception, match="Invalid value nan"):
+        EpochLogger(Refusing(0)).on_epoch_end(0, {"loss": 1.0})

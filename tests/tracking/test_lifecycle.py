@@ -132,3 +132,38 @@ def test_an_experiment_in_use_is_tagged_as_model_training(store: str, tmp_path: 
     with lifecycle.tracked_run(tracking_uri=store, resume=lifecycle.run_reference(run, store)):
         pass
     assert _experiment_kind(store, "tests") == "custom_model_development"
+
+
+def test_a_run_reopened_after_it_failed_loses_the_reason_of_its_earlier_end(store: str, tmp_path: Path) -> None:
+    with pytest.raises(KeyError), open_run(store, tmp_path) as run:
+        raise KeyError("missing")
+    reference = lifecycle.find_run(store, run.run_id)
+    assert reference is not None and reference.run_id == run.run_id
+    with lifecycle.tracked_run(tracking_uri=store, resume=reference):
+        pass
+    reopened = MlflowClient(store).get_run(run.run_id)
+    assert reopened.info.status == "FINISHED"
+    assert lifecycle.ERROR_TAG not in reopened.data.tags
+
+
+def test_find_run_is_none_for_a_run_the_store_does_not_hold(store: str, tmp_path: Path) -> None:
+    with open_run(store, tmp_path) as run:
+        pass
+    MlflowClient(store).delete_run(run.run_id)
+    assert lifecycle.find_run(store, run.run_id) is None
+    assert lifecycle.find_run(store, "0123456789abcdef0123456789abcdef") is None
+
+
+def test_a_failure_while_the_server_is_away_keeps_its_own_error(tmp_path: Path, store: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    with open_run(store, tmp_path) as run:
+        pass
+
+    class AwayClient(MlflowClient):
+        def set_tag(self, *arguments, **options):
+            raise MlflowException("API request to http://127.0.0.1:9/api/2.0/mlflow/runs/set-tag failed with exception")
+
+    # The run's own error, not a second one from reporting it to a server that is gone.
+    lifecycle._end(AwayClient(store), run.run_id, "FAILED", {lifecycle.ERROR_TAG: "x"})
+    assert MlflowClient(store).get_run(run.run_id).info.status == "FINISHED"
