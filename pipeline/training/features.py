@@ -219,7 +219,8 @@ class PhaseDataFactory:
                 )
         self._base_activations = base_activations
         self._store = inputs.activation_store if self.caching and base_activations is None else None
-        self._prefix_digest: str | None = None
+        self._prefix_digests: dict[str, str] = {}
+        self._phases_served = 0
         self._images_digests: dict[str, str] = {}
         if self._store is not None and self.estimated_cache_bytes > self._store.limit_bytes:
             self._store = None
@@ -267,7 +268,18 @@ class PhaseDataFactory:
             views = {"train": self._train_views, "val": ("none",)}
             stored: list[StoredActivations] = []
             self._base_activations = {
-                split: [self._base_view(prefix, split, flip, stored) for flip in flips]
+                split: [
+                    self._stored_view(
+                        prefix,
+                        split,
+                        flip,
+                        stored,
+                        compute=lambda split=split, flip=flip: self._predict(
+                            prefix, self._images(split, flip=flip), split, flip
+                        ),
+                    )
+                    for flip in flips
+                ]
                 for split, flips in views.items()
             }
             if stored:
@@ -276,17 +288,30 @@ class PhaseDataFactory:
                 )
         return self._base_activations
 
-    def _base_view(self, prefix: keras.Model, split: str, flip: str, stored: list[StoredActivations]) -> np.ndarray:
-        """One view's activations at the base cut: from the store when it holds them, else computed (and stored)."""
+    def _stored_view(
+        self,
+        prefix: keras.Model,
+        split: str,
+        flip: str,
+        stored: list[StoredActivations],
+        *,
+        compute: Callable[[], np.ndarray],
+    ) -> np.ndarray:
+        """One view's activations at `prefix`'s cut: from the store when it holds them, else computed (and stored).
 
-        def compute() -> np.ndarray:
-            return self._predict(prefix, self._images(split, flip=flip), split, flip)
-
+        Args:
+            prefix: The model from the images to the cut: what the key describes (its layers and weights).
+            split: The split.
+            flip: The view's orientation.
+            stored: Where the entries used are noted (for the phase's note).
+            compute: Computes the activations when the store lacks them (from images, or from the base cut).
+        """
         if self._store is None:
             return compute()
-        if self._prefix_digest is None:
+        cut_layer = prefix.output._keras_history.operation.name
+        if cut_layer not in self._prefix_digests:
             # Every layer below the cut, configuration and weights (BatchNorm statistics included).
-            self._prefix_digest = weights_digest(
+            self._prefix_digests[cut_layer] = weights_digest(
                 (describe_layer(layer), [keras.ops.convert_to_numpy(weight) for weight in layer.weights])
                 for layer in prefix.layers
             )
@@ -294,10 +319,10 @@ class PhaseDataFactory:
             self._images_digests[split] = images_digest(self._splits[split].images)
         key = ActivationKey(
             backbone=self._classifier.backbone.name,
-            weights_digest=self._prefix_digest,
+            weights_digest=self._prefix_digests[cut_layer],
             image_size=self._inputs.image_size,
             preprocessing=describe_layer(self._preprocessing),
-            cut_layer=prefix.output._keras_history.operation.name,
+            cut_layer=cut_layer,
             batchnorm="inference",  # `_forward_pass` runs the prefix with training=False
             dtype_policy=keras.config.dtype_policy().name,
             flip=flip,
@@ -330,6 +355,8 @@ class PhaseDataFactory:
             The model to compile and fit, with its data.
         """
         cut = cut_tensor(self._classifier, trainable_blocks)
+        first_phase = not self._phases_served
+        self._phases_served += 1
         if not self.caching or cut is self._classifier.model.input:
             return PhaseData(
                 model=self._classifier.model,
@@ -345,12 +372,25 @@ class PhaseDataFactory:
             activations = base
         else:
             # The layers between the base cut and this cut may have trained in an earlier phase
-            # and are frozen now: recompute from the base with today's weights.
+            # and are frozen now: recompute from the base with today's weights. Before any phase trained (the
+            # run's first phase, usually the frozen one) they hold the pretrained weights, so their output is a
+            # function of the backbone and the images alone, which the activation store keeps like the base's.
             segment = keras.Model(self._base_cut, cut)
+            prefix = keras.Model(self._classifier.model.input, cut) if first_phase and self._store else None
             flips = {"train": self._train_views, "val": ("none",)}
+            stored: list[StoredActivations] = []
             activations = {
                 split: [
-                    self._predict(segment, view, split, flip) for view, flip in zip(views, flips[split], strict=True)
+                    self._stored_view(
+                        prefix,
+                        split,
+                        flip,
+                        stored,
+                        compute=lambda view=view, split=split, flip=flip: self._predict(segment, view, split, flip),
+                    )
+                    if prefix is not None
+                    else self._predict(segment, view, split, flip)
+                    for view, flip in zip(views, flips[split], strict=True)
                 ]
                 for split, views in base.items()
             }

@@ -266,6 +266,19 @@ def test_a_second_run_with_another_head_reads_bit_identical_activations(tmp_path
     assert forward_passes == ["block1a_activation", "block1a_activation", "head_pool", "head_pool"]
 
 
+def test_the_first_phases_own_cut_is_stored_too_before_anything_trained(tmp_path: Path, forward_passes) -> None:
+    store, splits = ActivationStore(tmp_path, limit_bytes=MIB), _splits()
+    first, _ = _base(_classifier(), store, splits)
+    computed = first.for_phase(0)  # the frozen phase first: its segment holds pretrained weights
+    second, _ = _base(_classifier(dropout=0.3, seed=5), ActivationStore(tmp_path, limit_bytes=MIB), splits)
+    read = second.for_phase(0)
+
+    assert forward_passes == ["block1a_activation", "block1a_activation", "head_pool", "head_pool"]
+    for got, want in zip(read.val, computed.val, strict=True):
+        assert got[0].numpy().tobytes() == want[0].numpy().tobytes()
+    assert len(list(tmp_path.iterdir())) == 4  # base and frozen-phase cut, of train and val
+
+
 def test_changed_prefix_weights_or_images_make_new_entries(tmp_path: Path, forward_passes) -> None:
     splits = _splits()
     _base(_classifier(), ActivationStore(tmp_path, limit_bytes=MIB), splits)
