@@ -176,14 +176,25 @@ def test_register_stops_in_one_line_and_keeps_the_previous_exports(tiny_run_copy
     assert run.data.tags["pipeline.error"].startswith(f"OutputWriteError: cannot write models/model.keras: {reason}")
 
 
-def test_train_with_a_read_only_build_folder_keeps_the_previous_model(tiny_run_copy: Path) -> None:
+@pytest.mark.parametrize("fault", ["disk full", "read-only build"])
+def test_train_with_a_full_disk_or_a_read_only_build_folder_keeps_the_previous_model(
+    tiny_run_copy: Path, fault: str
+) -> None:
     project = tiny_run_copy
     before = _digests(project, "build/model.keras", "build/run.json")
-    result = _run_failing(project, _read_only("build", "train"))
+    if fault == "disk full":
+        # Past the store's growth over a run, below the model's size: a checkpoint or the model fails first.
+        limit = (project / "mlflow.db").stat().st_size + (4 << 20)
+        assert limit < (project / "build" / "model.keras").stat().st_size
+        result = _run_failing(project, [sys.executable, "-m", "stages.train"], preexec_fn=_limit_file_size(limit))
+        reason = "File too large"
+    else:
+        result = _run_failing(project, _read_only("build", "train"))
+        reason = "Read-only file system"
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: cannot write build/"), result.stderr
-    assert "Read-only file system" in errors[0]
+    assert reason in errors[0]
     assert "Traceback" not in result.stderr
     assert _digests(project, "build/model.keras", "build/run.json") == before
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
