@@ -87,9 +87,9 @@ def main() -> None:
     print(f"resumed run: {resumed_seconds:.0f} s of dvc repro; the reference's phases took {reference_seconds:.0f} s")
     print(f"weights: bit-identical {identical}, largest difference {largest:.3g}")
     print(f"history: {len(rows_after)} epochs, identical {rows_after == rows_before}")
-    for key in ("test_accuracy", "test_macro_f1"):
-        print(f"{key}: reference {metrics_before[key]:.4f}, resumed {metrics_after[key]:.4f}, "
-              f"difference {metrics_after[key] - metrics_before[key]:+.4f}")  # fmt: skip
+    for key in ("accuracy", "macro_f1"):
+        before, after = metrics_before["test"][key], metrics_after["test"][key]
+        print(f"test {key}: reference {before:.4f}, resumed {after:.4f}, difference {after - before:+.4f}")
 
 
 if __name__ == "__main__":
