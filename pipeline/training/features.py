@@ -395,6 +395,10 @@ class PhaseDataFactory:
                 for split, views in base.items()
             }
         train_views, train_labels = activations["train"], self._splits["train"].labels
+        note = self.cache_note
+        if cut is not self._base_cut and first_phase and self._store is not None:
+            segment_note = _store_note(stored, self._store).removeprefix("frozen activations ")
+            note = f"{note}; the phase's own cut {segment_note}"
         return PhaseData(
             model=keras.Model(cut, self._classifier.model.output),
             val=self._labelled(
@@ -402,7 +406,7 @@ class PhaseDataFactory:
             ),
             cached=True,
             steps_per_epoch=self.steps_per_epoch,
-            note=self.cache_note,
+            note=note,
             order=self._order(views=len(train_views)),
             gather=lambda positions: self._labelled(
                 array_dataset(train_views, train_labels, batch_size=self._inputs.batch_size, positions=positions)

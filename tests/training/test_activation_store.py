@@ -274,6 +274,8 @@ def test_the_first_phases_own_cut_is_stored_too_before_anything_trained(tmp_path
     read = second.for_phase(0)
 
     assert forward_passes == ["block1a_activation", "block1a_activation", "head_pool", "head_pool"]
+    assert "; the phase's own cut computed once and stored in the activation store" in computed.note
+    assert f"; the phase's own cut read from the activation store {tmp_path} (entries " in read.note
     for got, want in zip(read.val, computed.val, strict=True):
         assert got[0].numpy().tobytes() == want[0].numpy().tobytes()
     assert len(list(tmp_path.iterdir())) == 4  # base and frozen-phase cut, of train and val
