@@ -10,6 +10,7 @@ next run of the same experiment on this host finds its process gone and closes i
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -146,6 +147,9 @@ def tracked_run(
         ValueError: Neither `experiment` nor `resume` is given.
     """
     mlflow.set_tracking_uri(tracking_uri)
+    # A new SQLite store announces its tables at INFO ("Creating initial MLflow database tables..."): a
+    # library's lines amid the stage's own, about something the user did not ask about.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     client = MlflowClient(tracking_uri)
     if resume is not None:
         run_id = resume.run_id

@@ -8,6 +8,7 @@ verdict itself is the champion gate's (`pipeline.evaluation.gate`); here it is o
 from __future__ import annotations
 
 import contextlib
+import io
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -171,7 +172,10 @@ def register_gated(
     """
     for leftover in _leftover_versions(run, name):
         withdraw(run, name, leftover)
-    version = str(mlflow.register_model(model_uri, name).version)
+    # MLflow prints "Successfully registered model ..." and "Created version ..." to stderr; the register stage
+    # prints its own line with the version and the gate's decision.
+    with contextlib.redirect_stderr(io.StringIO()):
+        version = str(mlflow.register_model(model_uri, name).version)
     try:
         run.client.set_model_version_tag(name, version, "run_id", run.run_id)
         _wait_for_turn(run, name, version, timeout=turn_timeout, poll_seconds=poll_seconds)
