@@ -116,7 +116,7 @@ def test_epochs_are_kept_while_the_server_is_away_and_sent_when_it_answers(tiny_
     server = _Server(tmp_path)
     server.start()
     try:
-        training = _train(project, server, sleep=8)
+        training = _train(project, server, sleep=3)
         _wait_for_epochs(project, 1, training)
         server.stop()
         _wait_for_epochs(project, 3, training)
@@ -145,7 +145,7 @@ def test_a_server_that_never_comes_back_ends_train_in_one_line_and_the_next_run_
     server = _Server(tmp_path)
     server.start()
     try:
-        training = _train(project, server, sleep=4)
+        training = _train(project, server, sleep=2)
         _wait_for_epochs(project, 1, training)
         server.stop()
         started = time.monotonic()
@@ -156,7 +156,7 @@ def test_a_server_that_never_comes_back_ends_train_in_one_line_and_the_next_run_
         assert len(errors) == 1 and "did not answer for 3 s after training ended" in errors[0], stderr
         assert "3 epoch(s) of run" in errors[0]
         assert "Traceback" not in stderr, stderr
-        assert waited < 120, waited  # bounded: 3 epochs of 4 s, a few seconds per failed send, 3 s of waiting
+        assert waited < 120, waited  # bounded: 3 epochs of 2 s, a few seconds per failed send, 3 s of waiting
         assert (project / CHECKPOINT).exists()
 
         server.start()
