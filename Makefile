@@ -22,7 +22,8 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 run: setup data
 	dvc repro
 
-# One worker per core (at most 4: each loads TensorFlow); the tests sharing the tiny dvc repro stay on one.
+# One worker per core (at most 4: each loads TensorFlow); the tests sharing a tiny dvc repro (groups tiny_run and
+# tiny_run_faults, each building its own) stay on one worker per group.
 test: setup data postgresql
 	pytest -n auto --maxprocesses=4 --dist loadgroup
 

@@ -23,7 +23,9 @@ from mlflow.tracking import MlflowClient
 from pipeline.runtime.atomic import PAUSE_VARIABLE, PAUSED_LINE
 from tests.tiny_project import REGISTERED_MODEL, dvc
 
-pytestmark = pytest.mark.xdist_group("tiny_run")
+# Apart from test_pipeline and test_server (group tiny_run): a second worker builds its own shared tiny run, and
+# the two halves of the end-to-end tests run side by side instead of one after the other.
+pytestmark = pytest.mark.xdist_group("tiny_run_faults")
 EXPORTS = ("models/model.keras", "models/saved_model")
 
 

@@ -24,7 +24,9 @@ import pytest
 
 from tests.tiny_project import REPO, edit_params
 
-pytestmark = pytest.mark.xdist_group("tiny_run")
+# Apart from test_pipeline and test_server (group tiny_run): a second worker builds its own shared tiny run, and
+# the two halves of the end-to-end tests run side by side instead of one after the other.
+pytestmark = pytest.mark.xdist_group("tiny_run_faults")
 
 FAULTS = REPO / "tests" / "stages" / "fault_injection"
 CHECKPOINT = Path("build/checkpoint/train.npz")
