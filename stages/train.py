@@ -111,8 +111,6 @@ def main() -> None:
         if resume is None:
             _log_inputs(run, config, selection, source, rows, classifier)
             _log_learning_rate(run, base_learning_rate, learning_rate_source)
-        else:
-            _log_resume(run, resume, logger)
         inputs = InputSettings.from_params(config.train, image_size=config.backbone.image_size)
         phases = plan_phases(
             config.train,
@@ -122,6 +120,8 @@ def main() -> None:
             train_examples=len(train.labels),
         )
         _log_plan(run, phases, train_examples=len(train.labels))
+        if resume is not None:
+            _log_resume(run, resume, logger, phases)
         diagnostics = TrainingDiagnostics(config.diagnostics)
         try:
             with devices.strategy_scope(strategy):
@@ -175,18 +175,23 @@ def _log_learning_rate(run: TrackedRun, learning_rate: float, source: str) -> No
     print(f"base learning rate {learning_rate:g} from {source}")
 
 
-def _log_resume(run: TrackedRun, resume: Checkpoint, logger: EpochLogger) -> None:
+def _log_resume(run: TrackedRun, resume: Checkpoint, logger: EpochLogger, phases: list[Phase]) -> None:
     """Tags and prints where a resumed run goes on, and logs the checkpoint's epochs the run lacks."""
     state = resume.state
     sent = logger.catch_up(state.rows)
+    # A checkpoint written at a phase's last epoch (or where early stopping ended it) goes on with the next phase.
+    index = state.phase_index
+    phase_first_epoch = state.phases[-1]["end_epoch"] if state.phases else 0
+    ended = not state.batches_done and state.epochs_done >= phase_first_epoch + phases[index].epochs
+    index += 1 if (state.phase_stopped or ended) and index + 1 < len(phases) else 0
     tags = {"resume.count": str(state.resumes + 1), "resume.from_epoch": str(state.epochs_done + 1)}
     if state.batches_done:
         tags["resume.from_batch"] = str(state.batches_done + 1)
     run.set_tags(tags)
     caught_up = f"; {sent} epoch(s) the run lacked logged from the checkpoint" if sent else ""
     print(
-        f"resuming MLflow run {run.run_id} from {TRAIN_CHECKPOINT}: {state.where()} of phase {state.phase_index + 1}, "
-        f"{state.epochs_done} epoch(s) done (resume {state.resumes + 1}){caught_up}"
+        f"resuming MLflow run {run.run_id} from {TRAIN_CHECKPOINT}: {state.where()} (phase {index + 1}, "
+        f"{phases[index].name}), {state.epochs_done} epoch(s) done (resume {state.resumes + 1}){caught_up}"
     )
 
 

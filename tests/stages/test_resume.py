@@ -71,11 +71,11 @@ def test_train_killed_four_times_resumes_to_the_uninterrupted_run(tiny_run_copy:
 
     # Each restart said where it went on, from the checkpoint the kill left.
     resumed_lines = [line for text in [*outputs[1:], final.stdout] for line in text.splitlines() if "resuming" in line]
-    assert [line.split(": ", 1)[1].split(" of phase")[0] for line in resumed_lines] == [
-        "epoch 1",  # killed in the pass: only the run is continued, training starts from the beginning
-        "epoch 2",
-        "epoch 3",
-        "epoch 3, after batch 2",
+    assert [line.split(": ", 1)[1].split("), ")[0] for line in resumed_lines] == [
+        "epoch 1 (phase 1, frozen",  # killed in the pass: only the run is continued, training starts anew
+        "epoch 2 (phase 1, frozen",
+        "epoch 3 (phase 2, unfreeze_top_1",  # the frozen phase's last checkpoint: the next phase goes on
+        "epoch 3, after batch 2 (phase 2, unfreeze_top_1",
     ]
     assert not (project / CHECKPOINT).exists()
     for got, want in zip(_weights(project / "build" / "model.keras"), expected_weights, strict=True):
