@@ -93,6 +93,9 @@ def test_train_killed_four_times_resumes_to_the_uninterrupted_run(tiny_run_copy:
     assert run.info.status == "FINISHED"
     assert (run.data.tags["resume.count"], run.data.tags["resume.from_epoch"]) == ("4", "3")
     assert "pipeline.end_reason" not in run.data.tags
+    # System metrics go on after the last step of the killed processes (MLflow's resume_logging): none twice.
+    memory_steps = [metric.step for metric in client.get_metric_history(run_id, "system/system_memory_usage_megabytes")]
+    assert memory_steps and len(memory_steps) == len(set(memory_steps))
     for key in ("loss", "val_accuracy", "lr", "phase"):
         steps = [metric.step for metric in client.get_metric_history(run_id, key)]
         assert sorted(steps) == [0, 1, 2, 3], key
