@@ -148,20 +148,26 @@ def _read_only(folder: str, stage: str) -> list[str]:
     return ["unshare", "--mount", "--map-root-user", "sh", "-c", f"{mount} && exec {sys.executable} -m stages.{stage}"]
 
 
+def _run_with_fault(
+    project: Path, stage: str, fault: str, *, folder: str, headroom: int
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """Runs `stage` with a full disk (a file size limit of the store's size + `headroom`, below the size of the
+    model in `folder`) or with `folder` read-only; returns the result and the reason its error must give."""
+    if fault == "disk full":
+        limit = (project / "mlflow.db").stat().st_size + headroom
+        assert limit < (project / folder / "model.keras").stat().st_size
+        command = [sys.executable, "-m", f"stages.{stage}"]
+        return _run_failing(project, command, preexec_fn=_limit_file_size(limit)), "File too large"
+    return _run_failing(project, _read_only(folder, stage)), "Read-only file system"
+
+
 @pytest.mark.parametrize("fault", ["disk full", "read-only models"])
 def test_register_stops_in_one_line_and_keeps_the_previous_exports(tiny_run_copy: Path, fault: str) -> None:
     project = tiny_run_copy
     before = _digests(project, *EXPORTS)
     versions = _versions(project)
-    if fault == "disk full":
-        # Past the store's own size (its writes go on), below the model's: the first export fails.
-        limit = (project / "mlflow.db").stat().st_size + (1 << 20)
-        assert limit < (project / "models" / "model.keras").stat().st_size
-        result = _run_failing(project, [sys.executable, "-m", "stages.register"], preexec_fn=_limit_file_size(limit))
-        reason = "File too large"
-    else:
-        result = _run_failing(project, _read_only("models", "register"))
-        reason = "Read-only file system"
+    # A full disk: past the store's own size (its writes go on), below the model's: the first export fails.
+    result, reason = _run_with_fault(project, "register", fault, folder="models", headroom=1 << 20)
     assert result.returncode == 2, result.stderr
     expected = f"error: cannot write models/model.keras: {reason}; "
     assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
@@ -184,15 +190,8 @@ def test_train_with_a_full_disk_or_a_read_only_build_folder_keeps_the_previous_m
 ) -> None:
     project = tiny_run_copy
     before = _digests(project, "build/model.keras", "build/run.json")
-    if fault == "disk full":
-        # Past the store's growth over a run, below the model's size: a checkpoint or the model fails first.
-        limit = (project / "mlflow.db").stat().st_size + (4 << 20)
-        assert limit < (project / "build" / "model.keras").stat().st_size
-        result = _run_failing(project, [sys.executable, "-m", "stages.train"], preexec_fn=_limit_file_size(limit))
-        reason = "File too large"
-    else:
-        result = _run_failing(project, _read_only("build", "train"))
-        reason = "Read-only file system"
+    # A full disk: past the store's growth over a run, below the model's size: a checkpoint or the model fails first.
+    result, reason = _run_with_fault(project, "train", fault, folder="build", headroom=4 << 20)
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: cannot write build/"), result.stderr
