@@ -62,8 +62,11 @@ def main() -> None:
         # The stage working on the run now: the UI then tells which stage a RUNNING run is in.
         run.set_tags(provenance.dvc_context(os.environ))
         result, backbone, test_features = _score_model(config, model, images, labels, classes=classes)
+        accuracy_low, accuracy_high = result.intervals["accuracy"]
+        f1_low, f1_high = result.intervals["macro_f1"]
         print(
-            f"test accuracy {result.accuracy:.4f}, macro F1 {result.macro_f1:.4f} on {result.examples} images",
+            f"test accuracy {result.accuracy:.4f} (95% bootstrap interval {accuracy_low:.4f}-{accuracy_high:.4f}), "
+            f"macro F1 {result.macro_f1:.4f} ({f1_low:.4f}-{f1_high:.4f}) on {result.examples} images",
             flush=True,
         )
         fitted = _fitted_baselines(
@@ -106,14 +109,14 @@ def _score_model(
     image_size, batch_size = model.input_shape[1], config.evaluate.batch_size
     if not config.evaluate.baselines.probe.enabled:
         scores = evaluate_classifier(
-            model, images, labels, class_names=classes, image_size=image_size, batch_size=batch_size
+            model, images, labels, class_names=classes, image_size=image_size, batch_size=batch_size, intervals=True
         )
         return scores, None, None
     backbone = build_backbone(config)
     probabilities, test_features, _ = model_and_probe_pass(
         model, backbone, images, labels, pooling=config.head.pooling, image_size=image_size, batch_size=batch_size
     )
-    return score_predictions(labels, probabilities, class_names=classes), backbone, test_features
+    return score_predictions(labels, probabilities, class_names=classes, intervals=True), backbone, test_features
 
 
 def _fitted_baselines(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 
 from pipeline.data.datasets import image_dataset
 from pipeline.evaluation.gate import BaselineScores, ChampionScores
+from pipeline.evaluation.significance import bootstrap_intervals
 from pipeline.runtime import atomic
 
 
@@ -32,15 +33,20 @@ class EvaluationResult:
     examples: int
     per_class: dict[str, dict[str, float]]
     confusion: np.ndarray
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, float | int]:
-        """The headline numbers, as written to metrics.json."""
-        return {
+        """The headline numbers, as written to metrics.json, with the bootstrap intervals when computed
+        (`accuracy_ci_low`, `accuracy_ci_high`, `macro_f1_ci_low`, `macro_f1_ci_high`)."""
+        headline: dict[str, float | int] = {
             "accuracy": self.accuracy,
             "macro_f1": self.macro_f1,
             "loss": self.loss,
             "examples": self.examples,
         }
+        for name, (low, high) in self.intervals.items():
+            headline.update({f"{name}_ci_low": low, f"{name}_ci_high": high})
+        return headline
 
     def write(
         self, *, metrics: Path, report: Path, class_names: Sequence[str], extra: dict[str, float] | None = None
@@ -55,7 +61,7 @@ class EvaluationResult:
 
 
 def score_predictions(
-    labels: np.ndarray, probabilities: np.ndarray, *, class_names: tuple[str, ...]
+    labels: np.ndarray, probabilities: np.ndarray, *, class_names: tuple[str, ...], intervals: bool = False
 ) -> EvaluationResult:
     """Scores class probabilities against true labels.
 
@@ -63,6 +69,8 @@ def score_predictions(
         labels: True labels (N,).
         probabilities: Predicted probabilities (N, classes).
         class_names: Label index -> name.
+        intervals: Also the 95% bootstrap intervals of accuracy and macro F1 (`pipeline.evaluation.significance`:
+            1,000 resamples of the test images, a fixed seed); the model's, not the baselines'.
 
     Returns:
         The scores.
@@ -92,6 +100,7 @@ def score_predictions(
         examples=len(labels),
         per_class=per_class,
         confusion=confusion_matrix(labels, predictions, labels=class_indices),
+        intervals=bootstrap_intervals(labels, predictions, classes=len(class_names)) if intervals else {},
     )
 
 
@@ -148,6 +157,7 @@ def evaluate_classifier(
     class_names: tuple[str, ...],
     image_size: int,
     batch_size: int,
+    intervals: bool = False,
 ) -> EvaluationResult:
     """Scores an end-to-end model (one that takes 0..255 RGB) on uint8 images.
 
@@ -158,13 +168,14 @@ def evaluate_classifier(
         class_names: Label index -> name.
         image_size: The model's square input size.
         batch_size: Images per batch.
+        intervals: Also the bootstrap intervals of accuracy and macro F1 (see `score_predictions`).
 
     Returns:
         The scores.
     """
     dataset = image_dataset(images, labels, image_size=image_size, batch_size=batch_size)
     probabilities = model.predict(dataset, verbose=0)
-    return score_predictions(labels, probabilities, class_names=class_names)
+    return score_predictions(labels, probabilities, class_names=class_names, intervals=intervals)
 
 
 def _names(names: tuple[str, ...] | list[str]) -> str:

@@ -122,3 +122,17 @@ def test_a_champion_that_fails_to_load_is_not_scored() -> None:
     assert scores.reason == (
         "it could not be loaded: OSError: No such file or directory: 'mlartifacts/1/models/m-1/artifacts'"
     )
+
+
+def test_the_models_scores_carry_their_bootstrap_intervals() -> None:
+    labels = np.array([0, 1, 2] * 40)
+    probabilities = np.eye(3)[np.where(np.arange(120) % 7 == 0, (labels + 1) % 3, labels)]
+    result = score_predictions(labels, probabilities, class_names=CLASSES, intervals=True)
+    summary = result.summary()
+    assert set(summary) == {
+        "accuracy", "macro_f1", "loss", "examples",
+        "accuracy_ci_low", "accuracy_ci_high", "macro_f1_ci_low", "macro_f1_ci_high",
+    }  # fmt: skip
+    assert summary["accuracy_ci_low"] < result.accuracy < summary["accuracy_ci_high"]
+    assert summary["macro_f1_ci_low"] < result.macro_f1 < summary["macro_f1_ci_high"]
+    assert score_predictions(labels, probabilities, class_names=CLASSES).intervals == {}
