@@ -65,7 +65,15 @@ def test_the_log_reads_calmly(tiny_run: Path) -> None:
     assert len(epoch_lines) == 4
     assert [line for line in epoch_lines if "phase" in line] == []
     assert "frozen layers up to " in log  # the one-time pass announces itself
-    for noise in ("absl::InitializeLog", "oneDNN custom operations", "cudart_stub", "use_unbounded_threadpool"):
+    assert "95% bootstrap interval" in log
+    for noise in (
+        "absl::InitializeLog",
+        "oneDNN custom operations",
+        "cudart_stub",
+        "use_unbounded_threadpool",
+        "Successfully registered model",
+        "Creating initial MLflow database tables",
+    ):
         assert noise not in log
 
 
@@ -76,6 +84,9 @@ def test_outputs_with_fixed_names(tiny_run: Path) -> None:
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     assert set(metrics["test"]) >= {"accuracy", "macro_f1"}
     assert metrics["test"]["examples"] == 40
+    test = metrics["test"]
+    assert test["accuracy_ci_low"] <= test["accuracy"] <= test["accuracy_ci_high"]
+    assert test["macro_f1_ci_low"] <= test["macro_f1"] <= test["macro_f1_ci_high"]
     _assert_accuracy_is_the_exported_models(project, keras.saving.load_model(project / "models" / "model.keras"))
     assert (project / "models" / "model.keras").stat().st_size > 1_000_000
     assert (project / "models" / "saved_model" / "saved_model.pb").stat().st_size > 100_000
@@ -136,7 +147,7 @@ def test_one_run_holds_everything(tiny_run: Path, tmp_path: Path) -> None:
     assert [point.value for point in client.get_metric_history(run.info.run_id, "phase")] == [0.0, 0.0, 1.0, 2.0]
     lrs = [point.value for point in client.get_metric_history(run.info.run_id, "lr")]
     assert lrs == pytest.approx([suggested, suggested, suggested * 0.1, suggested * 0.001], rel=1e-6)
-    assert set(run.data.metrics) >= {"test_accuracy", "test_macro_f1"}
+    assert set(run.data.metrics) >= {"test_accuracy", "test_macro_f1", "test_accuracy_ci_low", "test_macro_f1_ci_high"}
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id, "training")}
     assert {"training/history.png", "training/trainable_layers.csv"} <= artifacts
     lr_find = {item.path for item in client.list_artifacts(run.info.run_id, "lr_find")}
