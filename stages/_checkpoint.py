@@ -67,12 +67,7 @@ def checkpoint_key(
     from pipeline.training.checkpoint import CheckpointKey, file_digests
 
     flat = params.flatten(config)
-    read = {
-        key: value
-        for key, value in flat.items()
-        if any(key == name or key.startswith(f"{name}.") for name in TRAIN_PARAMS)
-        and not any(key == name or key.startswith(f"{name}.") for name in NOT_IN_KEY)
-    }
+    read = {key: value for key, value in flat.items() if _under(key, TRAIN_PARAMS) and not _under(key, NOT_IN_KEY)}
     read["train.base_learning_rate (resolved)"] = repr(float(base_learning_rate))
     read["tracking.uri (resolved)"] = tracking_uri
     return CheckpointKey(
@@ -80,6 +75,11 @@ def checkpoint_key(
         data=provenance.data_fingerprint(manifest=MANIFEST, source_sha256=source_sha256),
         code=file_digests(Path.cwd(), CODE),
     )
+
+
+def _under(key: str, sections: tuple[str, ...]) -> bool:
+    """Whether the flattened `key` is one of `sections` or inside one (`train.seed` is under `train`)."""
+    return any(key == name or key.startswith(f"{name}.") for name in sections)
 
 
 def resume_point(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -109,7 +110,7 @@ def main() -> None:
     ):
         logger = EpochLogger(run, logged_steps=run.logged_steps("loss") if resume is not None else None)
         if resume is None:
-            _log_inputs(run, config, selection, source, rows, classifier)
+            _log_inputs(run, config, selection, source, rows, classifier, data_fingerprint=key.data)
             _log_learning_rate(run, base_learning_rate, learning_rate_source)
         inputs = InputSettings.from_params(config.train, image_size=config.backbone.image_size)
         phases = plan_phases(
@@ -212,13 +213,17 @@ def _log_inputs(
     source: ImageSource,
     rows: list[ManifestRow],
     classifier: Classifier,
+    *,
+    data_fingerprint: Mapping[str, str],
 ) -> None:
-    """Everything the run started from: params, data (fingerprint, counts, dataset), code, devices, the model."""
+    """Everything the run started from: params, data (fingerprint, counts, dataset), code, devices, the model.
+
+    `data_fingerprint` is the checkpoint key's (`provenance.data_fingerprint`), computed once per run.
+    """
     import numpy as np
 
     from pipeline.data.sources import dataset_identity
     from pipeline.tracking import provenance
-    from stages._data import source_sha256
 
     labels_by_split = {
         split: np.array([row.label for row in rows if row.split == split], dtype=np.int64)
@@ -227,7 +232,7 @@ def _log_inputs(
     run.log_params(params.flatten(config))
     run.log_params(
         {
-            **provenance.data_fingerprint(manifest=MANIFEST, source_sha256=source_sha256(config.data)),
+            **data_fingerprint,
             **provenance.class_counts(labels_by_split, source.class_names),
         }
     )

@@ -81,6 +81,10 @@ class CheckpointKey:
     data: Mapping[str, str]
     code: Mapping[str, str]
 
+    def as_dict(self) -> dict[str, dict[str, str]]:
+        """The key as a checkpoint's state holds it (`TrainingState.key`)."""
+        return {"params": dict(self.params), "data": dict(self.data), "code": dict(self.code)}
+
     def difference(self, saved: CheckpointKey) -> str | None:
         """Why a checkpoint saved under `saved` does not fit this run, in one line; None when it does."""
         reasons = []
@@ -177,28 +181,28 @@ def read_state(path: Path) -> TrainingState | None:
     An unreadable file (another format, cut short by something other than our rename) counts as none: the
     run starts afresh rather than train from something it cannot trust.
     """
-    try:
-        # An npz archive is read member by member: this reads the state alone, not the arrays.
-        with np.load(path, allow_pickle=False) as archive:
-            document = json.loads(archive[_STATE_ENTRY].tobytes().decode("utf-8"))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return None
-    if document.get("version") != FORMAT_VERSION:
-        return None
-    return TrainingState(**document)
+    checkpoint = _read(path, with_arrays=False)
+    return checkpoint.state if checkpoint is not None else None
 
 
 def read_checkpoint(path: Path) -> Checkpoint | None:
     """The checkpoint at `path` with its arrays; None when there is none or it is unreadable."""
-    state = read_state(path)
-    if state is None:
-        return None
+    return _read(path, with_arrays=True)
+
+
+def _read(path: Path, *, with_arrays: bool) -> Checkpoint | None:
+    """The checkpoint's state, and its arrays when asked, from one opening of the archive."""
     try:
+        # An npz archive is read member by member: without the arrays, only the state is read.
         with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files if name != _STATE_ENTRY}
-    except (OSError, ValueError, zipfile.BadZipFile):  # a member damaged after the state (its CRC fails)
+            document = json.loads(archive[_STATE_ENTRY].tobytes().decode("utf-8"))
+            if document.get("version") != FORMAT_VERSION:
+                return None
+            # A member damaged after the state fails its CRC here.
+            arrays = {name: archive[name] for name in archive.files if name != _STATE_ENTRY} if with_arrays else {}
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None
-    return Checkpoint(state, arrays)
+    return Checkpoint(TrainingState(**document), arrays)
 
 
 def write_checkpoint(path: Path, state: TrainingState, arrays: Mapping[str, np.ndarray]) -> None:
@@ -267,6 +271,15 @@ def restore_callback_state(
             setattr(callback, name, values[name])
 
 
+def restore_callback_states(
+    states: Mapping[keras.callbacks.Callback, tuple[Mapping[str, Any], list[np.ndarray]]],
+) -> None:
+    """`restore_callback_state` for each callback with saved values (those without carry nothing)."""
+    for callback, (values, arrays) in states.items():
+        if values:
+            restore_callback_state(callback, values, arrays)
+
+
 def _plain(value: Any) -> Any:
     """A number as JSON keeps it (numpy scalars and infinities included: json writes Infinity); None stays."""
     if value is None:
@@ -297,9 +310,7 @@ class StateRestorer(keras.callbacks.Callback):
         self._metric_values = list(metric_values)
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        for callback, (values, arrays) in self._states.items():
-            if values:
-                restore_callback_state(callback, values, arrays)
+        restore_callback_states(self._states)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         # Keras builds the compiled metrics inside the first training step, so they exist only now. The epoch's

@@ -29,7 +29,7 @@ from pipeline.training.checkpoint import (
     callback_state,
     diagnostics_flags,
     layer_arrays,
-    restore_callback_state,
+    restore_callback_states,
     write_checkpoint,
 )
 
@@ -147,11 +147,7 @@ class CheckpointWriter(keras.callbacks.Callback):
             arrays.update({f"best/{index}": weight for index, weight in enumerate(best)})
         history = progress.history
         state = TrainingState(
-            key={
-                "params": dict(checkpointing.key.params),
-                "data": dict(checkpointing.key.data),
-                "code": dict(checkpointing.key.code),
-            },
+            key=checkpointing.key.as_dict(),
             run_id=checkpointing.run_id,
             phase_index=progress.index,
             epochs_done=epochs_done,
@@ -160,8 +156,8 @@ class CheckpointWriter(keras.callbacks.Callback):
             phase_seconds=time.perf_counter() - progress.started,
             resumes=checkpointing.resumes,
             rows=history.rows,
-            phases=[_record_dict(record) for record in history.phases],
-            layers=[_record_dict(layer) for layer in history.layers],
+            phases=[asdict(record) for record in history.phases],
+            layers=[asdict(layer) for layer in history.layers],
             trained_layers=progress.trained_layers,
             callbacks=callbacks,
             flags=diagnostics_flags(progress.diagnostics),
@@ -176,9 +172,8 @@ def write_start(checkpointing: Checkpointing) -> None:
     killed there is continued (same tracking run, `resume.count` counted) rather than left KILLED beside a
     new one. A resume from it trains from the start (`TrainingState.trained` is false).
     """
-    key = checkpointing.key
     state = TrainingState(
-        key={"params": dict(key.params), "data": dict(key.data), "code": dict(key.code)},
+        key=checkpointing.key.as_dict(),
         run_id=checkpointing.run_id,
         phase_index=0,
         epochs_done=0,
@@ -189,10 +184,6 @@ def write_start(checkpointing: Checkpointing) -> None:
 
 def _numbered(prefix: str, variables: Sequence[Any]) -> dict[str, np.ndarray]:
     return {f"{prefix}/{index}": keras.ops.convert_to_numpy(variable) for index, variable in enumerate(variables)}
-
-
-def _record_dict(record: Any) -> dict[str, Any]:
-    return asdict(record)
 
 
 def note_trained_layers(trained_layers: list[str], model: keras.Model) -> None:
@@ -306,8 +297,6 @@ def _finish_without_fitting(
     stopper: keras.callbacks.Callback | None,
     states: dict[keras.callbacks.Callback, tuple[dict[str, Any], list[np.ndarray]]],
 ) -> None:
-    for callback, (values, arrays) in states.items():
-        if values:
-            restore_callback_state(callback, values, arrays)
+    restore_callback_states(states)
     if isinstance(stopper, keras.callbacks.EarlyStopping) and stopper.restore_best_weights and stopper.best_weights:
         model.set_weights(stopper.best_weights)

@@ -17,7 +17,7 @@ KEY = CheckpointKey(params={"head.dropout": "0.2"}, data={"data.fingerprint": "f
 
 def _write(key: CheckpointKey, run_id: str) -> None:
     state = TrainingState(
-        key={"params": dict(key.params), "data": dict(key.data), "code": dict(key.code)},
+        key=key.as_dict(),
         run_id=run_id,
         phase_index=0,
         epochs_done=2,
