@@ -33,12 +33,14 @@ print(cached.report["images_used"] / elapsed, resource.getrusage(resource.RUSAGE
 STREAM = """
 import os, resource, sys, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-from pipeline.data.datasets import image_dataset
+from pipeline.data.datasets import EpochOrder, image_dataset
 from pipeline.data.cache import open_cache
 source = open_cache(sys.argv[1])
 train = int(0.8 * len(source.labels))
+# One training epoch in the run's order, as train streams it.
+positions = EpochOrder(train, 64, seed=0).batches(first_epoch=0, end_epoch=1)
 dataset = image_dataset(source.images[:train], source.labels[:train], image_size=int(sys.argv[2]),
-                        batch_size=64, shuffle=True, seed=0)
+                        batch_size=64, positions=positions)
 started = time.perf_counter()
 count = sum(int(labels.shape[0]) for _, labels in dataset)
 elapsed = time.perf_counter() - started
