@@ -6,9 +6,10 @@ has. Each row is therefore measured over `--seeds` (3 by default), reported as m
 and its difference to the reference (the current default) gets a 95% Welch interval: an effect is larger
 than the noise only when that interval excludes zero.
 
-Every variant changes one switch of params.yaml's default. `--subset` (10,000 images by default) and the
-default `epochs: auto` phases (which follow the data, `train.phase_length`) size one run to about two
-minutes on 2 CPU cores; the frozen activations are computed once and read from the activation store by
+Every variant changes one switch of params.yaml's default. `--subset` (13,000 images by default: a training
+split of 10,400, above `train.unfreeze_depth.small_data_images`, so the same 2 unfrozen blocks as on all the
+data) and the default `epochs: auto` phases (which follow the data, `train.phase_length`) size one run to a
+few minutes on 2 CPU cores; the frozen activations are computed once and read from the activation store by
 every later run. The classical baselines are off (they do not change the model). Every run is a full
 pipeline execution (train, evaluate, register), an MLflow run tagged `ablation=<variant>` and a DVC
 experiment `ablation-<variant>-seed<N>`; each row goes to `reports/ablation.csv` as it finishes, and a rerun
@@ -154,7 +155,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="run these variants only")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="train.seed values (default 1 2 3)")
-    parser.add_argument("--subset", type=int, default=10000, help="data.subset_size of every run (default 10000)")
+    parser.add_argument("--subset", type=int, default=13000, help="data.subset_size of every run (default 13000)")
     parser.add_argument("--summary", action="store_true", help="print the table of reports/ablation.csv and stop")
     arguments = parser.parse_args()
     if not arguments.summary:
