@@ -8,6 +8,7 @@ so that the register stage's gate compares like with like (`pipeline.evaluation.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from typing import TYPE_CHECKING
@@ -190,20 +191,48 @@ def _compare_with_champion(
 ) -> Comparison:
     """The new model, its baselines and the current `@champion`, all on these test images."""
     from pipeline.evaluation import gate
-    from pipeline.evaluation.metrics import majority_baseline, score_champion
+    from pipeline.evaluation.metrics import majority_baseline, paired_test, score_champion
+    from pipeline.evaluation.significance import pack_right
     from pipeline.tracking import models, registry
 
-    name, batch_size = config.tracking.registered_model, config.evaluate.batch_size
-    baseline = majority_baseline(labels, class_names=classes)
-    version = registry.champion_version(run, name)
+    settings, batch_size = config.tracking, config.evaluate.batch_size
+    challenger_right = result.right(labels)
+    majority = majority_baseline(labels, class_names=classes)
+    version = registry.champion_version(run, settings.registered_model)
     champion = None
     if version is not None:
         # Loaded inside score_champion: a champion that fails to load is a reason not to compare.
-        load = functools.partial(models.load_model_version, run, name, version)
-        champion = score_champion(version, load, images, labels, class_names=classes, batch_size=batch_size)
-    baselines = {"majority": baseline.scores(), **{item.name: item.scores() for item in fitted}}
+        load = functools.partial(models.load_model_version, run, settings.registered_model, version)
+        champion = score_champion(
+            version,
+            load,
+            images,
+            labels,
+            class_names=classes,
+            batch_size=batch_size,
+            challenger_right=challenger_right,
+        )
+    # McNemar's test of the model against each baseline, on the same images (the gate's floor is one of them).
+    baselines = {
+        "majority": dataclasses.replace(majority.scores(), paired=paired_test(challenger_right, majority.right(labels)))
+    }
+    for item in fitted:
+        baselines[item.name] = dataclasses.replace(
+            item.scores(), paired=paired_test(challenger_right, item.result.right(labels))
+        )
+    rule = gate.describe_rule(
+        metric=settings.champion_metric,
+        margin=settings.champion_margin,
+        alpha=settings.champion_alpha,
+        baselines=settings.gate_baselines,
+    )
     return gate.Comparison(
-        class_names=list(classes), challenger=result.summary(), baselines=baselines, champion=champion
+        class_names=list(classes),
+        challenger=result.summary(),
+        baselines=baselines,
+        champion=champion,
+        challenger_right=pack_right(challenger_right),
+        rule=rule,
     )
 
 

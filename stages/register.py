@@ -32,7 +32,7 @@ from stages._entry import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.evaluation.gate import ChampionScores
+    from pipeline.evaluation.gate import ChampionScores, Comparison
     from pipeline.tracking.registry import Registration
     from pipeline.tracking.runs import TrackedRun
 
@@ -66,8 +66,9 @@ def main() -> None:
             comparison,
             metric=settings.champion_metric,
             margin=settings.champion_margin,
+            alpha=settings.champion_alpha,
             baselines=settings.gate_baselines,
-            rescore=functools.partial(_rescore_champion, run, config),
+            rescore=functools.partial(_rescore_champion, run, config, comparison),
         )
         # The order keeps the registry and models/ whole under a full disk, a read-only folder or a kill:
         # every file is written beside its place first (nothing is registered if that fails), then the
@@ -99,22 +100,33 @@ def main() -> None:
     print(f"registered {name} v{registration.version} ({model_uri}); {_verdict(registration)}: {decision.reason}")
 
 
-def _rescore_champion(run: TrackedRun, config: params.PipelineParams, version: str) -> ChampionScores:
+def _rescore_champion(
+    run: TrackedRun, config: params.PipelineParams, comparison: Comparison, version: str
+) -> ChampionScores:
     """A champion promoted since the evaluate stage (by another pipeline), scored on this run's test split.
 
     Why here and not only in evaluate: the registrations take turns (`registry.register_gated`), and the
-    champion a turn finds is compared like with like, on the same test images the challenger was.
+    champion a turn finds is compared like with like, on the same test images the challenger was, with
+    McNemar's test against the challenger's answers that evaluate recorded.
     """
     from pipeline.data.split import read_manifest, select
     from pipeline.evaluation.metrics import score_champion
+    from pipeline.evaluation.significance import unpack_right
     from pipeline.tracking import models
     from stages._data import load_source
 
     source = load_source(config.data)
     images, labels = select(source, read_manifest(MANIFEST), "test")
     load = functools.partial(models.load_model_version, run, config.tracking.registered_model, version)
+    challenger_right = unpack_right(comparison.challenger_right, len(labels)) if comparison.challenger_right else None
     scores = score_champion(
-        version, load, images, labels, class_names=source.class_names, batch_size=config.evaluate.batch_size
+        version,
+        load,
+        images,
+        labels,
+        class_names=source.class_names,
+        batch_size=config.evaluate.batch_size,
+        challenger_right=challenger_right,
     )
     print(f"@champion moved to v{version} since evaluate (another pipeline registered): scored it on this test split")
     return scores

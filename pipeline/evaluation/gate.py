@@ -10,11 +10,18 @@ decides on those two numbers (`decide`).
 The rule: the challenger becomes champion when its score on the configured metric beats both the
 champion's score on the same test split and the best of the baselines `tracking.gate_baselines` lists
 by more than `tracking.champion_margin`: `challenger - max(champion, best baseline) > margin`,
-strictly, so a tie keeps the champion in place. The baselines, all scored on the same test split, are
-the majority class (always answering the split's most frequent class: a model that learned nothing
-never becomes champion, not even of an empty registry), the linear probe (logistic regression on the
-frozen pretrained backbone's features: a fine-tuned model worse than that is not a champion) and the
-pixel baseline (logistic regression on downsampled raw pixels), see `pipeline.evaluation.baselines`.
+strictly, so a tie keeps the champion in place; and, unless `tracking.champion_alpha` is null, when
+the difference is real: McNemar's exact test on the images exactly one of the two gets right gives a
+p-value below `champion_alpha`, against the champion and against that best baseline, with more of
+those images on the challenger's side. One image more right out of 7,000 is chance, not a better model
+(`pipeline.evaluation.significance`). Evaluate computes the paired counts (`PairedTest`), since it
+holds every model's predictions on the same images; this module only reads them.
+
+The baselines, all scored on the same test split, are the majority class (always answering the
+split's most frequent class: a model that learned nothing never becomes champion, not even of an empty
+registry), the linear probe (logistic regression on the frozen pretrained backbone's features: a
+fine-tuned model worse than that is not a champion) and the pixel baseline (logistic regression on
+downsampled raw pixels), see `pipeline.evaluation.baselines`.
 
 It never moves the alias when it cannot compare honestly:
 - the champion could not be scored on this split (another task's classes, no class names recorded,
@@ -50,6 +57,33 @@ BASELINE_TITLES = {
 
 
 @dataclass(frozen=True)
+class PairedTest:
+    """McNemar's exact test of the challenger against another model on the same test images.
+
+    Attributes:
+        challenger_only: Images the challenger gets right and the other model wrong.
+        other_only: Images the other model gets right and the challenger wrong.
+        p_value: Two-sided exact p-value of that split (1.0 when no image is discordant).
+    """
+
+    challenger_only: int
+    other_only: int
+    p_value: float
+
+    def significant(self, alpha: float) -> bool:
+        """Whether the challenger gets more images right than the other, beyond chance at `alpha`."""
+        return self.challenger_only > self.other_only and self.p_value < alpha
+
+    def describe(self) -> str:
+        """The counts and the p-value in words: "120 vs 20 images, p 3.1e-19"."""
+        return f"{self.challenger_only} vs {self.other_only} images, p {self.p_value:.2g}"
+
+
+def _paired(document: dict[str, Any] | None) -> PairedTest | None:
+    return None if document is None else PairedTest(**document)
+
+
+@dataclass(frozen=True)
 class ChampionScores:
     """The registry's champion scored on the challenger's test split, or why it could not be.
 
@@ -57,11 +91,13 @@ class ChampionScores:
         version: The champion's version number.
         scores: Its test scores (`accuracy`, `macro_f1`, `loss`, `examples`); None when not comparable.
         reason: Why it could not be scored; empty when it was.
+        paired: McNemar's test of the challenger against it; None when not scored (or by an older evaluate).
     """
 
     version: str
     scores: dict[str, float] | None
     reason: str = ""
+    paired: PairedTest | None = None
 
 
 @dataclass(frozen=True)
@@ -73,11 +109,13 @@ class BaselineScores:
         description: What it is and fitted on, in words ("always Sandal", "logistic regression on ...").
         details: What it used, as numbers and names (the majority's `class_name`; the fitted baselines'
             `train_images`, `dimension`, `solver`, `seconds`, ...).
+        paired: McNemar's test of the challenger against it; None from an older evaluate.
     """
 
     scores: dict[str, float]
     description: str
     details: dict[str, Any] = field(default_factory=dict)
+    paired: PairedTest | None = None
 
     def title(self, name: str) -> str:
         """How the gate's reason names it: the majority-class baseline with its class."""
@@ -94,12 +132,18 @@ class Comparison:
         challenger: The new model's test scores.
         baselines: Each baseline scored, by name (`majority` always; `probe` and `pixels` when enabled).
         champion: The champion's scores on the same split; None when the registry had no champion.
+        challenger_right: Which test images the challenger gets right, in the manifest's order, as the hex
+            of `numpy.packbits` (`pipeline.evaluation.significance.pack_right`): the register stage tests a
+            champion promoted meanwhile against it without scoring the challenger again.
+        rule: The gate's rule evaluate scored for (`describe_rule`), in words.
     """
 
     class_names: list[str]
     challenger: dict[str, float]
     baselines: dict[str, BaselineScores]
     champion: ChampionScores | None
+    challenger_right: str = ""
+    rule: str = ""
 
     def write(self, path: Path) -> None:
         """Writes the comparison as JSON (the evaluate stage's `reports/champion_comparison.json`)."""
@@ -151,8 +195,13 @@ class Comparison:
         """Reads a comparison written by `write`."""
         document: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
         champion = document.pop("champion")
-        baselines = {name: BaselineScores(**scores) for name, scores in document.pop("baselines").items()}
-        return cls(**document, baselines=baselines, champion=None if champion is None else ChampionScores(**champion))
+        baselines = {
+            name: BaselineScores(**{**scores, "paired": _paired(scores.get("paired"))})
+            for name, scores in document.pop("baselines").items()
+        }
+        if champion is not None:
+            champion = ChampionScores(**{**champion, "paired": _paired(champion.get("paired"))})
+        return cls(**document, baselines=baselines, champion=champion)
 
 
 @dataclass(frozen=True)
@@ -169,6 +218,10 @@ class GateDecision:
         champion_version: The champion the evaluate stage scored; None when the registry had none.
         reason: The decision in words, with the numbers.
         baseline_name: Which baseline set the floor (`majority`, `probe` or `pixels`).
+        alpha: The significance level of McNemar's test (`tracking.champion_alpha`); None: no test.
+        champion_test: McNemar's test against the champion; None without a comparable champion.
+        baseline_test: McNemar's test against the floor's baseline; None when not recorded.
+        rule: The rule applied, in words.
     """
 
     promote: bool
@@ -180,20 +233,31 @@ class GateDecision:
     champion_version: str | None
     reason: str
     baseline_name: str = "majority"
+    alpha: float | None = None
+    champion_test: PairedTest | None = None
+    baseline_test: PairedTest | None = None
+    rule: str = ""
 
     def tags(self) -> dict[str, str]:
-        """The decision as model-version tags: both numbers (and the baseline's) and the reason."""
-        return {
+        """The decision as model-version tags: the numbers, McNemar's counts and p-values, the rule, the reason."""
+        tags = {
             "gate.decision": "champion" if self.promote else "not champion",
             "gate.reason": self.reason,
+            "gate.rule": self.rule,
             "gate.metric": self.metric,
             "gate.margin": str(self.margin),
+            "gate.alpha": "none" if self.alpha is None else str(self.alpha),
             f"gate.challenger_{self.metric}": str(self.challenger),
             f"gate.champion_{self.metric}": "none" if self.champion is None else str(self.champion),
             f"gate.baseline_{self.metric}": str(self.baseline),
             "gate.baseline": self.baseline_name,
             "gate.champion_version": self.champion_version or "none",
         }
+        for rival, test in (("champion", self.champion_test), ("baseline", self.baseline_test)):
+            if test is not None:
+                tags[f"gate.{rival}_discordant"] = f"{test.challenger_only} vs {test.other_only}"
+                tags[f"gate.{rival}_p_value"] = f"{test.p_value:.6g}"
+        return tags
 
     def version_tags(self) -> dict[str, str]:
         """The tags of the registered version: the challenger's test score, then the decision (`tags`)."""
@@ -204,11 +268,21 @@ class GateDecision:
         return {"gate.decision": self.tags()["gate.decision"], "gate.reason": self.reason}
 
 
+def describe_rule(*, metric: str, margin: float, alpha: float | None, baselines: Sequence[str]) -> str:
+    """The gate's rule in one sentence, as the decision and `reports/champion_comparison.json` state it."""
+    floor = baselines[0] if len(baselines) == 1 else f"the best of {', '.join(baselines)}"
+    rule = f"{metric} above max(@champion on the same test split, {floor}) by more than {margin:g}"
+    if alpha is None:
+        return f"{rule}; no significance test (tracking.champion_alpha is null)"
+    return f"{rule}, and McNemar's exact p < {alpha:g} against each, with more images right"
+
+
 def decide(
     comparison: Comparison,
     *,
     metric: str,
     margin: float,
+    alpha: float | None,
     current_champion: str | None,
     baselines: Sequence[str],
 ) -> GateDecision:
@@ -218,6 +292,7 @@ def decide(
         comparison: What the evaluate stage measured.
         metric: `accuracy` or `macro_f1`.
         margin: The challenger must beat max(champion, best baseline) by more than this (>= 0).
+        alpha: McNemar's test against the champion and that baseline must give p below this; None: no test.
         current_champion: The version `@champion` points at now; compared with the one evaluate scored.
         baselines: The baselines whose best score is the floor (`tracking.gate_baselines`), at least one.
 
@@ -225,12 +300,14 @@ def decide(
         The decision.
 
     Raises:
-        ValueError: An unknown metric, a negative margin, or no baseline.
+        ValueError: An unknown metric, a negative margin, an alpha outside (0, 1), or no baseline.
     """
     if metric not in GATE_METRICS:
         raise ValueError(f"the gate compares one of {', '.join(GATE_METRICS)}, not {metric!r}")
     if margin < 0:
         raise ValueError(f"champion margin must be >= 0, got {margin}")
+    if alpha is not None and not 0.0 < alpha < 1.0:
+        raise ValueError(f"champion alpha must be between 0 and 1 (exclusive) or None, got {alpha}")
     if not baselines:
         raise ValueError(f"the gate needs at least one baseline of {', '.join(BASELINE_TITLES)}")
     value = float(comparison.challenger[metric])
@@ -239,6 +316,9 @@ def decide(
     scored = comparison.champion
     scored_version = None if scored is None else scored.version
     champion_value = None if scored is None or scored.scores is None else float(scored.scores[metric])
+    champion_test = None if champion_value is None else scored.paired
+    baseline_test = None if missing else comparison.baselines[floor_name].paired
+    rule = describe_rule(metric=metric, margin=margin, alpha=alpha, baselines=baselines)
 
     def decision(promote: bool, reason: str) -> GateDecision:
         return GateDecision(
@@ -251,14 +331,19 @@ def decide(
             champion_version=scored_version,
             reason=reason,
             baseline_name=floor_name,
+            alpha=alpha,
+            champion_test=champion_test,
+            baseline_test=baseline_test,
+            rule=rule,
         )
 
+    rerun = "Rerun the evaluation (dvc repro -f -s evaluate, then dvc repro)"
     if missing:
         return decision(
             False,
             f"not compared: tracking.gate_baselines lists {', '.join(missing)}, which evaluate did not score "
-            f"(it scored {', '.join(comparison.baselines)}). Rerun the evaluation (dvc repro -f -s evaluate, then "
-            "dvc repro) with those baselines enabled in evaluate.baselines",
+            f"(it scored {', '.join(comparison.baselines)}). {rerun} with those baselines enabled in "
+            "evaluate.baselines",
         )
     if scored_version != current_champion:
         now = "no @champion" if current_champion is None else f"@champion is v{current_champion}"
@@ -266,7 +351,7 @@ def decide(
         return decision(
             False,
             f"not compared: {now} but evaluate scored {then}; the registry changed in between. "
-            "Rerun the evaluation (dvc repro -f -s evaluate, then dvc repro) to compare with the current champion",
+            f"{rerun} to compare with the current champion",
         )
     if scored is not None and scored.scores is None:
         return decision(
@@ -274,21 +359,40 @@ def decide(
             f"@champion v{scored.version} stays: it could not be scored on this test split ({scored.reason}). "
             "A model of another task belongs under another tracking.registered_model; or move the alias by hand",
         )
+    floor_title = comparison.baselines[floor_name].title(floor_name)
+    tested = [(baseline_test, floor_title)]
+    if champion_value is not None:
+        tested.insert(0, (champion_test, f"@champion v{scored_version}"))
+    if alpha is not None and any(test is None for test, _ in tested):
+        return decision(
+            False,
+            "not compared: evaluate recorded no McNemar counts (a comparison written by an earlier pipeline), "
+            f"and tracking.champion_alpha is {alpha:g}. {rerun}, or set tracking.champion_alpha: null",
+        )
     rivals: list[tuple[float, str]] = []
     if champion_value is not None:
         rivals.append((champion_value, f"@champion v{scored_version} {champion_value:.4f} on the same test split"))
     for name in baselines:
         score = float(comparison.baselines[name].scores[metric])
         rivals.append((score, f"{comparison.baselines[name].title(name)} {score:.4f}"))
-    promote = value - max(score for score, _ in rivals) > margin
-    if promote:
-        # The champion (when there is one) and the floor: the other baselines are below it.
-        best = comparison.baselines[floor_name].title(floor_name)
-        beaten = [rivals[0][1]] if champion_value is not None else []
-        beaten.append(f"{best} {floor:.4f}" + ("" if len(baselines) == 1 else f" (best of {', '.join(baselines)})"))
-        return decision(True, f"{metric} {value:.4f} beats {' and '.join(beaten)} by more than the margin {margin:g}")
-    unbeaten = " or ".join(text for score, text in rivals if not value - score > margin)
-    return decision(False, f"{metric} {value:.4f} does not beat {unbeaten} by more than the margin {margin:g}")
+    if not value - max(score for score, _ in rivals) > margin:
+        unbeaten = " or ".join(text for score, text in rivals if not value - score > margin)
+        return decision(False, f"{metric} {value:.4f} does not beat {unbeaten} by more than the margin {margin:g}")
+    # The champion (when there is one) and the floor: the other baselines are below it.
+    beaten = [rivals[0][1]] if champion_value is not None else []
+    beaten.append(f"{floor_title} {floor:.4f}" + ("" if len(baselines) == 1 else f" (best of {', '.join(baselines)})"))
+    beats = f"{metric} {value:.4f} beats {' and '.join(beaten)} by more than the margin {margin:g}"
+    if alpha is None:
+        return decision(True, f"{beats}; no significance test (tracking.champion_alpha is null)")
+    counts = "; ".join(f"against {title} {test.describe()}" for test, title in tested)
+    chance = [title for test, title in tested if not test.significant(alpha)]
+    if chance:
+        return decision(
+            False,
+            f"{beats}, but not beyond chance against {' or '.join(chance)}: McNemar's exact test on the images "
+            f"only one of the two gets right, {counts} (alpha {alpha:g})",
+        )
+    return decision(True, f"{beats}, beyond chance: McNemar's exact test {counts} (alpha {alpha:g})")
 
 
 def decider(
@@ -296,6 +400,7 @@ def decider(
     *,
     metric: str,
     margin: float,
+    alpha: float | None,
     baselines: Sequence[str],
     rescore: Callable[[str], ChampionScores],
 ) -> Callable[[str | None], GateDecision]:
@@ -310,8 +415,10 @@ def decider(
         comparison: What the evaluate stage measured.
         metric: `accuracy` or `macro_f1`.
         margin: See `decide`.
+        alpha: See `decide`.
         baselines: See `decide`.
-        rescore: A champion version -> its scores on this run's test split (`metrics.score_champion`).
+        rescore: A champion version -> its scores on this run's test split, with McNemar's test against the
+            challenger (`metrics.score_champion`).
 
     Returns:
         The champion version now (None: none) -> the decision.
@@ -323,6 +430,13 @@ def decider(
         if current_champion != (None if scored is None else scored.version):
             champion = None if current_champion is None else rescore(current_champion)
             compared = dataclasses.replace(comparison, champion=champion)
-        return decide(compared, metric=metric, margin=margin, current_champion=current_champion, baselines=baselines)
+        return decide(
+            compared,
+            metric=metric,
+            margin=margin,
+            alpha=alpha,
+            current_champion=current_champion,
+            baselines=baselines,
+        )
 
     return decide_now

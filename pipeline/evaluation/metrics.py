@@ -18,8 +18,8 @@ import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, log_loss
 
 from pipeline.data.datasets import image_dataset
-from pipeline.evaluation.gate import BaselineScores, ChampionScores
-from pipeline.evaluation.significance import bootstrap_intervals
+from pipeline.evaluation.gate import BaselineScores, ChampionScores, PairedTest
+from pipeline.evaluation.significance import bootstrap_intervals, mcnemar_exact
 from pipeline.runtime import atomic
 
 
@@ -34,6 +34,17 @@ class EvaluationResult:
     per_class: dict[str, dict[str, float]]
     confusion: np.ndarray
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    predictions: np.ndarray | None = None
+
+    def right(self, labels: np.ndarray) -> np.ndarray:
+        """Which images it got right (N,), for McNemar's test against another model on the same images.
+
+        Raises:
+            ValueError: It kept no predictions.
+        """
+        if self.predictions is None:
+            raise ValueError("these scores were computed without keeping the predictions")
+        return self.predictions == np.asarray(labels)
 
     def summary(self) -> dict[str, float | int]:
         """The headline numbers, as written to metrics.json, with the bootstrap intervals when computed
@@ -101,7 +112,22 @@ def score_predictions(
         per_class=per_class,
         confusion=confusion_matrix(labels, predictions, labels=class_indices),
         intervals=bootstrap_intervals(labels, predictions, classes=len(class_names)) if intervals else {},
+        predictions=predictions,
     )
+
+
+def paired_test(challenger_right: np.ndarray, other_right: np.ndarray) -> PairedTest:
+    """McNemar's exact test of the challenger against another model, as the champion gate reads it.
+
+    Args:
+        challenger_right: Which test images the challenger gets right (N,).
+        other_right: Which of the same images, in the same order, the other model gets right (N,).
+
+    Returns:
+        The discordant counts and the two-sided p-value.
+    """
+    result = mcnemar_exact(challenger_right, other_right)
+    return PairedTest(challenger_only=result.only_first, other_only=result.only_second, p_value=result.p_value)
 
 
 @dataclass(frozen=True)
@@ -111,6 +137,11 @@ class MajorityBaseline:
     class_name: str
     accuracy: float
     macro_f1: float
+    label: int = 0
+
+    def right(self, labels: np.ndarray) -> np.ndarray:
+        """Which images the constant answer gets right: those of the majority class."""
+        return np.asarray(labels) == self.label
 
     def summary(self) -> dict[str, float]:
         """The scores by metric name, as the champion gate reads them."""
@@ -146,6 +177,7 @@ def majority_baseline(labels: np.ndarray, *, class_names: tuple[str, ...]) -> Ma
         class_name=class_names[majority],
         accuracy=float(accuracy_score(labels, predictions)),
         macro_f1=float(f1_score(labels, predictions, labels=class_indices, average="macro", zero_division=0)),
+        label=majority,
     )
 
 
@@ -191,6 +223,7 @@ def score_champion(
     *,
     class_names: tuple[str, ...],
     batch_size: int,
+    challenger_right: np.ndarray | None = None,
 ) -> ChampionScores:
     """Scores the registry's champion on the challenger's test images, or says why it cannot be compared.
 
@@ -207,6 +240,8 @@ def score_champion(
         labels: Their labels.
         class_names: The challenger's classes.
         batch_size: Images per batch.
+        challenger_right: Which of these images the challenger gets right: with it, the scores carry
+            McNemar's test of the challenger against the champion (`paired_test`).
 
     Returns:
         Its scores, or no scores and the reason.
@@ -236,4 +271,5 @@ def score_champion(
     result = evaluate_classifier(
         model, images, labels, class_names=class_names, image_size=int(shape[1]), batch_size=batch_size
     )
-    return ChampionScores(version, result.summary())
+    paired = None if challenger_right is None else paired_test(challenger_right, result.right(labels))
+    return ChampionScores(version, result.summary(), paired=paired)

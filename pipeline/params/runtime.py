@@ -112,6 +112,14 @@ class TrackingParams(Section):
             "same test split and the best of gate_baselines by more than this (0: any strict improvement)."
         ),
     )
+    champion_alpha: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
+        default=0.05,
+        description=(
+            "The new model becomes @champion only when McNemar's exact test on the test images exactly one of "
+            "the two models gets right gives a p-value below this, against the champion and the best of "
+            "gate_baselines; null: no test (the margin alone decides)."
+        ),
+    )
     gate_baselines: list[str] = Field(
         default_factory=lambda: list(BASELINE_NAMES),
         description=(

@@ -7,7 +7,9 @@ import math
 import keras
 import numpy as np
 import pytest
+from scipy import stats
 
+from pipeline.evaluation.gate import PairedTest
 from pipeline.evaluation.metrics import MajorityBaseline, majority_baseline, score_champion, score_predictions
 from tests.conftest import brightness_classifier, brightness_images
 
@@ -63,8 +65,10 @@ def test_majority_baseline_scores_the_most_frequent_class() -> None:
     labels = np.array([1, 1, 1, 0, 2, 1, 0, 2])
     baseline = majority_baseline(labels, class_names=CLASSES)
     # Always "b": accuracy 4/8; F1 of b = 2 * (1/2 * 1) / (1/2 + 1) = 2/3, of a and c 0.
-    assert baseline == MajorityBaseline(class_name="b", accuracy=0.5, macro_f1=pytest.approx((2 / 3) / 3))
+    assert baseline == MajorityBaseline(class_name="b", accuracy=0.5, macro_f1=pytest.approx((2 / 3) / 3), label=1)
     assert baseline.summary() == {"accuracy": 0.5, "macro_f1": pytest.approx(2 / 9)}
+    # Its answers for McNemar's test: right exactly on the b images.
+    np.testing.assert_array_equal(baseline.right(labels), [True, True, True, False, False, True, False, False])
 
 
 def test_majority_baseline_of_a_balanced_split_is_chance() -> None:
@@ -79,6 +83,32 @@ def test_champion_is_scored_on_the_challengers_images() -> None:
     assert (scores.version, scores.reason) == ("3", "")
     assert scores.scores["accuracy"] == pytest.approx(0.8)
     assert scores.scores["examples"] == 10
+    assert scores.paired is None  # no challenger answers given
+
+
+def test_champion_scores_carry_mcnemars_test_against_the_challenger() -> None:
+    images, labels = brightness_images([0, 0, 0, 0, 0, 1, 1, 1, 2, 2])
+    champion = brightness_classifier([0, 1, 1])  # right on the 8 images of classes 0 and 1
+    challenger_right = np.array([True] * 3 + [False] * 5 + [True] * 2)  # right on 3 of class 0 and both of class 2
+    scores = score_champion(
+        "3",
+        lambda: (champion, CLASSES),
+        images,
+        labels,
+        class_names=CLASSES,
+        batch_size=4,
+        challenger_right=challenger_right,
+    )
+    # Only the challenger: the 2 class-2 images; only the champion: 2 of class 0 and 3 of class 1.
+    assert scores.paired == PairedTest(challenger_only=2, other_only=5, p_value=stats.binomtest(2, 7, 0.5).pvalue)
+
+
+def test_the_scores_keep_the_predictions_for_paired_tests() -> None:
+    labels = np.array([0, 1, 2, 2])
+    probabilities = np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.1, 0.8, 0.1]])
+    result = score_predictions(labels, probabilities, class_names=CLASSES)
+    np.testing.assert_array_equal(result.predictions, [0, 0, 2, 1])
+    np.testing.assert_array_equal(result.right(labels), [True, False, True, False])
 
 
 def test_a_champion_of_another_input_size_is_scored_at_its_own_size() -> None:

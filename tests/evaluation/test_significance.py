@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import f1_score
 
-from pipeline.evaluation.significance import _macro_f1, bootstrap_intervals, mcnemar_exact
+from pipeline.evaluation.significance import _macro_f1, bootstrap_intervals, mcnemar_exact, pack_right, unpack_right
 
 
 def _paired(both: int, only_first: int, only_second: int, neither: int) -> tuple[np.ndarray, np.ndarray]:
@@ -65,3 +65,12 @@ def test_bootstrap_intervals_are_seeded_cover_the_score_and_take_well_under_a_se
     assert bootstrap_intervals(labels, predictions, classes=10) == intervals
     assert bootstrap_intervals(labels, predictions, classes=10, seed=1) != intervals
     assert seconds < 1.0, seconds
+
+
+def test_which_images_are_right_packs_to_hex_and_back() -> None:
+    right = np.array([True, False, True, True, False, False, False, True, True, True])
+    packed = pack_right(right)
+    assert packed == "b1c0"  # 10110001 11000000
+    np.testing.assert_array_equal(unpack_right(packed, 10), right)
+    with pytest.raises(ValueError, match="the packed answers hold 16 bits, fewer than the 17 images"):
+        unpack_right(packed, 17)

@@ -31,6 +31,16 @@ def test_device_section_refusals(device: dict[str, Any], message: str) -> None:
     assert re.search(message, error_message({"device": device}))
 
 
+def test_champion_alpha_is_a_probability_or_null() -> None:
+    assert parse({}).tracking.champion_alpha == 0.05
+    assert parse({"tracking": {"champion_alpha": None}}).tracking.champion_alpha is None
+    assert parse({"tracking": {"champion_alpha": 0.01}}).tracking.champion_alpha == 0.01
+    message = error_message({"tracking": {"champion_alpha": 0}})
+    assert "tracking.champion_alpha: received 0; Input should be greater than 0" in message
+    message = error_message({"tracking": {"champion_alpha": 1.0}})
+    assert "tracking.champion_alpha: received 1.0; Input should be less than 1" in message
+
+
 def test_champion_margin_is_a_share_from_zero_to_below_one() -> None:
     assert parse({"tracking": {"champion_margin": 0.02}}).tracking.champion_margin == 0.02
     message = error_message({"tracking": {"champion_margin": -0.01}})

@@ -96,8 +96,18 @@ def test_outputs_with_fixed_names(tiny_run: Path) -> None:
     assert comparison["baselines"]["majority"]["scores"]["accuracy"] == 0.1  # 4 test images of each of 10 classes
     assert comparison["champion"] is None  # the registry was empty
     assert comparison["challenger"]["accuracy"] == metrics["test"]["accuracy"]
+    # McNemar's counts against each baseline, on the same 40 images, and the rule they are read with.
+    majority_test = comparison["baselines"]["majority"]["paired"]
+    # The model gets 24 of the 40 right, the constant answer the 4 T-shirts: the images both get right cancel.
+    assert majority_test["challenger_only"] - majority_test["other_only"] == 24 - 4
+    assert majority_test["p_value"] < 0.05
+    assert comparison["rule"] == (
+        "accuracy above max(@champion on the same test split, majority) by more than 0, and McNemar's exact "
+        "p < 0.05 against each, with more images right"
+    )
     registry = json.loads((project / "reports" / "registry.json").read_text())
     assert registry["decision"]["challenger"] == metrics["test"]["accuracy"]
+    assert registry["decision"]["baseline_test"] == majority_test
     with (project / "reports" / "trainable_layers.csv").open(newline="") as handle:
         layers = list(csv.DictReader(handle))
     last_phase = {(row["block"], row["trainable"], row["lr_multiplier"]) for row in layers if row["phase"] == "2"}
@@ -194,9 +204,13 @@ def test_one_run_holds_everything(tiny_run: Path, tmp_path: Path) -> None:
     card = mlflow.models.get_model_info("models:/e2e-model@champion").metadata["model_card"]
     assert card == {"class_names": list(FASHION_MNIST_CLASSES), "stored_shape": [28, 28]}
 
+    test = comparison["baselines"]["majority"]["paired"]
+    counts = f"{test['challenger_only']} vs {test['other_only']} images, p {test['p_value']:.2g}"
     assert champion.tags["gate.reason"] == (
-        "accuracy 0.6000 beats the majority-class baseline (T-shirt/top) 0.1000 by more than the margin 0"
+        "accuracy 0.6000 beats the majority-class baseline (T-shirt/top) 0.1000 by more than the margin 0, beyond "
+        f"chance: McNemar's exact test against the majority-class baseline (T-shirt/top) {counts} (alpha 0.05)"
     )
+    assert champion.tags["gate.baseline_discordant"] == f"{test['challenger_only']} vs {test['other_only']}"
 
 
 def test_a_copy_of_the_run_is_a_project_of_its_own(tiny_run: Path, tmp_path: Path) -> None:

@@ -42,7 +42,9 @@ def main(store: str, artifacts: str, name: str, mapping: list[int], go_file: Pat
         print("ready", flush=True)
         while not go_file.exists():
             time.sleep(0.01)
-        decide = gate.decider(comparison, metric="accuracy", margin=0.0, baselines=["majority"], rescore=rescore)
+        decide = gate.decider(
+            comparison, metric="accuracy", margin=0.0, alpha=None, baselines=["majority"], rescore=rescore
+        )
         registration, decision = registry.register_gated(
             run, model_uri=uri, name=name, decide=decide, poll_seconds=0.05
         )

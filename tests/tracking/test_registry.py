@@ -62,6 +62,7 @@ def _gate_round(store: str, tmp_path: Path, mapping: list[int], labels: list[int
             comparison,
             metric="accuracy",
             margin=margin,
+            alpha=None,  # the margin's rule alone: McNemar's test has its own tests (tests/evaluation/test_gate.py)
             current_champion=registry.champion_version(run, "clf"),
             baselines=["majority"],
         )
@@ -115,7 +116,7 @@ def test_useless_then_good_then_worse_then_better(store: str, tmp_path: Path) ->
     )
     assert client.get_model_version("clf", "4").tags["gate.reason"] == (
         "accuracy 1.0000 beats @champion v2 0.8000 on the same test split and the majority-class baseline (a) "
-        "0.5000 by more than the margin 0"
+        "0.5000 by more than the margin 0; no significance test (tracking.champion_alpha is null)"
     )
     run = client.get_run(client.get_model_version("clf", "3").run_id)
     assert run.data.tags["gate.decision"] == "not champion"
