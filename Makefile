@@ -17,7 +17,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: run test setup data postgresql lint bench clean
+.PHONY: run test setup data postgresql lint bench clean seeds
 
 run: setup data
 	dvc repro
@@ -54,6 +54,15 @@ postgresql:
 			> .apt-install.log 2>&1 \
 			|| { tail -n 20 .apt-install.log; echo "apt-get install failed: see .apt-install.log"; exit 1; }; \
 	}
+
+# The current params over N seeds (train.seed 1 to N), as N queued DVC experiments run one after the other, then
+# their seed group aggregated (docs/tracking.md#seed-groups). A queued experiment runs in a temporary copy of the
+# project: the -S options point its tracking store, artifacts and caches at this folder's (none is in the group key).
+N ?= 3
+seeds: setup data
+	dvc exp run --queue -S 'train.seed=range(1,$(shell expr $(N) + 1))' $(shell $(BIN)/python -m pipeline.cli.seeds --queue-overrides)
+	dvc exp run --run-all
+	tl-seeds
 
 lint: setup
 	ruff check pipeline stages tests bench

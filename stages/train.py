@@ -223,7 +223,7 @@ def _log_inputs(
     import numpy as np
 
     from pipeline.data.sources import dataset_identity
-    from pipeline.tracking import provenance
+    from pipeline.tracking import provenance, seed_groups
 
     labels_by_split = {
         split: np.array([row.label for row in rows if row.split == split], dtype=np.int64)
@@ -238,6 +238,7 @@ def _log_inputs(
     )
     run.set_tags(
         {
+            **seed_groups.member_tags(params.seed_group_key(config), config.train.seed, config.data.seed),
             **provenance.git_state(Path.cwd(), paths=CODE_PATHS),
             **provenance.dvc_context(os.environ),
             **provenance.library_versions(),

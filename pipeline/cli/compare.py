@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(KEY_METRICS),
         help="comma-separated metric columns, shown when at least one run logged them (default: %(default)s)",
     )
+    parser.add_argument(
+        "--groups",
+        nargs=2,
+        metavar=("KEY_A", "KEY_B"),
+        help="compare two seed groups instead (tl-seeds prints a group's key): for each test metric, mean B - mean A "
+        "with its 95%% Welch interval, and whether it excludes zero; --sort, --limit and --metrics do not apply",
+    )
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: %(default)s)")
     parser.add_argument("--output", type=Path, metavar="FILE", help="write to FILE instead of standard output")
     return parser
@@ -78,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.experiment or defaults.experiment, "--experiment", "tracking.experiment", args.params
         )
         uri = settings.tracking_uri(args.tracking_uri, defaults, args.params)
+        if args.groups is not None:
+            return _compare_groups(uri, experiment, args)
         from pipeline.tracking.queries import experiment_runs
 
         runs = experiment_runs(uri, experiment)
@@ -96,6 +105,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(rendered)
     if len(comparison.runs) < comparison.total:
         print(f"({len(comparison.runs)} of {comparison.total} runs; --limit 0 shows all)", file=sys.stderr)
+    return 0
+
+
+def _compare_groups(uri: str, experiment: str, args: argparse.Namespace) -> int:
+    """Two seed groups side by side: each one's headline on stderr (the runs left out named), the table out."""
+    from pipeline.cli.seeds import group_key, load_group
+    from pipeline.evaluation.seed_groups import compare_groups, difference_table
+    from pipeline.evaluation.tables import render_csv, render_markdown, render_text
+
+    first, second = (load_group(uri, experiment, group_key(key, args.params)) for key in args.groups)
+    for label, summary in (("A", first), ("B", second)):
+        print(f"{label}: {summary.headline()}", file=sys.stderr)
+        for run in summary.not_counted:
+            print(f"  not counted: {run.run_id} (seed {run.seed or '-'}, {run.status})", file=sys.stderr)
+    table = difference_table(compare_groups(first, second), first="A", second="B", exact=args.format == "csv")
+    legend = f"A: seed group {first.group}, B: seed group {second.group}; difference: mean B - mean A\n\n"
+    renderers = {"csv": render_csv, "markdown": render_markdown, "table": render_text}
+    rendered = ("" if args.format == "csv" else legend) + renderers[args.format](table)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(rendered, encoding="utf-8")
+        print(f"wrote the comparison of seed groups {first.group} and {second.group} to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(rendered)
     return 0
 
 

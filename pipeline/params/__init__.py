@@ -25,9 +25,10 @@ from pipeline.params.naming import resolve_tracking_names
 from pipeline.params.optimizer import OPTIMIZERS_WITH_MOMENTUM
 from pipeline.params.runtime import DeviceParams, EvaluateParams, LRFindParams, TrackingParams
 from pipeline.params.schedule import OneCycleParams, PiecewiseParams
+from pipeline.params.seed_group import seed_group_key
 from pipeline.params.train import TrainParams
 
-__all__ = ["ParamsError", "PipelineParams", "flatten", "load", "parse"]
+__all__ = ["ParamsError", "PipelineParams", "flatten", "load", "parse", "seed_group_key"]
 
 
 class PipelineParams(Section):

@@ -10,6 +10,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from pipeline.tracking.runs import TrackingLookupError
+from pipeline.tracking.seed_groups import PARENT_TAG
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,10 @@ class RunSummary:
 
 
 def experiment_runs(tracking_uri: str, experiment: str) -> list[RunSummary]:
-    """Every active (not deleted) run of an experiment, newest first.
+    """Every active (not deleted) run of an experiment, newest first; not the seed groups' parent runs.
+
+    Why not the parents: they hold a group's aggregate (`tl-seeds`), no params, and would make every param
+    column differ.
 
     Args:
         tracking_uri: The tracking store.
@@ -73,6 +77,7 @@ def experiment_runs(tracking_uri: str, experiment: str) -> list[RunSummary]:
             metrics={key: float(value) for key, value in run.data.metrics.items()},
         )
         for run in runs
+        if PARENT_TAG not in run.data.tags
     ]
 
 

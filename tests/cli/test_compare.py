@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -174,3 +175,70 @@ def test_compare_runs_without_loading_tensorflow(store, tmp_path) -> None:
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.splitlines()[-1] == "0 False False"
+
+
+def _group_store(directory: Path) -> str:
+    """Seed group A (0.90, 0.91, 0.93 and a failed run) and B (0.94, 0.95, 0.955), with A's parent run."""
+    from pipeline.cli.seeds import main as seeds_main
+    from pipeline.tracking.seed_groups import member_tags
+
+    uri = f"sqlite:///{directory / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("groups", artifact_location=(directory / "artifacts").as_uri())
+    for group, values in (("aaaaaaaaaaaa", (0.90, 0.91, 0.93, None)), ("bbbbbbbbbbbb", (0.94, 0.95, 0.955))):
+        for seed, value in enumerate(values, start=1):
+            run_id = client.create_run(experiment_id, tags=member_tags(group, seed, 42)).info.run_id
+            client.log_param(run_id, "train.seed", str(seed))
+            if value is not None:
+                client.log_metric(run_id, "test_accuracy", value)
+            client.set_terminated(run_id, status="FINISHED" if value is not None else "FAILED")
+    assert seeds_main(["--tracking-uri", uri, "--experiment", "groups", "--group", "aaaaaaaaaaaa"]) == 0
+    return uri
+
+
+def test_two_seed_groups_compared_with_welchs_interval(tmp_path, capsys) -> None:
+    from scipy import stats
+
+    uri = _group_store(tmp_path)
+    capsys.readouterr()
+    args = ["--tracking-uri", uri, "--experiment", "groups", "--params", str(tmp_path / "none.yaml")]
+    assert main([*args, "--groups", "aaaaaaaaaaaa", "bbbbbbbbbbbb", "--format", "csv"]) == 0
+    captured = capsys.readouterr()
+    welch = stats.ttest_ind([0.94, 0.95, 0.955], [0.90, 0.91, 0.93], equal_var=False)
+    interval = welch.confidence_interval(0.95)
+    header, row = captured.out.splitlines()
+    assert header == ("metric,n A,mean A,std A,n B,mean B,std B,difference,ci95_low,ci95_high,p (Welch),verdict")
+    cells = row.split(",")
+    assert cells[0] == "test_accuracy" and (cells[1], cells[4]) == ("3", "3")
+    assert [float(cell) for cell in cells[8:11]] == [interval.low, interval.high, welch.pvalue]
+    assert cells[11] == "excludes zero: B is higher than A beyond noise"
+    assert captured.err.splitlines() == [
+        "A: seed group aaaaaaaaaaaa: 4 run(s), 3 finished in the statistics, 1 FAILED",
+        *[line for line in captured.err.splitlines() if line.startswith("  not counted: ")],
+        "B: seed group bbbbbbbbbbbb: 3 run(s), 3 finished in the statistics",
+    ]
+    assert re.fullmatch(r"  not counted: \w{32} \(seed 4, FAILED\)", captured.err.splitlines()[1])
+    assert main([*args, "--groups", "aaaaaaaaaaaa", "bbbbbbbbbbbb"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "A: seed group aaaaaaaaaaaa, B: seed group bbbbbbbbbbbb; difference: mean B - mean A\n\nmetric "
+    )
+    assert f"{interval.low:+.4f}    {interval.high:+.4f}" in out
+    assert main([*args, "--groups", "aaaaaaaaaaaa", "cccccccccccc"]) == 2
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .startswith(
+            "error: no run of seed group cccccccccccc in experiment 'groups'; its groups: aaaaaaaaaaaa (4 runs), "
+            "bbbbbbbbbbbb (3 runs)"
+        )
+    )
+
+
+def test_the_seed_groups_parent_runs_are_not_listed(tmp_path, capsys) -> None:
+    uri = _group_store(tmp_path)
+    capsys.readouterr()
+    assert main(["--tracking-uri", uri, "--experiment", "groups", "--params", str(tmp_path / "none.yaml")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["run", "name", "status", "start", "duration", "train.seed", "test_accuracy"]
+    assert len(lines) == 2 + 7

@@ -213,6 +213,21 @@ def test_one_run_holds_everything(tiny_run: Path, tmp_path: Path) -> None:
     assert champion.tags["gate.baseline_discordant"] == f"{test['challenger_only']} vs {test['other_only']}"
 
 
+def test_the_run_is_tagged_with_its_seed_group(tiny_run: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from pipeline import params
+
+    client = MlflowClient(f"sqlite:///{tiny_run / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
+    config = params.load(tiny_run / "params.yaml")
+    assert {key: value for key, value in run.data.tags.items() if key.startswith("seed_group")} == {
+        "seed_group": params.seed_group_key(config),
+        "seed_group.seed": str(config.train.seed),
+        "seed_group.data_seed": str(config.data.seed),
+    }
+
+
 def test_a_copy_of_the_run_is_a_project_of_its_own(tiny_run: Path, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
