@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from scipy import stats
@@ -49,13 +47,11 @@ def test_the_vectorised_macro_f1_is_scikit_learns() -> None:
     np.testing.assert_allclose(_macro_f1(labels, predictions, classes=4), expected, rtol=0, atol=1e-12)
 
 
-def test_bootstrap_intervals_are_seeded_cover_the_score_and_take_well_under_a_second() -> None:
+def test_bootstrap_intervals_are_seeded_and_cover_the_score() -> None:
     generator = np.random.default_rng(0)
     labels = generator.integers(0, 10, size=7000)
     predictions = np.where(generator.random(7000) < 0.93, labels, (labels + 1) % 10)
-    started = time.perf_counter()
     intervals = bootstrap_intervals(labels, predictions, classes=10)
-    seconds = time.perf_counter() - started
     accuracy = float(np.mean(labels == predictions))
     low, high = intervals["accuracy"]
     assert low < accuracy < high
@@ -64,7 +60,7 @@ def test_bootstrap_intervals_are_seeded_cover_the_score_and_take_well_under_a_se
     assert intervals["macro_f1"][0] < f1_score(labels, predictions, average="macro") < intervals["macro_f1"][1]
     assert bootstrap_intervals(labels, predictions, classes=10) == intervals
     assert bootstrap_intervals(labels, predictions, classes=10, seed=1) != intervals
-    assert seconds < 1.0, seconds
+    # Its cost (well under a second on 7,000 images) is measured by bench/bootstrap.py, not timed here.
 
 
 def test_which_images_are_right_packs_to_hex_and_back() -> None:
