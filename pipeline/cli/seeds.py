@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tl-seeds",
         description="Aggregate a seed group, the runs of one configuration that differ only in their seeds: n, "
-        "mean, standard deviation, min, max and the 95%% Student-t interval of every test metric over its "
+        "mean, standard deviation, min, max and the 95% Student-t interval of every test metric over its "
         "FINISHED runs; failed, killed and running members are counted and listed. The result is also logged on "
         "the group's parent run (created once, then updated), which the MLflow UI shows with the runs under it.",
         epilog="Run the current params over 3 seeds first: make seeds N=3 (docs/tracking.md, Seed groups). "
