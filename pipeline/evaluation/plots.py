@@ -132,13 +132,14 @@ def plot_reliability(bins: ReliabilityBins, path: Path) -> plt.Figure:
     for centre, accuracy, count in zip(centres, bins.accuracy[filled], bins.counts[filled], strict=True):
         axis.text(centre, accuracy + 0.01, str(count), ha="center", va="bottom", fontsize=7, color="0.2")
     axis.set_xlim(0, 1)
-    axis.set_ylim(0, 1.05)
+    axis.set_ylim(0, 1.08)  # room for the count above a bar at 1
     axis.set_xlabel("top-class confidence")
     axis.set_ylabel("accuracy")
     images, count = int(bins.counts.sum()), len(bins.counts)
     axis.set_title(f"Reliability: ECE {bins.ece:.4f} ({count} bins, {images} images)")
     axis.grid(alpha=0.3)
-    axis.legend(loc="upper left")
+    # Below the axes: an underconfident model's bars fill the upper left, an overconfident one's the right.
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)
     _save_figure(figure, path, dpi=110)
     plt.close(figure)
     return figure
