@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from pipeline import params
 from pipeline.tracking import store as tracking_store
 from stages._entry import (
+    CALIBRATION_PNG,
     CLASSIFICATION_REPORT,
     COMPARISON,
     CONFUSION_PNG,
@@ -70,6 +71,7 @@ def main() -> None:
             f"macro F1 {result.macro_f1:.4f} ({f1_low:.4f}-{f1_high:.4f}) on {result.examples} images",
             flush=True,
         )
+        print(_probability_line(result), flush=True)
         fitted = _fitted_baselines(
             config,
             select(source, manifest, "train"),
@@ -84,13 +86,26 @@ def main() -> None:
             metrics=METRICS, report=CLASSIFICATION_REPORT, class_names=classes, extra=comparison.baseline_metrics()
         )
         plots.plot_confusion_matrix(result.confusion, classes, CONFUSION_PNG)
+        plots.plot_reliability(result.calibration, CALIBRATION_PNG)
         comparison.write(COMPARISON)
         run.log_metrics(comparison.run_metrics())
         unbeaten = _unbeaten_baseline(comparison, metric=config.tracking.champion_metric)
         run.set_tags({"gate.compared_with": comparison.compared_with(), "baseline.not_beaten": unbeaten or "none"})
-        for artifact in (METRICS, CLASSIFICATION_REPORT, CONFUSION_PNG, COMPARISON):
+        for artifact in (METRICS, CLASSIFICATION_REPORT, CONFUSION_PNG, CALIBRATION_PNG, COMPARISON):
             run.log_artifact(artifact, "evaluation")
     _print_summary(comparison, registered_model=config.tracking.registered_model)
+
+
+def _probability_line(result: EvaluationResult) -> str:
+    """How the probabilities rank and how far their confidence holds, in one line: the macro one-vs-rest ROC-AUC
+    (saying so when it averages fewer classes than the model has: some had no test image) and the expected
+    calibration error."""
+    classes, bins = len(result.per_class), result.calibration
+    averaged = f" over the {result.roc_auc_classes} of {classes} classes in the test split"
+    return (
+        f"test ROC-AUC (macro one-vs-rest) {result.roc_auc:.4f}{averaged if result.roc_auc_classes < classes else ''}"
+        f", expected calibration error {bins.ece:.4f} ({len(bins.counts)} confidence bins: {CALIBRATION_PNG})"
+    )
 
 
 def _score_model(

@@ -2,12 +2,15 @@
 
 Why: the registry's champion gate and the user's comparisons need one trusted set of numbers:
 accuracy, macro F1 (classes weigh the same however many images they have), per-class scores and
-the confusion matrix; and the gate needs them for the current champion on the same test images.
+the confusion matrix; and the gate needs them for the current champion on the same test images. A deployer
+also asks how well the probabilities rank (macro one-vs-rest ROC-AUC) and whether they can be trusted as
+probabilities (the expected calibration error, `pipeline.evaluation.calibration`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +18,17 @@ from typing import Any
 
 import keras
 import numpy as np
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, log_loss
+from sklearn.metrics import (
+    accuracy_score,
+    classification_report,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    roc_auc_score,
+)
 
 from pipeline.data.datasets import image_dataset
+from pipeline.evaluation.calibration import ReliabilityBins, reliability_bins
 from pipeline.evaluation.gate import BaselineScores, ChampionScores, PairedTest
 from pipeline.evaluation.significance import bootstrap_intervals, mcnemar_exact
 from pipeline.runtime import atomic
@@ -25,7 +36,12 @@ from pipeline.runtime import atomic
 
 @dataclass(frozen=True)
 class EvaluationResult:
-    """Scores of one model on one split."""
+    """Scores of one model on one split.
+
+    `roc_auc` is the macro one-vs-rest ROC-AUC over the classes present in the labels (`roc_auc_classes` of
+    them; NaN when fewer than two are present: `macro_roc_auc`); `calibration` the reliability bins and the
+    expected calibration error of the top-class confidence.
+    """
 
     accuracy: float
     macro_f1: float
@@ -35,6 +51,9 @@ class EvaluationResult:
     confusion: np.ndarray
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     predictions: np.ndarray | None = None
+    roc_auc: float = math.nan
+    roc_auc_classes: int = 0
+    calibration: ReliabilityBins | None = None
 
     def right(self, labels: np.ndarray) -> np.ndarray:
         """Which images it got right (N,), for McNemar's test against another model on the same images.
@@ -47,14 +66,19 @@ class EvaluationResult:
         return self.predictions == np.asarray(labels)
 
     def summary(self) -> dict[str, float | int]:
-        """The headline numbers, as written to metrics.json, with the bootstrap intervals when computed
-        (`accuracy_ci_low`, `accuracy_ci_high`, `macro_f1_ci_low`, `macro_f1_ci_high`)."""
+        """The headline numbers, as written to metrics.json: accuracy, macro F1, loss, examples, `roc_auc` and
+        `ece` (when computed), with the bootstrap intervals when computed (`accuracy_ci_low`, `accuracy_ci_high`,
+        `macro_f1_ci_low`, `macro_f1_ci_high`)."""
         headline: dict[str, float | int] = {
             "accuracy": self.accuracy,
             "macro_f1": self.macro_f1,
             "loss": self.loss,
             "examples": self.examples,
         }
+        if self.roc_auc_classes:
+            headline["roc_auc"] = self.roc_auc
+        if self.calibration is not None:
+            headline["ece"] = self.calibration.ece
         for name, (low, high) in self.intervals.items():
             headline.update({f"{name}_ci_low": low, f"{name}_ci_high": high})
         return headline
@@ -64,10 +88,12 @@ class EvaluationResult:
     ) -> None:
         """Writes the evaluate stage's two files: the headline numbers (`{"test": summary}`, DVC's metrics,
         followed by the `extra` metrics, such as the baselines' `probe_test_accuracy`) and the per-class scores
-        with the confusion matrix and the class names."""
+        with the confusion matrix, the class names and the reliability bins (`calibration`, when computed)."""
         headline = {"test": self.summary(), **(extra or {})}
         atomic.write_text(metrics, json.dumps(headline, indent=2) + "\n")
         document = {"per_class": self.per_class, "confusion": self.confusion.tolist(), "class_names": list(class_names)}
+        if self.calibration is not None:
+            document["calibration"] = self.calibration.as_dict()
         atomic.write_text(report, json.dumps(document, indent=2) + "\n")
 
 
@@ -84,7 +110,8 @@ def score_predictions(
             1,000 resamples of the test images, a fixed seed); the model's, not the baselines'.
 
     Returns:
-        The scores.
+        The scores, with the macro one-vs-rest ROC-AUC (`macro_roc_auc`) and the reliability bins of 15 equal-width
+        confidence bins (`pipeline.evaluation.calibration`).
     """
     class_indices = list(range(len(class_names)))
     predictions = probabilities.argmax(axis=1)
@@ -113,7 +140,42 @@ def score_predictions(
         confusion=confusion_matrix(labels, predictions, labels=class_indices),
         intervals=bootstrap_intervals(labels, predictions, classes=len(class_names)) if intervals else {},
         predictions=predictions,
+        roc_auc=macro_roc_auc(labels, probabilities, classes=len(class_names)),
+        roc_auc_classes=len(np.unique(labels)),
+        calibration=reliability_bins(labels, probabilities),
     )
+
+
+def macro_roc_auc(labels: np.ndarray, probabilities: np.ndarray, *, classes: int) -> float:
+    """The macro one-vs-rest ROC-AUC (scikit-learn's `roc_auc_score`): how well each class's probability ranks
+    its images above the others', averaged over the classes with the same weight.
+
+    Why over the classes present only: a class without test images has no positives, so its ROC curve is
+    undefined and scikit-learn's macro average turns NaN; the average over the classes that have test images is
+    the honest figure (`EvaluationResult.roc_auc_classes` says how many). Two classes: the second class's
+    probability against the labels (the first's would give the same area).
+
+    Args:
+        labels: True labels (N,).
+        probabilities: Predicted probabilities (N, classes), rows summing to 1.
+        classes: How many classes the model answers.
+
+    Returns:
+        The area, in [0, 1]; NaN when fewer than two classes are present (no negatives for the one there).
+    """
+    labels = np.asarray(labels)
+    present = np.unique(labels)
+    if len(present) < 2:
+        return math.nan
+    if classes == 2:
+        return float(roc_auc_score(labels, probabilities[:, 1]))
+    if len(present) == classes:
+        return float(
+            roc_auc_score(labels, probabilities, multi_class="ovr", average="macro", labels=list(range(classes)))
+        )
+    # One-vs-rest is one binary ROC-AUC per class on its indicator column: the same, on the present ones only.
+    indicators = labels[:, np.newaxis] == present[np.newaxis, :]
+    return float(roc_auc_score(indicators, probabilities[:, present], average="macro"))
 
 
 def paired_test(challenger_right: np.ndarray, other_right: np.ndarray) -> PairedTest:

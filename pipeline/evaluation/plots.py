@@ -1,4 +1,5 @@
-"""PNG figures with matplotlib: the training history, the confusion matrix and the LR range test.
+"""PNG figures with matplotlib: the training history, the confusion matrix, the reliability diagram and the LR
+range test.
 
 Why: `dvc plots show` renders HTML that fetches vega from a CDN and is blank offline; PNGs work in
 the MLflow UI, in a file browser and in a report.
@@ -18,6 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 if TYPE_CHECKING:
+    from pipeline.evaluation.calibration import ReliabilityBins
     from pipeline.optim.lr_finder import LRFinderResult
     from pipeline.training.history import TrainingHistory
 
@@ -103,6 +105,44 @@ def plot_confusion_matrix(confusion: np.ndarray, class_names: tuple[str, ...], p
     figure.colorbar(image, ax=axis, shrink=0.8)
     _save_figure(figure, path, dpi=110)
     plt.close(figure)
+
+
+def plot_reliability(bins: ReliabilityBins, path: Path) -> plt.Figure:
+    """The reliability diagram: the accuracy of each confidence bin against the diagonal of a calibrated model.
+
+    Why: the expected calibration error is one number; the diagram shows where it comes from. Bars below
+    the diagonal are bins where the model is overconfident (right less often than it says), bars above it
+    underconfident; each bar's image count is written on it, so a bin of three images is not over-read.
+
+    Args:
+        bins: The reliability bins and the ECE (`pipeline.evaluation.calibration.reliability_bins`).
+        path: Where to write the PNG.
+
+    Returns:
+        The figure (closed, for inspection): one bar per non-empty bin (its accuracy), line 0 the diagonal and
+        line 1 the bins' mean confidences, the axis' texts the counts and its title the ECE.
+    """
+    figure, axis = plt.subplots(figsize=(6, 6), constrained_layout=True)
+    filled = bins.counts > 0
+    lefts, widths = bins.edges[:-1][filled], np.diff(bins.edges)[filled]
+    axis.bar(lefts, bins.accuracy[filled], width=widths, align="edge", color="C0", edgecolor="white", label="accuracy")
+    axis.plot([0, 1], [0, 1], "--", color="0.4", linewidth=1, label="calibrated")
+    centres = lefts + widths / 2
+    axis.plot(centres, bins.confidence[filled], "o", color="C3", markersize=4, label="mean confidence")
+    for centre, accuracy, count in zip(centres, bins.accuracy[filled], bins.counts[filled], strict=True):
+        axis.text(centre, accuracy + 0.01, str(count), ha="center", va="bottom", fontsize=7, color="0.2")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.08)  # room for the count above a bar at 1
+    axis.set_xlabel("top-class confidence")
+    axis.set_ylabel("accuracy")
+    images, count = int(bins.counts.sum()), len(bins.counts)
+    axis.set_title(f"Reliability: ECE {bins.ece:.4f} ({count} bins, {images} images)")
+    axis.grid(alpha=0.3)
+    # Below the axes: an underconfident model's bars fill the upper left, an overconfident one's the right.
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)
+    _save_figure(figure, path, dpi=110)
+    plt.close(figure)
+    return figure
 
 
 def plot_lr_finder(result: LRFinderResult, path: Path) -> plt.Figure:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -35,7 +36,14 @@ def test_scores_match_hand_computed_values() -> None:
         "macro_f1": result.macro_f1,
         "loss": result.loss,
         "examples": 6,
+        "roc_auc": result.roc_auc,
+        "ece": result.calibration.ece,
     }
+    # One-vs-rest, pairs of (positive, negative) ranked right, ties half: a 7/8, b 7/8, c 7.5/8.
+    assert result.roc_auc == pytest.approx((7 / 8 + 7 / 8 + 7.5 / 8) / 3)
+    assert result.roc_auc_classes == 3
+    # Confidence 0.8 (three right), 0.7 (wrong), 0.6 (right), 0.5 (wrong), each in a bin of its own.
+    assert result.calibration.ece == pytest.approx((3 * 0.2 + 0.7 + 0.4 + 0.5) / 6)
 
 
 def test_a_class_never_predicted_scores_zero_without_warning() -> None:
@@ -160,9 +168,58 @@ def test_the_models_scores_carry_their_bootstrap_intervals() -> None:
     result = score_predictions(labels, probabilities, class_names=CLASSES, intervals=True)
     summary = result.summary()
     assert set(summary) == {
-        "accuracy", "macro_f1", "loss", "examples",
+        "accuracy", "macro_f1", "loss", "examples", "roc_auc", "ece",
         "accuracy_ci_low", "accuracy_ci_high", "macro_f1_ci_low", "macro_f1_ci_high",
     }  # fmt: skip
     assert summary["accuracy_ci_low"] < result.accuracy < summary["accuracy_ci_high"]
     assert summary["macro_f1_ci_low"] < result.macro_f1 < summary["macro_f1_ci_high"]
     assert score_predictions(labels, probabilities, class_names=CLASSES).intervals == {}
+
+
+def test_roc_auc_averages_the_classes_the_test_labels_have() -> None:
+    import warnings
+
+    # Class c has no test image: its one-vs-rest curve has no positives, and scikit-learn's macro turns NaN.
+    labels = np.array([0, 0, 1, 1])
+    probabilities = np.array([[0.6, 0.3, 0.1], [0.3, 0.4, 0.3], [0.2, 0.7, 0.1], [0.5, 0.25, 0.25]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = score_predictions(labels, probabilities, class_names=CLASSES)
+    # a: 0.6 above both negatives (0.2, 0.5), 0.3 above one -> 3/4; b: 0.7 above both (0.3, 0.4), 0.25 above
+    # none -> 2/4.
+    assert result.roc_auc == pytest.approx((3 / 4 + 2 / 4) / 2)
+    assert result.roc_auc_classes == 2
+    assert result.summary()["roc_auc"] == result.roc_auc
+
+
+def test_roc_auc_of_one_class_is_undefined() -> None:
+    result = score_predictions(np.array([1, 1]), np.array([[0.2, 0.7, 0.1], [0.5, 0.4, 0.1]]), class_names=CLASSES)
+    assert math.isnan(result.roc_auc)
+    assert result.roc_auc_classes == 1
+    assert math.isnan(result.summary()["roc_auc"])
+
+
+def test_roc_auc_of_two_classes_ranks_the_second_ones_probability() -> None:
+    labels = np.array([0, 1, 1, 0, 1])
+    second = np.array([0.2, 0.9, 0.4, 0.6, 0.7])
+    result = score_predictions(labels, np.stack([1 - second, second], axis=1), class_names=("no", "yes"))
+    # Positives 0.9, 0.4, 0.7 against negatives 0.2, 0.6: 2 + 1 + 2 of 6 pairs.
+    assert result.roc_auc == pytest.approx(5 / 6)
+    assert result.roc_auc_classes == 2
+
+
+def test_the_reports_carry_roc_auc_ece_and_the_bins(tmp_path: Path) -> None:
+    import json
+
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    probabilities = np.array(
+        [[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.1, 0.6, 0.3], [0.1, 0.1, 0.8], [0.5, 0.2, 0.3]]
+    )
+    result = score_predictions(labels, probabilities, class_names=CLASSES)
+    result.write(metrics=tmp_path / "metrics.json", report=tmp_path / "report.json", class_names=CLASSES)
+    test = json.loads((tmp_path / "metrics.json").read_text())["test"]
+    assert (test["roc_auc"], test["ece"]) == (result.roc_auc, result.calibration.ece)
+    calibration = json.loads((tmp_path / "report.json").read_text())["calibration"]
+    assert sum(calibration["counts"]) == 6 and len(calibration["counts"]) == 15
+    assert calibration["accuracy"][0] is None  # no answer below 1/15
+    assert calibration["ece"] == result.calibration.ece

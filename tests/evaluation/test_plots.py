@@ -66,3 +66,25 @@ def test_note_plot_writes_a_png(tmp_path: Path) -> None:
 
     plot_note("nothing to draw", tmp_path / "sub" / "note.png")
     assert (tmp_path / "sub" / "note.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_reliability_diagram_shows_each_bins_accuracy_count_and_the_ece(tmp_path: Path) -> None:
+    from pipeline.evaluation.calibration import reliability_bins
+    from pipeline.evaluation.plots import plot_reliability
+
+    # Two answers at 0.95 (one right), three at 0.55 (all right).
+    labels = np.array([0, 1, 0, 0, 0])
+    probabilities = np.array([[0.95, 0.05]] * 2 + [[0.55, 0.45]] * 3)
+    bins = reliability_bins(labels, probabilities)
+    path = tmp_path / "reports" / "calibration.png"
+    figure = plot_reliability(bins, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    axis = figure.axes[0]
+    bars = axis.patches
+    assert [round(bar.get_x() * 15) for bar in bars] == [8, 14]
+    assert [bar.get_height() for bar in bars] == [1.0, 0.5]
+    assert [text.get_text() for text in axis.texts] == ["3", "2"]
+    diagonal = axis.get_lines()[0]
+    assert (list(diagonal.get_xdata()), list(diagonal.get_ydata())) == ([0, 1], [0, 1])
+    # 2/5 * |0.5 - 0.95| + 3/5 * |1 - 0.55| = 0.45
+    assert axis.get_title() == "Reliability: ECE 0.4500 (15 bins, 5 images)"

@@ -66,6 +66,8 @@ def test_the_log_reads_calmly(tiny_run: Path) -> None:
     assert [line for line in epoch_lines if "phase" in line] == []
     assert "frozen layers up to " in log  # the one-time pass announces itself
     assert "95% bootstrap interval" in log
+    assert "test ROC-AUC (macro one-vs-rest) " in log
+    assert ", expected calibration error " in log
     for noise in (
         "absl::InitializeLog",
         "oneDNN custom operations",
@@ -87,11 +89,17 @@ def test_outputs_with_fixed_names(tiny_run: Path) -> None:
     test = metrics["test"]
     assert test["accuracy_ci_low"] <= test["accuracy"] <= test["accuracy_ci_high"]
     assert test["macro_f1_ci_low"] <= test["macro_f1"] <= test["macro_f1_ci_high"]
+    # Every class has 4 test images, so the ROC-AUC averages all 10; the ECE is a weighted gap, in [0, 1].
+    assert 0.5 < test["roc_auc"] <= 1.0
+    assert 0.0 <= test["ece"] <= 1.0
+    calibration = json.loads((project / "reports" / "classification_report.json").read_text())["calibration"]
+    assert sum(calibration["counts"]) == 40 and calibration["ece"] == test["ece"]
     _assert_accuracy_is_the_exported_models(project, keras.saving.load_model(project / "models" / "model.keras"))
     assert (project / "models" / "model.keras").stat().st_size > 1_000_000
     assert (project / "models" / "saved_model" / "saved_model.pb").stat().st_size > 100_000
-    for name in ("history.png", "confusion_matrix.png", "data_report.json", "registry.json", "lr_find.png"):
+    for name in ("history.png", "confusion_matrix.png", "calibration.png", "data_report.json", "registry.json"):
         assert (project / "reports" / name).stat().st_size > 0
+    assert (project / "reports" / "lr_find.png").stat().st_size > 0
     comparison = json.loads((project / "reports" / "champion_comparison.json").read_text())
     assert comparison["baselines"]["majority"]["scores"]["accuracy"] == 0.1  # 4 test images of each of 10 classes
     assert comparison["champion"] is None  # the registry was empty
@@ -158,6 +166,11 @@ def test_one_run_holds_everything(tiny_run: Path, tmp_path: Path) -> None:
     lrs = [point.value for point in client.get_metric_history(run.info.run_id, "lr")]
     assert lrs == pytest.approx([suggested, suggested, suggested * 0.1, suggested * 0.001], rel=1e-6)
     assert set(run.data.metrics) >= {"test_accuracy", "test_macro_f1", "test_accuracy_ci_low", "test_macro_f1_ci_high"}
+    test_metrics = json.loads((project / "reports" / "metrics.json").read_text())["test"]
+    assert run.data.metrics["test_roc_auc"] == test_metrics["roc_auc"]
+    assert run.data.metrics["test_ece"] == test_metrics["ece"]
+    evaluation = {item.path for item in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/calibration.png", "evaluation/confusion_matrix.png"} <= evaluation
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id, "training")}
     assert {"training/history.png", "training/trainable_layers.csv"} <= artifacts
     lr_find = {item.path for item in client.list_artifacts(run.info.run_id, "lr_find")}
