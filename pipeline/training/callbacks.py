@@ -114,16 +114,27 @@ class DivergenceGuard(keras.callbacks.Callback):
 
     It must come last in the callback list, so that the epoch that diverged is still recorded and
     logged to the run by the callbacks before it, where the user can see the loss blow up.
+
+    Args:
+        num_classes: Classes of the classifier.
+        previous_loss: The training loss of the last epoch already trained (a resumed run's); None at the start.
     """
 
-    def __init__(self, *, num_classes: int) -> None:
+    def __init__(self, *, num_classes: int, previous_loss: float | None = None) -> None:
         super().__init__()
         self._num_classes = num_classes
         self._phase = ""
+        # The run's previous epoch's training loss, across phases (one guard serves the whole run).
+        self._previous_loss = previous_loss
 
     def begin_phase(self, phase: PhaseRecord) -> None:
         """Remembers the phase's name for the message."""
         self._phase = phase.name
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        check_epoch(logs or {}, epoch=epoch, num_classes=self._num_classes, phase=self._phase)
+        logs = logs or {}
+        check_epoch(
+            logs, epoch=epoch, num_classes=self._num_classes, phase=self._phase, previous_loss=self._previous_loss
+        )
+        if "loss" in logs:
+            self._previous_loss = float(logs["loss"])

@@ -6,11 +6,18 @@ optimiser must end the run FAILED before any model is written, with a message th
 
 The rule, checked at the end of every epoch (`pipeline.training.callbacks.DivergenceGuard`):
 - the training or validation loss is NaN or infinite; or
-- the training loss is above `DIVERGENCE_FACTOR` x ln(classes). Guessing every class with the same
-  probability scores ln(classes) (2.30 for 10 classes), so an epoch averaging three times that put on
-  average less than (1 / classes)^3 of the probability on the true class: the model learned worse
-  than nothing, which a working optimiser does not do even in its first epoch. Keras computes this
-  pipeline's cross-entropy from the softmax's logits, so the loss of a blown-up model is not capped.
+- the training loss is above `DIVERGENCE_FACTOR` x ln(classes) and did not fall since the run's
+  previous epoch. Guessing every class with the same probability scores ln(classes) (2.30 for 10
+  classes), so an epoch averaging three times that put on average less than (1 / classes)^3 of the
+  probability on the true class: the model learned worse than nothing, and a working optimiser does
+  not stay there; or
+- in the run's first epoch, which has no previous one, the training loss is above
+  `FIRST_EPOCH_FACTOR` x ln(classes). A network trained from scratch (`backbone.reinitialize`) starts
+  with large random logits: task B of the A -> B example, 2 classes, averaged 2.083 over its first
+  epoch with `train.seed: 1` (the bound 3 x ln 2 is 2.079) and then learned normally; a blown-up
+  optimiser is far above either bound (70,002 at `base_learning_rate: 10` with SGD).
+Keras computes this pipeline's cross-entropy from the softmax's logits, so the loss of a blown-up model
+is not capped.
 Only the training loss is held to the bound: a validation loss may rise through overfitting, which
 is no divergence (and the champion gate judges the test scores anyway).
 
@@ -30,6 +37,7 @@ from collections.abc import Mapping
 from pipeline.errors import PipelineError
 
 DIVERGENCE_FACTOR = 3.0
+FIRST_EPOCH_FACTOR = 10.0
 
 
 class TrainingDivergedError(PipelineError, RuntimeError):
@@ -53,7 +61,9 @@ def loss_limit(num_classes: int) -> float:
     return DIVERGENCE_FACTOR * math.log(num_classes)
 
 
-def check_epoch(logs: Mapping[str, float], *, epoch: int, num_classes: int, phase: str) -> None:
+def check_epoch(
+    logs: Mapping[str, float], *, epoch: int, num_classes: int, phase: str, previous_loss: float | None = None
+) -> None:
     """Raises when an epoch's losses show divergence (see the module's rule).
 
     Args:
@@ -61,11 +71,14 @@ def check_epoch(logs: Mapping[str, float], *, epoch: int, num_classes: int, phas
         epoch: Global epoch index (0-based; the message counts from 1).
         num_classes: Number of classes of the classifier.
         phase: Name of the phase the epoch belongs to.
+        previous_loss: The training loss of the run's previous epoch; None for the run's first epoch.
 
     Raises:
-        TrainingDivergedError: A loss is NaN or infinite, or the training loss exceeds `loss_limit`.
+        TrainingDivergedError: A loss is NaN or infinite; or the training loss exceeds `loss_limit` without
+            falling since `previous_loss`, or, on the first epoch, exceeds `FIRST_EPOCH_FACTOR` x ln(classes).
     """
-    limit = loss_limit(num_classes)
+    factor = DIVERGENCE_FACTOR if previous_loss is not None else FIRST_EPOCH_FACTOR
+    limit = factor * loss_limit(num_classes) / DIVERGENCE_FACTOR
     learning_rate = f", lr {float(logs['lr']):g}" if "lr" in logs else ""
     where = f"training diverged in epoch {epoch + 1} (phase {phase}{learning_rate})"
     advice = "lower train.base_learning_rate (or the phase's lr_factor), or clip gradients (optimizer clipnorm)"
@@ -73,8 +86,9 @@ def check_epoch(logs: Mapping[str, float], *, epoch: int, num_classes: int, phas
         if key in logs and not math.isfinite(float(logs[key])):
             raise TrainingDivergedError(f"{where}: {key} is {float(logs[key])}; {advice}")
     loss = float(logs.get("loss", 0.0))
-    if loss > limit:
+    if loss > limit and (previous_loss is None or loss >= previous_loss):
+        since = "" if previous_loss is None else f" and did not fall from the previous epoch's {previous_loss:.6g}"
         raise TrainingDivergedError(
-            f"{where}: loss {loss:.6g} is above {limit:.3g}, {DIVERGENCE_FACTOR:g} x ln({num_classes} classes) "
-            f"(guessing uniformly scores {math.log(num_classes):.3g}); {advice}"
+            f"{where}: loss {loss:.6g} is above {limit:.3g}, {factor:g} x ln({num_classes} classes) "
+            f"(guessing uniformly scores {math.log(num_classes):.3g}){since}; {advice}"
         )

@@ -302,7 +302,11 @@ def fine_tune(
         if diagnostics is not None:
             diagnostics.restore_flags(resume.state.flags)
     recorder = HistoryRecorder(history)
-    guard = DivergenceGuard(num_classes=classifier.model.output_shape[-1])
+    # A resumed run's guard goes on from its last trained epoch's loss (see pipeline.training.divergence).
+    last_loss = history.rows[-1].get("loss") if history.rows else None
+    guard = DivergenceGuard(
+        num_classes=classifier.model.output_shape[-1], previous_loss=None if last_loss is None else float(last_loss)
+    )
     blocks = classifier.backbone.blocks_top_down
     data = PhaseDataFactory(
         classifier,

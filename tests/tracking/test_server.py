@@ -204,6 +204,9 @@ def servers(shared_tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             edit_params(project, "train", "unfreeze", [])
             edit_params(project, "tracking", "experiment", EXPERIMENT)
             edit_params(project, "tracking", "registered_model", MODEL)
+            # One epoch on 40 test images beats the majority class, but not beyond chance (McNemar): the margin's
+            # rule alone makes it champion, so the registry's path through the server is exercised.
+            edit_params(project, "tracking", "champion_alpha", None)
             result = dvc(project, "repro", tracking_uri=tracking_uri)
             assert result.returncode == 0, result.stdout + result.stderr
             # prepare never opens the tracking store (no pipeline/tracking in its deps): its outputs are the shared
