@@ -21,7 +21,7 @@ import mlflow
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
-from pipeline.tracking.runs import RunReference, TrackedRun, is_unavailable
+from pipeline.tracking.runs import RunReference, TrackedRun, TrackingLookupError, is_unavailable
 
 # The experiment tag MLflow's UI (3.x) reads to choose an experiment's page, and the value of the page with the
 # runs table, metrics and model versions. Without it the UI guesses, and for an experiment without traces it
@@ -145,6 +145,7 @@ def tracked_run(
 
     Raises:
         ValueError: Neither `experiment` nor `resume` is given.
+        TrackingLookupError: The run to reopen is not in the store (or deleted).
     """
     mlflow.set_tracking_uri(tracking_uri)
     # A new SQLite store announces its tables at INFO ("Creating initial MLflow database tables..."): a
@@ -152,6 +153,13 @@ def tracked_run(
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     client = MlflowClient(tracking_uri)
     if resume is not None:
+        # A store deleted or replaced since train wrote the reference (rm mlflow.db, another tracking.uri) would
+        # otherwise surface as MLflow's traceback about a missing experiment id.
+        if find_run(tracking_uri, resume.run_id) is None:
+            raise TrackingLookupError(
+                f"MLflow run {resume.run_id}, which train logged this model to (build/run.json), is not in "
+                f"{tracking_uri} (deleted, or another store since); train again: dvc repro -f -s train, then dvc repro"
+            )
         run_id = resume.run_id
         experiment_id = resume.experiment_id
     elif experiment is not None:

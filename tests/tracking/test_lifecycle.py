@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.tracking import lifecycle
+from pipeline.tracking.runs import RunReference, TrackingLookupError
 from tests.tracking.conftest import open_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -152,6 +154,21 @@ def test_find_run_is_none_for_a_run_the_store_does_not_hold(store: str, tmp_path
     MlflowClient(store).delete_run(run.run_id)
     assert lifecycle.find_run(store, run.run_id) is None
     assert lifecycle.find_run(store, "0123456789abcdef0123456789abcdef") is None
+
+
+def test_reopening_a_run_the_store_does_not_hold_is_one_line(store: str, tmp_path: Path) -> None:
+    # The store was deleted and made again (rm mlflow.db) after train wrote build/run.json.
+    gone = RunReference(run_id="0123456789abcdef0123456789abcdef", experiment_id="2", tracking_uri=store)
+    with (
+        pytest.raises(
+            TrackingLookupError,
+            match=r"^MLflow run 0123456789abcdef0123456789abcdef, which train logged this model to "
+            rf"\(build/run.json\), is not in {re.escape(store)} \(deleted, or another store since\); "
+            r"train again: dvc repro -f -s train, then dvc repro$",
+        ),
+        lifecycle.tracked_run(tracking_uri=store, resume=gone),
+    ):
+        pass
 
 
 def test_a_failure_while_the_server_is_away_keeps_its_own_error(tmp_path: Path, store: str) -> None:
