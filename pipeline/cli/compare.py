@@ -97,12 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         return USER_ERROR_EXIT
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(rendered, encoding="utf-8")
-        print(f"wrote {len(comparison.runs)} runs to {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(rendered)
+    settings.write_output(rendered, args.output, written=f"{len(comparison.runs)} runs")
     if len(comparison.runs) < comparison.total:
         print(f"({len(comparison.runs)} of {comparison.total} runs; --limit 0 shows all)", file=sys.stderr)
     return 0
@@ -123,12 +118,9 @@ def _compare_groups(uri: str, experiment: str, args: argparse.Namespace) -> int:
     legend = f"A: seed group {first.group}, B: seed group {second.group}; difference: mean B - mean A\n\n"
     renderers = {"csv": render_csv, "markdown": render_markdown, "table": render_text}
     rendered = ("" if args.format == "csv" else legend) + renderers[args.format](table)
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(rendered, encoding="utf-8")
-        print(f"wrote the comparison of seed groups {first.group} and {second.group} to {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(rendered)
+    settings.write_output(
+        rendered, args.output, written=f"the comparison of seed groups {first.group} and {second.group}"
+    )
     return 0
 
 

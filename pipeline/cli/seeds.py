@@ -92,12 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         return USER_ERROR_EXIT
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(rendered, encoding="utf-8")
-        print(f"wrote seed group {group} ({len(summary.counted)} finished runs) to {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(rendered)
+    settings.write_output(rendered, args.output, written=f"seed group {group} ({len(summary.counted)} finished runs)")
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,3 +124,19 @@ def required(value: str | None, option: str, key: str, params_path: Path) -> str
     if value is None:
         raise SettingsError(f"give {option}, or run where {params_path} is (its {key} is the default)")
     return value
+
+
+def write_output(rendered: str, output: Path | None, *, written: str) -> None:
+    """Writes a command's table to `--output` (and says so on stderr), or to standard output.
+
+    Args:
+        rendered: The table, as text.
+        output: The `--output` file; None for standard output.
+        written: What was written, for the line on stderr ("3 runs", "seed group 1a2b3c4d5e6f").
+    """
+    if output is None:
+        sys.stdout.write(rendered)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(rendered, encoding="utf-8")
+    print(f"wrote {written} to {output}", file=sys.stderr)
