@@ -57,8 +57,10 @@ def log_keras_model(
     """
     if len(class_names) != model.output_shape[-1]:
         raise ValueError(f"{len(class_names)} class names for a model with {model.output_shape[-1]} outputs")
+    # The input is left unnamed: with a name, pyfunc hands Keras a dict, and Keras warns on every predict that
+    # the structure of its inputs does not match its single input (the output's name only labels the result).
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.input_shape[1:]), "pixels")]),
+        inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.input_shape[1:]))]),
         outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.output_shape[1:]), "probabilities")]),
     )
     with fluent_run(run.run_id):
