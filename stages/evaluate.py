@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from pipeline.backbones.base import Backbone
     from pipeline.evaluation.baselines import BaselineResult
-    from pipeline.evaluation.gate import Comparison
+    from pipeline.evaluation.comparison import Comparison
     from pipeline.evaluation.metrics import EvaluationResult
     from pipeline.tracking.runs import TrackedRun
 
@@ -180,7 +180,7 @@ def _fitted_baselines(
 
 def _unbeaten_baseline(comparison: Comparison, *, metric: str) -> str | None:
     """The best baseline when the model does not beat it on `metric` (printed as a warning), else None."""
-    from pipeline.evaluation.gate import BASELINE_TITLES
+    from pipeline.evaluation.comparison import BASELINE_TITLES
 
     name, score = comparison.best_baseline(metric)
     value = float(comparison.challenger[metric])
@@ -206,6 +206,7 @@ def _compare_with_champion(
 ) -> Comparison:
     """The new model, its baselines and the current `@champion`, all on these test images."""
     from pipeline.evaluation import gate
+    from pipeline.evaluation.comparison import Comparison
     from pipeline.evaluation.metrics import majority_baseline, paired_test, score_champion
     from pipeline.evaluation.significance import pack_right
     from pipeline.tracking import models, registry
@@ -241,7 +242,7 @@ def _compare_with_champion(
         alpha=settings.champion_alpha,
         baselines=settings.gate_baselines,
     )
-    return gate.Comparison(
+    return Comparison(
         class_names=list(classes),
         challenger=result.summary(),
         baselines=baselines,

@@ -32,7 +32,7 @@ from stages._entry import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.evaluation.gate import ChampionScores, Comparison
+    from pipeline.evaluation.comparison import ChampionScores, Comparison
     from pipeline.tracking.registry import Registration
     from pipeline.tracking.runs import TrackedRun
 
@@ -56,7 +56,7 @@ def main() -> None:
     tracking_store.check_tracking_store(reference.tracking_uri, origin=f"{RUN_REFERENCE}, written by train")
     # Class names and the stored image shape travel with the model, for `tl-predict`.
     card = ModelCard.from_data_report(DataReport.read(DATA_REPORT))
-    comparison = gate.Comparison.read(COMPARISON)
+    comparison = Comparison.read(COMPARISON)
     model = export.load_model(TRAINED_MODEL, safe_mode=config.backbone.safe_mode)
     name = settings.registered_model
     with tracked_run(tracking_uri=reference.tracking_uri, resume=reference) as run:

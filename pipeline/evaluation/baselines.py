@@ -33,7 +33,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from pipeline.data.datasets import image_dataset
-from pipeline.evaluation.gate import BaselineScores
+from pipeline.evaluation.comparison import BaselineScores
 from pipeline.evaluation.metrics import EvaluationResult, score_predictions
 
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ from sklearn.metrics import (
 
 from pipeline.data.datasets import image_dataset
 from pipeline.evaluation.calibration import ReliabilityBins, reliability_bins
-from pipeline.evaluation.gate import BaselineScores, ChampionScores, PairedTest
+from pipeline.evaluation.comparison import BaselineScores, ChampionScores, PairedTest
 from pipeline.evaluation.significance import bootstrap_intervals, mcnemar_exact
 from pipeline.runtime import atomic
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipeline.evaluation.gate import BaselineScores, ChampionScores, Comparison, GateDecision, PairedTest, decide
+from pipeline.evaluation.comparison import BaselineScores, ChampionScores, Comparison, PairedTest
+from pipeline.evaluation.gate import GateDecision, decide
 from pipeline.evaluation.metrics import paired_test
 from pipeline.evaluation.significance import pack_right, unpack_right
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipeline.evaluation.gate import PairedTest
+from pipeline.evaluation.comparison import PairedTest
 from pipeline.evaluation.metrics import MajorityBaseline, majority_baseline, score_champion, score_predictions
 from tests.conftest import brightness_classifier, brightness_images
 

@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from pipeline.evaluation import comparison as comparison_module
 from pipeline.evaluation import gate
 from pipeline.evaluation.metrics import evaluate_classifier, majority_baseline, score_champion
 from pipeline.tracking import lifecycle, models, registry
@@ -30,14 +31,14 @@ def main(store: str, artifacts: str, name: str, mapping: list[int], go_file: Pat
     with lifecycle.tracked_run(tracking_uri=store, experiment="race", artifact_dir=Path(artifacts)) as run:
         result = evaluate_classifier(model, images, truth, class_names=CLASSES, image_size=8, batch_size=16)
 
-        def rescore(version: str) -> gate.ChampionScores:
+        def rescore(version: str) -> comparison_module.ChampionScores:
             load = functools.partial(models.load_model_version, run, name, version)
             return score_champion(version, load, images, truth, class_names=CLASSES, batch_size=16)
 
         scored = registry.champion_version(run, name)
         champion = None if scored is None else rescore(scored)
         baselines = {"majority": majority_baseline(truth, class_names=CLASSES).scores()}
-        comparison = gate.Comparison(list(CLASSES), result.summary(), baselines, champion)
+        comparison = comparison_module.Comparison(list(CLASSES), result.summary(), baselines, champion)
         uri = models.log_keras_model(run, model, name="model", pip_requirements=["keras"], class_names=CLASSES)
         print("ready", flush=True)
         while not go_file.exists():

@@ -13,6 +13,7 @@ from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 from mlflow.tracking import MlflowClient
 
 from pipeline.evaluation import gate
+from pipeline.evaluation.comparison import Comparison
 from pipeline.evaluation.metrics import evaluate_classifier, majority_baseline, score_champion
 from pipeline.tracking import models, registry
 from tests.conftest import brightness_classifier, brightness_images
@@ -57,7 +58,7 @@ def _gate_round(store: str, tmp_path: Path, mapping: list[int], labels: list[int
                 class_names=CLASSES,
                 batch_size=16,
             )
-        comparison = gate.Comparison(list(CLASSES), result.summary(), {"majority": baseline.scores()}, champion)
+        comparison = Comparison(list(CLASSES), result.summary(), {"majority": baseline.scores()}, champion)
         uri = models.log_keras_model(run, model, name="model", pip_requirements=["keras"], class_names=CLASSES)
         decision = gate.decide(
             comparison,
