@@ -46,6 +46,7 @@ def main() -> None:
 
     from pipeline.data.report import DataReport
     from pipeline.evaluation import gate
+    from pipeline.evaluation.comparison import Comparison
     from pipeline.model import export
     from pipeline.model.model_card import ModelCard
     from pipeline.tracking import models, provenance, registry
