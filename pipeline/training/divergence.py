@@ -44,21 +44,22 @@ class TrainingDivergedError(PipelineError, RuntimeError):
     """The loss became NaN or infinite, or rose far above that of guessing uniformly."""
 
 
-def loss_limit(num_classes: int) -> float:
-    """The highest epoch training loss that is not divergence: `DIVERGENCE_FACTOR` x ln(classes).
+def loss_limit(num_classes: int, factor: float = DIVERGENCE_FACTOR) -> float:
+    """The highest epoch training loss that is not divergence: `factor` x ln(classes).
 
     Args:
         num_classes: Number of classes, at least 2.
+        factor: `DIVERGENCE_FACTOR` after the run's first epoch, `FIRST_EPOCH_FACTOR` on it.
 
     Returns:
-        The bound (6.91 for 10 classes).
+        The bound (6.91 for 10 classes after the first epoch).
 
     Raises:
         ValueError: Fewer than 2 classes.
     """
     if num_classes < 2:
         raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
-    return DIVERGENCE_FACTOR * math.log(num_classes)
+    return factor * math.log(num_classes)
 
 
 def check_epoch(
@@ -78,7 +79,7 @@ def check_epoch(
             falling since `previous_loss`, or, on the first epoch, exceeds `FIRST_EPOCH_FACTOR` x ln(classes).
     """
     factor = DIVERGENCE_FACTOR if previous_loss is not None else FIRST_EPOCH_FACTOR
-    limit = factor * loss_limit(num_classes) / DIVERGENCE_FACTOR
+    limit = loss_limit(num_classes, factor)
     learning_rate = f", lr {float(logs['lr']):g}" if "lr" in logs else ""
     where = f"training diverged in epoch {epoch + 1} (phase {phase}{learning_rate})"
     advice = "lower train.base_learning_rate (or the phase's lr_factor), or clip gradients (optimizer clipnorm)"
