@@ -5,7 +5,14 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-INSTALLED := $(VENV)/.installed
+# Where nvidia-smi lists a GPU, TensorFlow comes with its CUDA libraries from PyPI (the gpu extra:
+# tensorflow[and-cuda]); elsewhere plain tensorflow, which on such a machine would see no GPU. The stamp names the
+# choice, so a checkout that moves to a machine of the other kind installs again.
+NVIDIA_GPU := $(shell nvidia-smi --list-gpus 2>/dev/null | grep -c '^GPU')
+TENSORFLOW := $(if $(filter-out 0,$(NVIDIA_GPU)),gpu,cpu)
+COMMA := ,
+EXTRAS := $(if $(filter gpu,$(TENSORFLOW)),dev$(COMMA)gpu,dev)
+INSTALLED := $(VENV)/.installed-$(TENSORFLOW)
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 FASHION_MNIST := $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz
 # Debian keeps initdb and pg_ctl in /usr/lib/postgresql/<version>/bin, off PATH.
@@ -28,15 +35,21 @@ test: setup data postgresql
 	pytest -n auto --maxprocesses=4 --dist loadgroup
 
 setup: $(INSTALLED)
+	@if [ "$(TENSORFLOW)" = gpu ]; then \
+		echo "TensorFlow: tensorflow[and-cuda], with its CUDA libraries (nvidia-smi lists $(NVIDIA_GPU) GPU(s))"; \
+	else \
+		echo "TensorFlow: plain tensorflow, for the CPU (nvidia-smi lists no GPU)"; \
+	fi
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))' \
 		|| { echo "Python 3.11 or newer is needed: make PYTHON=python3.11"; exit 1; }
-	@echo "setting up $(VENV): pip install -e '.[dev]' (a few minutes the first time; log in $(VENV)/install.log)"
+	@echo "setting up $(VENV): pip install -e '.[$(EXTRAS)]' (a few minutes the first time; log in $(VENV)/install.log)"
 	@$(PYTHON) -m venv $(VENV)
 	@# pip's and setuptools' banners (index locations, the editable-install notice) go to the log; a failure shows its end.
-	@{ $(BIN)/pip install --upgrade pip && $(BIN)/pip install -e '.[dev]'; } > $(VENV)/install.log 2>&1 \
+	@{ $(BIN)/pip install --upgrade pip && $(BIN)/pip install -e '.[$(EXTRAS)]'; } > $(VENV)/install.log 2>&1 \
 		|| { tail -n 40 $(VENV)/install.log; echo "pip install failed: see $(VENV)/install.log"; exit 1; }
+	@rm -f $(VENV)/.installed-*
 	@touch $@
 
 data: $(FASHION_MNIST)

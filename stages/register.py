@@ -40,7 +40,10 @@ if TYPE_CHECKING:
 def main() -> None:
     config = params.load(PARAMS)
     settings = config.tracking
+    from pipeline.runtime import devices
 
+    # Before TensorFlow's first op: the model is loaded, exported and logged on the devices the params name.
+    devices.configure(config.device)
     import keras
     import tensorflow as tf
 

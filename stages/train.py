@@ -247,7 +247,7 @@ def _log_inputs(
     )
     device_tags = selection.as_tags()
     print(
-        f"device {device_tags['device.selected']}: {selection.precision}, XLA {device_tags['device.xla']}, "
+        f"device {device_tags['device.selected']}: {selection.precision}, XLA asked {device_tags['device.xla_requested']}, "
         f"{selection.replicas} replica(s)"
     )
     if config.train.base_learning_rate == "auto":

@@ -252,6 +252,20 @@ def fine_tune_tiny(
     return fine_tune(classifier, train=train, val=val, phases=phases, inputs=inputs, verbose=0, **options)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skips the `gpu` tests, saying why, where TensorFlow sees no GPU; TensorFlow is asked only when there are any."""
+    marked = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not marked:
+        return
+    from pipeline.runtime.devices import available_gpus
+
+    if available_gpus():
+        return
+    skip = pytest.mark.skip(reason="needs a GPU: TensorFlow sees none on this machine")
+    for item in marked:
+        item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def shared_tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The tiny project after one `dvc repro` with every switch on, made once per test session.

@@ -97,6 +97,11 @@ def _classify(args: argparse.Namespace) -> int:
     try:
         _check_numbers(args)
         defaults = settings.project_defaults(args.params)
+        from pipeline.params.runtime import DeviceParams
+        from pipeline.runtime import devices
+
+        # Before TensorFlow's first op, as in every stage: the project's `device` section (GPUs, precision).
+        devices.configure(defaults.device or DeviceParams())
         model, description, card, names = _load(args, defaults)
         class_names = predict.class_names_for(card.class_names if card else names, model.output_shape[-1])
         reading = predict.reading_for(card, image_size=predict.input_size(model), max_pixels=defaults.max_image_pixels)

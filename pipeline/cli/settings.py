@@ -10,10 +10,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pipeline.params.runtime import DeviceParams
 
 DEFAULT_PARAMS = Path("params.yaml")
 SQLITE_PREFIX = "sqlite:///"
@@ -49,12 +53,15 @@ class ProjectDefaults:
         experiment: `tracking.experiment`.
         registered_model: `tracking.registered_model`.
         max_image_pixels: `data.max_image_pixels` (the schema's default without a params file).
+        device: The `device` section (the schema's default without a params file), which a command that loads a
+            model applies before TensorFlow's first op.
     """
 
     tracking_uri: str | None
     experiment: str | None
     registered_model: str | None
     max_image_pixels: int
+    device: DeviceParams | None = field(default=None)
 
 
 def project_defaults(params_path: Path) -> ProjectDefaults:
@@ -71,15 +78,17 @@ def project_defaults(params_path: Path) -> ProjectDefaults:
     """
     from pipeline import params
     from pipeline.params.data import DataParams
+    from pipeline.params.runtime import DeviceParams
 
     if not params_path.is_file():
-        return ProjectDefaults(None, None, None, DataParams().max_image_pixels)
+        return ProjectDefaults(None, None, None, DataParams().max_image_pixels, DeviceParams())
     config = params.load(params_path)
     return ProjectDefaults(
         tracking_uri=config.tracking.uri,
         experiment=config.tracking.experiment,
         registered_model=config.tracking.registered_model,
         max_image_pixels=config.data.max_image_pixels,
+        device=config.device,
     )
 
 

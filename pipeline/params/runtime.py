@@ -85,6 +85,16 @@ class DeviceParams(Section):
             raise ValueError(f"lists a GPU twice; {allowed}, each once")
         return gpus
 
+    @model_validator(mode="after")
+    def _gpus_need_an_accelerator(self) -> DeviceParams:
+        # GPUs named for a CPU run would be silently ignored: the two settings contradict each other.
+        if self.accelerator == "cpu" and self.gpus != "all":
+            raise ValueError(
+                f"device.gpus {self.gpus} names GPUs, but device.accelerator is 'cpu'; "
+                "allowed with cpu: gpus all (or use accelerator auto or gpu)"
+            )
+        return self
+
 
 class TrackingParams(Section):
     """Where MLflow keeps runs and models; MLFLOW_TRACKING_URI in the environment overrides `uri`."""

@@ -26,6 +26,7 @@ NOT_IN_SEED_GROUP: dict[str, str] = {
     **{key: "a seed: the group is drawn over it" for key in SEED_PARAMS},
     "train.resume": "a resumed run ends with the weights an uninterrupted one does (tests/stages/test_resume.py)",
     "train.checkpoint_every_steps": "how often the checkpoint is written",
+    "train.deterministic": "whether reruns repeat each rounding: the same arithmetic, summed in another order",
     "train.activation_store": "where frozen activations are kept for later runs (the same values)",
     "train.feature_cache_mb": "whether the frozen activations are held in memory or recomputed (the same values)",
     "backbone.cache_dir": "where the converted pretrained weights are kept",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictBool, model_validator
 
 from pipeline.params.common import NonNegativeFloat, NumberOr, PositiveInt, Rate, Section
 from pipeline.params.optimizer import AdamParams, OptimizerChoice
@@ -123,6 +123,11 @@ class TrainParams(Section):
     """The fine-tuning recipe: frozen phase, then the unfreezing stages in order."""
 
     seed: int = 42
+    deterministic: NumberOr("auto", StrictBool) = Field(
+        default="auto",
+        description="TensorFlow's deterministic ops: auto (on for the CPU, off for GPUs, whose deterministic "
+        "kernels are slower, missing for some ops, and exclude XLA), true or false.",
+    )
     batch_size: PositiveInt = 64
     optimizer: OptimizerChoice = Field(default_factory=lambda: AdamParams(name="adam"))
     base_learning_rate: NumberOr("auto", Annotated[float, Field(gt=0.0, le=10.0)]) = Field(

@@ -8,8 +8,12 @@ itself is a pure function of what was asked and what exists, so it is tested wit
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import importlib.util
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from pipeline.errors import PipelineError
@@ -18,12 +22,20 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
     from pipeline.params.runtime import DeviceParams
+    from pipeline.runtime.cluster import ClusterRole
 
 # Mixed float16 pays off only from Volta (compute capability 7.0) on; on older GPUs and on CPUs
 # it is slower than float32 (about 4x on CPU, measured on this stack).
 MIXED_PRECISION_MIN_CAPABILITY = (7, 0)
 # bfloat16 arithmetic in hardware starts with Ampere (8.0); before it, it is emulated and slow.
 BFLOAT16_MIN_CAPABILITY = (8, 0)
+
+
+# NVML (nvidia-smi, MLflow's GPU monitor, the memory tag) numbers GPUs by PCI bus; CUDA by default puts the
+# fastest first. Set before CUDA starts, the two numberings agree.
+CUDA_DEVICE_ORDER = "PCI_BUS_ID"
+# How long nvidia-smi may take to list the GPUs: it answers in well under a second, but a wedged driver hangs it.
+NVIDIA_SMI_SECONDS = 20.0
 
 
 class DeviceSelectionError(PipelineError, RuntimeError):
@@ -51,6 +63,8 @@ class DeviceSelection:
         jit_compile: What `Model.compile` gets: "auto" (Keras decides), True or False.
         memory_growth: Whether GPU memory is allocated as needed instead of all at start.
         cuda_visible_devices: `CUDA_VISIBLE_DEVICES` as the process saw it (None when unset).
+        unseen_gpus: The GPUs `nvidia-smi` lists when TensorFlow sees none of them (one "index, name" each).
+        unseen_reason: Why TensorFlow does not see them, when `unseen_gpus` is not empty.
     """
 
     gpus: tuple[GpuInfo, ...]
@@ -59,6 +73,8 @@ class DeviceSelection:
     jit_compile: bool | str = "auto"
     memory_growth: bool = True
     cuda_visible_devices: str | None = None
+    unseen_gpus: tuple[str, ...] = field(default=())
+    unseen_reason: str = ""
 
     @property
     def kind(self) -> str:
@@ -69,8 +85,23 @@ class DeviceSelection:
         """Model replicas that train in step: one per selected GPU (MirroredStrategy), else one."""
         return max(1, len(self.gpus))
 
+    @property
+    def unseen_warning(self) -> str | None:
+        """One line when the machine has GPUs TensorFlow does not see, else None."""
+        if not self.unseen_gpus:
+            return None
+        listed = "; ".join(self.unseen_gpus)
+        return (
+            f"nvidia-smi lists {len(self.unseen_gpus)} GPU(s) ({listed}) but TensorFlow sees none: "
+            f"{self.unseen_reason}; training on the CPU"
+        )
+
     def as_tags(self) -> dict[str, str]:
-        """Flat description for the tracking run."""
+        """Flat description for the tracking run: what was selected (`pipeline.runtime.compiled` reads what ran).
+
+        `device.xla_requested` is what was asked; the train stage adds `device.xla` and `device.xla_reason`, and
+        replaces `device.precision` and `device.replicas`, with what the compiled model holds.
+        """
         names = ", ".join(self.descriptions) if self.descriptions else "CPU"
 
         def per_gpu(values: list[str]) -> str:
@@ -86,10 +117,11 @@ class DeviceSelection:
             "device.memory_mb": per_gpu([str(gpu.memory_mb) if gpu.memory_mb else "?" for gpu in self.gpus]),
             "device.cuda_visible_devices": "unset" if self.cuda_visible_devices is None else self.cuda_visible_devices,
             "device.precision": self.precision,
-            "device.xla": {True: "on", False: "off"}.get(self.jit_compile, "auto (Keras: XLA where the model allows)"),
+            "device.xla_requested": {True: "true", False: "false"}.get(self.jit_compile, "auto"),
             "device.memory_growth": str(self.memory_growth).lower(),
             "device.replicas": str(self.replicas),
             "device.strategy": "MirroredStrategy" if self.replicas > 1 else "default (one device)",
+            **({"device.gpus_unseen": self.unseen_warning or ""} if self.unseen_gpus else {}),
         }
 
 
@@ -104,9 +136,12 @@ def nvml_indices(selection: DeviceSelection, environment: Mapping[str, str]) -> 
         environment: The process environment.
 
     Returns:
-        One index per selected GPU; empty on CPU, or when `CUDA_VISIBLE_DEVICES` names GPUs by UUID
-        (no index to map to, so no GPU is sampled rather than the wrong one).
+        One index per selected GPU; empty on CPU, when `CUDA_VISIBLE_DEVICES` names GPUs by UUID (no index
+        to map to), or when `CUDA_DEVICE_ORDER` is not PCI_BUS_ID (CUDA's numbering then differs from the
+        driver's): no GPU is sampled rather than the wrong one.
     """
+    if environment.get("CUDA_DEVICE_ORDER", CUDA_DEVICE_ORDER) != CUDA_DEVICE_ORDER:
+        return []
     visible = environment.get("CUDA_VISIBLE_DEVICES")
     if visible is None:
         return [gpu.index for gpu in selection.gpus]
@@ -114,6 +149,97 @@ def nvml_indices(selection: DeviceSelection, environment: Mapping[str, str]) -> 
     if not all(entry.isdigit() for entry in entries):
         return []
     return [int(entries[gpu.index]) for gpu in selection.gpus if gpu.index < len(entries)]
+
+
+def order_gpus_by_bus(environment: MutableMapping[str, str]) -> None:
+    """Numbers CUDA's GPUs as the driver does (`CUDA_DEVICE_ORDER=PCI_BUS_ID`), unless the user chose an order.
+
+    Why: CUDA puts the fastest GPU first by default, NVML (nvidia-smi, MLflow's GPU monitor) by PCI bus; on a
+    machine with mixed GPUs, `gpus: [1]` would then train on one card while the tags and the sampled metrics
+    describe another. CUDA reads the variable once, when it starts: call before TensorFlow's first device query.
+
+    Args:
+        environment: The process environment, changed in place.
+    """
+    environment.setdefault("CUDA_DEVICE_ORDER", CUDA_DEVICE_ORDER)
+
+
+def nvidia_smi_gpus() -> list[str]:
+    """The GPUs the NVIDIA driver lists ("index, name" each), or none when `nvidia-smi` is missing or fails.
+
+    Why: TensorFlow lists no GPU both on a machine without one and on a GPU machine whose TensorFlow lacks
+    its CUDA libraries; only the driver tells the two apart.
+
+    Returns:
+        One line per GPU.
+    """
+    executable = shutil.which("nvidia-smi")
+    if executable is None:
+        return []
+    try:
+        listed = subprocess.run(
+            [executable, "--query-gpu=index,name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=NVIDIA_SMI_SECONDS,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if listed.returncode != 0:
+        return []
+    return [line.strip() for line in listed.stdout.splitlines() if line.strip()]
+
+
+def unseen_gpus_reason(*, cuda_visible_devices: str | None, cuda_build: bool, cuda_libraries: bool) -> str:
+    """Why TensorFlow sees no GPU on a machine whose driver lists some.
+
+    Args:
+        cuda_visible_devices: `CUDA_VISIBLE_DEVICES` (None when unset).
+        cuda_build: Whether this TensorFlow was built with CUDA.
+        cuda_libraries: Whether pip's NVIDIA CUDA libraries (the `nvidia` package of `tensorflow[and-cuda]`)
+            are installed.
+
+    Returns:
+        The reason, with what to do.
+    """
+    if cuda_visible_devices is not None and not any(
+        entry.strip() not in ("", "-1") for entry in cuda_visible_devices.split(",")
+    ):
+        return f"CUDA_VISIBLE_DEVICES={cuda_visible_devices!r} hides them"
+    if not cuda_build:
+        return "this TensorFlow was built without CUDA; install tensorflow[and-cuda]"
+    if not cuda_libraries:
+        return (
+            "the CUDA libraries TensorFlow loads are not installed (pip's tensorflow[and-cuda] brings them: "
+            "`make setup` installs it where nvidia-smi lists a GPU)"
+        )
+    return (
+        "the CUDA libraries are installed but did not load (a driver older than this TensorFlow's CUDA, or "
+        "a GPU in use by another process: see TensorFlow's log with TF_CPP_MIN_LOG_LEVEL=0)"
+    )
+
+
+GPU_DETERMINISM_OFF = "auto: off on GPUs, whose deterministic kernels are slower or missing and exclude XLA"
+
+
+def resolve_determinism(setting: bool | str, selection: DeviceSelection) -> tuple[bool, str]:
+    """Whether TensorFlow's ops run deterministically (`train.deterministic`), and why, for the run's tag.
+
+    Why auto is off on GPUs: deterministic GPU kernels are slower, some ops have none and then raise, and
+    Keras turns XLA off while determinism is on; on the CPU it costs little and makes runs repeatable.
+
+    Args:
+        setting: `train.deterministic`: "auto", True or False.
+        selection: What `configure` selected.
+
+    Returns:
+        (deterministic, why in words).
+    """
+    if setting != "auto":
+        return bool(setting), "train.deterministic"
+    on_cpu = selection.kind == "cpu"
+    return on_cpu, "auto: on the CPU" if on_cpu else GPU_DETERMINISM_OFF
 
 
 def _capable(gpus: tuple[GpuInfo, ...], minimum: tuple[int, int]) -> bool:
@@ -148,7 +274,8 @@ def select_devices(
             chosen = tuple(available)
         else:
             missing = [index for index in gpus if index not in by_index]
-            if missing and (accelerator == "gpu" or available):
+            # Whatever the accelerator: a run asked to train on GPU 2 must not quietly train on the CPU.
+            if missing:
                 existing = ", ".join(f"{gpu.index}: {gpu.name}" for gpu in available) or "no GPU"
                 raise DeviceSelectionError(f"device.gpus asks for GPU {missing}; this machine has {existing}")
             chosen = tuple(by_index[index] for index in gpus if index in by_index)
@@ -221,6 +348,17 @@ def _describe_gpus(physical: list[tf.config.PhysicalDevice], environment: Mappin
     return gpus
 
 
+def available_gpus() -> list[GpuInfo]:
+    """The GPUs TensorFlow sees, described (name, compute capability, memory); what `configure` chooses from.
+
+    Why public: the tests expect what the device selection gives on the machine they run on, not constants.
+    """
+    order_gpus_by_bus(os.environ)
+    import tensorflow as tf
+
+    return _describe_gpus(tf.config.list_physical_devices("GPU"), os.environ)
+
+
 def configure(device: DeviceParams) -> DeviceSelection:
     """Applies the `device` section to TensorFlow and Keras; call before any other TensorFlow op.
 
@@ -230,22 +368,39 @@ def configure(device: DeviceParams) -> DeviceSelection:
 
     Returns:
         What was selected, for tracking; `strategy_scope(distribution_strategy(selection))` then gives the
-        scope to build and train the model in.
+        scope to build and train the model in. When the driver lists GPUs TensorFlow does not see,
+        `unseen_warning` says so and why (the train stage prints and tags it).
 
     Raises:
         DeviceSelectionError: See `select_devices`.
     """
-    import os
-
+    order_gpus_by_bus(os.environ)
     import keras
     import tensorflow as tf
 
     physical = tf.config.list_physical_devices("GPU")
-    selection = select_devices(
-        device,
-        available=_describe_gpus(physical, os.environ),
-        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+    listed = nvidia_smi_gpus() if not physical and device.accelerator != "cpu" else []
+    reason = (
+        unseen_gpus_reason(
+            cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+            cuda_build=bool(tf.sysconfig.get_build_info().get("is_cuda_build")),
+            cuda_libraries=importlib.util.find_spec("nvidia") is not None,
+        )
+        if listed
+        else ""
     )
+    try:
+        selection = select_devices(
+            device,
+            available=_describe_gpus(physical, os.environ),
+            cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+        )
+    except DeviceSelectionError as error:
+        if not listed:
+            raise
+        raise DeviceSelectionError(f"{error} (nvidia-smi lists {'; '.join(listed)}: {reason})") from None
+    if listed:
+        selection = replace(selection, unseen_gpus=tuple(listed), unseen_reason=reason)
     chosen_devices = [physical[gpu.index] for gpu in selection.gpus]
     tf.config.set_visible_devices(chosen_devices, "GPU")
     for chosen in chosen_devices:
@@ -254,24 +409,32 @@ def configure(device: DeviceParams) -> DeviceSelection:
     return selection
 
 
-def distribution_strategy(selection: DeviceSelection) -> tf.distribute.Strategy | None:
-    """MirroredStrategy over the selected GPUs when there are several, else None (the default strategy).
+def distribution_strategy(
+    selection: DeviceSelection, *, cluster: ClusterRole | None = None
+) -> tf.distribute.Strategy | None:
+    """The strategy the model is built, compiled and trained under; None for the default one.
 
-    Why only then: one device needs no strategy, and the default one adds nothing. With several, the
-    variables are mirrored on exactly the selected GPUs (which `configure` left as the visible ones,
-    numbered from 0) and each batch is split between them. Build, compile and train in
-    `strategy_scope(strategy)`, with this one strategy object throughout.
+    Why these: one device needs no strategy, and the default one adds nothing. Several selected GPUs of one
+    machine train under MirroredStrategy: the variables are mirrored on exactly the selected GPUs (which
+    `configure` left as the visible ones, numbered from 0) and each batch is split between them. Several
+    workers (`TF_CONFIG`, `pipeline.runtime.cluster`) train under MultiWorkerMirroredStrategy, over every
+    worker's selected devices; TensorFlow requires it made before any other op, so make it right after
+    `configure`. Build, compile and train in `strategy_scope(strategy)`, with this one strategy object
+    throughout.
 
     Args:
         selection: What `configure` returned.
+        cluster: This process's role among several workers, or None when it trains alone.
 
     Returns:
         The strategy, or None.
     """
-    if selection.replicas == 1:
-        return None
     import tensorflow as tf
 
+    if cluster is not None:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if selection.replicas == 1:
+        return None
     return tf.distribute.MirroredStrategy(devices=[f"/gpu:{index}" for index in range(selection.replicas)])
 
 

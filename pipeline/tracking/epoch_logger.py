@@ -47,6 +47,8 @@ class EpochLogger(keras.callbacks.Callback):
         self._pending: list[tuple[int, dict[str, float]]] = []
         self._away_since: float | None = None
         self._print = print_line
+        self._compiled: dict[str, tuple[str, str]] = {}
+        self._pending_tags: dict[str, str] = {}
 
     @property
     def pending(self) -> int:
@@ -67,8 +69,31 @@ class EpochLogger(keras.callbacks.Callback):
         return len(missing)
 
     def begin_phase(self, phase: PhaseRecord) -> None:
-        """Remembers the phase, logged as metric `phase` with each of its epochs (`fine_tune` calls it)."""
+        """Remembers the phase, logged as metric `phase` with each of its epochs (`fine_tune` calls it).
+
+        Also tags what the phase's compiled model runs with (`device.xla`, `device.xla_reason`,
+        `device.precision`, `device.replicas`, read from the model after compile): one value when every phase so
+        far agrees, else one per phase (`frozen: false; unfreeze_top_2: true`).
+        """
         self._phase_index = phase.index
+        if phase.xla is None:
+            return
+        self._compiled[phase.name] = (str(phase.xla).lower(), phase.xla_reason)
+        self._pending_tags.update(
+            {
+                "device.xla": self._per_phase(0),
+                "device.xla_reason": self._per_phase(1),
+                "device.precision": phase.precision,
+                "device.replicas": str(phase.replicas),
+            }
+        )
+        self._send()
+
+    def _per_phase(self, position: int) -> str:
+        values = {name: compiled[position] for name, compiled in self._compiled.items()}
+        if len(set(values.values())) == 1:
+            return next(iter(values.values()))
+        return "; ".join(f"{name}: {value}" for name, value in values.items())
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if epoch in self._logged:
@@ -89,7 +114,7 @@ class EpochLogger(keras.callbacks.Callback):
         """
         deadline = time.monotonic() + wait_seconds
         self._send()
-        while self._pending and time.monotonic() < deadline:
+        while (self._pending or self._pending_tags) and time.monotonic() < deadline:
             time.sleep(min(retry_every, max(0.0, deadline - time.monotonic())))
             self._send()
         if self._pending:
@@ -105,18 +130,23 @@ class EpochLogger(keras.callbacks.Callback):
         self._logged.add(epoch)
 
     def _send(self) -> None:
-        """Sends the kept epochs in order; stops at the first the server does not take, keeping it and the rest."""
-        while self._pending:
-            epoch, metrics = self._pending[0]
+        """Sends the kept tags, then the kept epochs in order, until the server does not answer (the rest is kept)."""
+        while self._pending_tags or self._pending:
+            epoch, metrics = self._pending[0] if self._pending else (None, {})
             try:
+                if self._pending_tags:
+                    self._run.set_tags(self._pending_tags)
+                    self._pending_tags = {}
+                    continue
                 self._run.log_metrics(metrics, step=epoch)
             except Exception as error:
                 if not is_unavailable(error):
                     raise
                 if self._away_since is None:
                     self._away_since = time.monotonic()
+                    where = f"at epoch {epoch + 1}" if epoch is not None else "as a phase starts"
                     self._print(
-                        f"tracking server not answering at epoch {epoch + 1}; training goes on and its epochs are "
+                        f"tracking server not answering {where}; training goes on and its epochs are "
                         "kept to be sent when it answers"
                     )
                 return

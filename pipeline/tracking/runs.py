@@ -11,12 +11,14 @@ registry are `pipeline.tracking.models` and `pipeline.tracking.registry`; `tl-co
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
+import re
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,8 @@ from pipeline.errors import OutputWriteError, PipelineError
 # MLflow's log_batch limits: at most 1000 metrics or 100 params or 100 tags per call.
 _PARAMS_PER_BATCH = 100
 _METRICS_PER_BATCH = 1000
+# MLflow's GPU monitor names its metrics gpu_<position in its list of GPUs>_<what>.
+_GPU_METRIC = re.compile(r"gpu_(?P<position>\d+)_(?P<rest>.+)")
 
 
 class TrackingLookupError(PipelineError, LookupError):
@@ -206,10 +210,13 @@ class TrackedRun:
 
 
 def narrow_gpu_monitors(monitors: list[Any], *, gpu_indices: Sequence[int], gpu_monitor_type: type) -> None:
-    """Keeps only the selected GPUs in MLflow's GPU monitor, or drops it when none is selected.
+    """Keeps only the selected GPUs in MLflow's GPU monitor, named by their physical index, or drops it for none.
 
     Why: MLflow samples every GPU of the machine; a run on GPU 1 of a shared 8-GPU box would chart the
-    other users' GPUs too. `gpu_handles` is the monitor's list of NVML handles, by physical index.
+    other users' GPUs too. `gpu_handles` is the monitor's list of NVML handles, by physical index. MLflow
+    names each metric by the handle's position in that list (`gpu_0_utilization_percentage`), so once it is
+    narrowed to GPUs 2 and 5 they would read as GPUs 0 and 1: the aggregated metrics are renamed to the
+    physical index, the one nvidia-smi and the `device.gpu_indices` tag show.
 
     Args:
         monitors: The `SystemMetricsMonitor.monitors` list, changed in place.
@@ -222,8 +229,23 @@ def narrow_gpu_monitors(monitors: list[Any], *, gpu_indices: Sequence[int], gpu_
         if not gpu_indices:
             monitors.remove(monitor)
             continue
-        monitor.gpu_handles = [monitor.gpu_handles[index] for index in gpu_indices if index < len(monitor.gpu_handles)]
+        kept = [index for index in gpu_indices if index < len(monitor.gpu_handles)]
+        monitor.gpu_handles = [monitor.gpu_handles[index] for index in kept]
         monitor.num_gpus = len(monitor.gpu_handles)
+        monitor.aggregate_metrics = functools.partial(
+            _physically_named, monitor.aggregate_metrics, physical_indices=kept
+        )
+
+
+def _physically_named(aggregate: Callable[[], dict[str, float]], *, physical_indices: list[int]) -> dict[str, float]:
+    """MLflow's aggregated GPU metrics with `gpu_<position>_` renamed `gpu_<physical index>_`."""
+    renamed = {}
+    for name, value in aggregate().items():
+        match = _GPU_METRIC.fullmatch(name)
+        if match is not None and int(match["position"]) < len(physical_indices):
+            name = f"gpu_{physical_indices[int(match['position'])]}_{match['rest']}"
+        renamed[name] = value
+    return renamed
 
 
 def _first_line(error: BaseException) -> str:

@@ -20,7 +20,11 @@ from pipeline.runtime import atomic
 
 @dataclass(frozen=True)
 class PhaseRecord:
-    """One phase of training and the global epochs it covered (first inclusive, end exclusive)."""
+    """One phase of training and the global epochs it covered (first inclusive, end exclusive).
+
+    `xla`, `xla_reason`, `precision` and `replicas` are what the phase's compiled model ran with
+    (`pipeline.runtime.compiled`); `xla` is None for a record written before they were kept.
+    """
 
     index: int
     name: str
@@ -36,6 +40,10 @@ class PhaseRecord:
     data_note: str = ""
     best_epoch: int | None = None
     seconds: float = 0.0
+    xla: bool | None = None
+    xla_reason: str = ""
+    precision: str = ""
+    replicas: int = 1
 
     def describe(self) -> str:
         """One line for humans and run tags: epochs (numbered from 1), how it trained, cache use, wall time."""
@@ -44,8 +52,14 @@ class PhaseRecord:
         return (
             f"{self.name}: epochs {self.first_epoch + 1}-{self.end_epoch}{best}, {self.optimizer} "
             f"lr {self.learning_rate:g} ({self.schedule}){decay}, BN {self.bn_policy}, "
-            f"cached features {self.cached_features} ({self.data_note}), {self.seconds:.0f} s"
+            f"cached features {self.cached_features} ({self.data_note}){self._compiled()}, {self.seconds:.0f} s"
         )
+
+    def _compiled(self) -> str:
+        if self.xla is None:
+            return ""
+        replicas = f", {self.replicas} replicas" if self.replicas > 1 else ""
+        return f", XLA {'on' if self.xla else 'off'} ({self.xla_reason}), {self.precision}{replicas}"
 
 
 HISTORY_COLUMNS = ("epoch", "phase", "phase_name", "loss", "accuracy", "val_loss", "val_accuracy", "lr")

@@ -25,6 +25,7 @@ from pipeline.optim.layerwise import block_multipliers, variable_multipliers
 from pipeline.optim.optimizers import make_optimizer
 from pipeline.optim.schedules import make_schedule
 from pipeline.params.train import EarlyStoppingParams
+from pipeline.runtime.compiled import compiled_settings
 from pipeline.training.callbacks import DivergenceGuard, HistoryRecorder, early_stopping
 from pipeline.training.checkpoint import restore_layers
 from pipeline.training.features import ImageSplit, InputSettings, PhaseDataFactory
@@ -359,6 +360,8 @@ def fine_tune(
                     classifier.model, blocks, phase=index, phase_name=phase.name, lr_multipliers=layer_multipliers
                 )
             )
+        # What the compiled step runs with, read from the model: Keras may have turned XLA off (see the module).
+        compiled = compiled_settings(phase_data.model, requested=jit_compile)
         record = PhaseRecord(
             index=index,
             name=phase.name,
@@ -372,6 +375,10 @@ def fine_tune(
             bn_policy=phase.bn_policy,
             lr_decay_per_block=phase.lr_decay_per_block,
             data_note=phase_data.note,
+            xla=compiled.xla,
+            xla_reason=compiled.xla_reason,
+            precision=compiled.precision,
+            replicas=compiled.replicas,
         )
         recorder.begin_phase(record)
         guard.begin_phase(record)

@@ -25,10 +25,21 @@ def test_lr_find_range_must_grow() -> None:
         ({"gpus": "some"}, r"device.gpus: received 'some'; allowed: all, or a list of GPU indices such as \[0, 1\]$"),
         ({"precision": "float16"}, r"device.precision: received 'float16'"),
         ({"jit_compile": "yes"}, r"device.jit_compile: received 'yes'; Input should be a valid boolean, or auto$"),
+        (
+            {"accelerator": "cpu", "gpus": [0, 2]},
+            r"device.gpus \[0, 2\] names GPUs, but device.accelerator is 'cpu'; allowed with cpu: gpus all",
+        ),
     ],
 )
 def test_device_section_refusals(device: dict[str, Any], message: str) -> None:
     assert re.search(message, error_message({"device": device}))
+
+
+def test_deterministic_is_auto_or_a_boolean() -> None:
+    assert parse({}).train.deterministic == "auto"
+    assert parse({"train": {"deterministic": False}}).train.deterministic is False
+    message = error_message({"train": {"deterministic": "yes"}})
+    assert message.endswith("train.deterministic: received 'yes'; Input should be a valid boolean, or auto")
 
 
 def test_champion_alpha_is_a_probability_or_null() -> None:

@@ -42,6 +42,7 @@ def test_what_the_key_leaves_out() -> None:
         "train.activation_store.limit_mb",
         "train.activation_store.path",
         "train.checkpoint_every_steps",
+        "train.deterministic",
         "train.feature_cache_mb",
         "train.resume",
         "train.seed",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,10 @@ from pipeline.runtime.devices import (
     DeviceSelectionError,
     GpuInfo,
     nvml_indices,
+    order_gpus_by_bus,
+    resolve_determinism,
     select_devices,
+    unseen_gpus_reason,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -100,9 +104,13 @@ def test_gpu_index_out_of_range_is_named() -> None:
         _select(available=A100_PAIR, gpu_indices=[3])
 
 
-def test_gpu_index_with_gpu_required_and_none_present() -> None:
-    with pytest.raises(DeviceSelectionError, match=r"asks for GPU \[0\]; this machine has no GPU"):
-        _select(available=[], requested="gpu", gpu_indices=[0])
+@pytest.mark.parametrize("requested", ["gpu", "auto"])
+def test_a_missing_gpu_index_stops_whatever_the_accelerator(requested: str) -> None:
+    # auto used to fall back to the CPU here, although the run asked for GPUs 0 and 2.
+    with pytest.raises(DeviceSelectionError, match=r"asks for GPU \[0, 2\]; this machine has no GPU"):
+        _select(available=[], requested=requested, gpu_indices=[0, 2])
+    with pytest.raises(DeviceSelectionError, match=r"asks for GPU \[2\]; this machine has 0: NVIDIA A100"):
+        _select(available=A100_PAIR, requested=requested, gpu_indices=[0, 2])
 
 
 def test_cpu_requested_ignores_present_gpus() -> None:
@@ -147,7 +155,7 @@ def test_tags_of_gpu_selection() -> None:
         "device.memory_mb": "40960",
         "device.cuda_visible_devices": "2,3",
         "device.precision": "mixed_float16",
-        "device.xla": "on",
+        "device.xla_requested": "true",
         "device.memory_growth": "true",
         "device.replicas": "1",
         "device.strategy": "default (one device)",
@@ -163,7 +171,7 @@ def test_tags_of_cpu_selection() -> None:
         "device.memory_mb": "none",
         "device.cuda_visible_devices": "unset",
         "device.precision": "float32",
-        "device.xla": "auto (Keras: XLA where the model allows)",
+        "device.xla_requested": "auto",
         "device.memory_growth": "true",
         "device.replicas": "1",
         "device.strategy": "default (one device)",
@@ -172,11 +180,11 @@ def test_tags_of_cpu_selection() -> None:
 
 def test_two_selected_gpus_train_in_step_under_mirrored_strategy() -> None:
     selection = _select(available=A100_PAIR, jit_compile=False)
-    assert (selection.replicas, selection.as_tags()["device.strategy"], selection.as_tags()["device.xla"]) == (
-        2,
-        "MirroredStrategy",
-        "off",
-    )
+    assert (
+        selection.replicas,
+        selection.as_tags()["device.strategy"],
+        selection.as_tags()["device.xla_requested"],
+    ) == (2, "MirroredStrategy", "false")
 
 
 def test_bfloat16_needs_ampere_and_is_used_when_asked() -> None:
@@ -222,3 +230,121 @@ def test_nvml_indices_map_tensorflows_numbering_to_the_drivers(visible: str | No
 
 def test_nvml_indices_on_cpu_are_empty() -> None:
     assert nvml_indices(DeviceSelection(gpus=(), precision="float32"), {"CUDA_VISIBLE_DEVICES": "0"}) == []
+
+
+def test_nvml_indices_need_cuda_numbering_by_bus() -> None:
+    # CUDA's default order (fastest first) is not the driver's: no index maps then, so no GPU is sampled.
+    selection = DeviceSelection(gpus=(GpuInfo(0, "NVIDIA A100", (8, 0)),), precision="float32")
+    assert nvml_indices(selection, {"CUDA_DEVICE_ORDER": "FASTEST_FIRST"}) == []
+    assert nvml_indices(selection, {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}) == [0]
+
+
+def test_gpus_are_numbered_by_bus_unless_the_user_chose() -> None:
+    environment: dict[str, str] = {}
+    order_gpus_by_bus(environment)
+    assert environment == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    chosen = {"CUDA_DEVICE_ORDER": "FASTEST_FIRST"}
+    order_gpus_by_bus(chosen)
+    assert chosen == {"CUDA_DEVICE_ORDER": "FASTEST_FIRST"}
+
+
+@pytest.mark.parametrize(
+    ("visible", "cuda_build", "libraries", "expected"),
+    [
+        ("-1", True, True, r"^CUDA_VISIBLE_DEVICES='-1' hides them$"),
+        ("", True, True, r"^CUDA_VISIBLE_DEVICES='' hides them$"),
+        (None, False, False, r"^this TensorFlow was built without CUDA; install tensorflow\[and-cuda\]$"),
+        ("0", True, False, r"^the CUDA libraries TensorFlow loads are not installed \(pip's tensorflow\[and-cuda\]"),
+        (None, True, True, r"^the CUDA libraries are installed but did not load \(a driver older"),
+    ],
+)
+def test_why_tensorflow_sees_no_gpu_the_driver_lists(
+    visible: str | None, cuda_build: bool, libraries: bool, expected: str
+) -> None:
+    reason = unseen_gpus_reason(cuda_visible_devices=visible, cuda_build=cuda_build, cuda_libraries=libraries)
+    assert re.search(expected, reason)
+
+
+def test_gpus_tensorflow_does_not_see_are_one_line_and_a_tag() -> None:
+    selection = DeviceSelection(
+        gpus=(),
+        precision="float32",
+        unseen_gpus=("0, NVIDIA H200",),
+        unseen_reason="CUDA_VISIBLE_DEVICES='' hides them",
+    )
+    line = "nvidia-smi lists 1 GPU(s) (0, NVIDIA H200) but TensorFlow sees none: CUDA_VISIBLE_DEVICES='' hides them; "
+    assert selection.unseen_warning == line + "training on the CPU"
+    assert selection.as_tags()["device.gpus_unseen"] == selection.unseen_warning
+    assert "device.gpus_unseen" not in _select(available=[]).as_tags()
+    assert _select(available=[]).unseen_warning is None
+
+
+@pytest.mark.parametrize(
+    ("setting", "available", "expected"),
+    [
+        ("auto", [], (True, "auto: on the CPU")),
+        (
+            "auto",
+            A100_PAIR,
+            (False, "auto: off on GPUs, whose deterministic kernels are slower or missing and exclude XLA"),
+        ),
+        (True, A100_PAIR, (True, "train.deterministic")),
+        (False, [], (False, "train.deterministic")),
+    ],
+)
+def test_determinism_is_on_for_the_cpu_and_off_for_gpus_unless_asked(
+    setting: bool | str, available: list[GpuInfo], expected: tuple[bool, str]
+) -> None:
+    assert resolve_determinism(setting, _select(available=available)) == expected
+
+
+def _fake_nvidia_smi(folder: Path) -> dict[str, str]:
+    """An environment whose PATH finds an `nvidia-smi` that lists one H200, and where TensorFlow sees no GPU."""
+    script = folder / "nvidia-smi"
+    script.write_text("#!/bin/sh\necho '0, NVIDIA H200'\n")
+    script.chmod(0o755)
+    return {**os.environ, "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}", "CUDA_VISIBLE_DEVICES": "-1"}
+
+
+def test_configure_says_when_the_driver_lists_gpus_tensorflow_does_not_see(tmp_path: Path) -> None:
+    script = (
+        "import os; from pipeline.runtime import devices; from pipeline.params.runtime import DeviceParams; "
+        "s = devices.configure(DeviceParams()); print(s.kind); print(s.unseen_warning); "
+        "print(os.environ['CUDA_DEVICE_ORDER'])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env=_fake_nvidia_smi(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert result.stdout.splitlines() == [
+        "cpu",
+        "nvidia-smi lists 1 GPU(s) (0, NVIDIA H200) but TensorFlow sees none: CUDA_VISIBLE_DEVICES='-1' hides them; "
+        "training on the CPU",
+        "PCI_BUS_ID",
+    ]
+
+
+def test_accelerator_gpu_stops_with_what_the_driver_lists(tmp_path: Path) -> None:
+    script = (
+        "from pipeline.runtime import devices; from pipeline.params.runtime import DeviceParams\n"
+        "try:\n    devices.configure(DeviceParams(accelerator='gpu'))\n"
+        "except devices.DeviceSelectionError as error:\n    print(error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env=_fake_nvidia_smi(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert result.stdout.strip() == (
+        "device.accelerator is 'gpu' but TensorFlow sees no GPU on this machine "
+        "(nvidia-smi lists 0, NVIDIA H200: CUDA_VISIBLE_DEVICES='-1' hides them)"
+    )

@@ -9,6 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.tracking.epoch_logger import EpochLogger
+from pipeline.training.history import PhaseRecord
 from tests.tracking.conftest import open_run, tiny_model
 
 
@@ -83,3 +84,70 @@ def test_other_errors_of_the_store_are_not_waited_out() -> None:
 
     with pytest.raises(Exception, match="Invalid value nan"):
         EpochLogger(Refusing(0)).on_epoch_end(0, {"loss": 1.0})
+
+
+class _Tagged:
+    """A run that keeps its tags, and refuses the first `refusals` tag calls as an away server does."""
+
+    def __init__(self, refusals: int = 0) -> None:
+        self.tags: dict[str, str] = {}
+        self.refusals = refusals
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.exceptions import MlflowException
+
+        if self.refusals:
+            self.refusals -= 1
+            raise MlflowException(
+                "API request to http://127.0.0.1:5000/api/2.0/mlflow/runs/set-tag failed with exception x"
+            )
+        self.tags.update(tags)
+
+    def log_metrics(self, metrics: dict[str, float], *, step: int) -> None:
+        pass
+
+
+def _record(index: int, name: str, *, xla: bool | None, reason: str = "") -> PhaseRecord:
+    return PhaseRecord(
+        index=index,
+        name=name,
+        trainable_blocks=index,
+        learning_rate=0.1,
+        first_epoch=index,
+        end_epoch=index + 1,
+        cached_features=False,
+        xla=xla,
+        xla_reason=reason,
+        precision="mixed_float16",
+        replicas=2,
+    )
+
+
+def test_each_phase_tags_what_its_compiled_model_runs_with() -> None:
+    run = _Tagged()
+    logger = EpochLogger(run, print_line=lambda line: None)
+    logger.begin_phase(_record(0, "frozen", xla=False, reason="auto: off"))
+    assert run.tags == {
+        "device.xla": "false",
+        "device.xla_reason": "auto: off",
+        "device.precision": "mixed_float16",
+        "device.replicas": "2",
+    }
+    logger.begin_phase(_record(1, "unfreeze_top_2", xla=False, reason="auto: off"))
+    assert run.tags["device.xla"] == "false"
+    logger.begin_phase(_record(2, "unfreeze_all", xla=True, reason="device.jit_compile is true"))
+    assert run.tags["device.xla"] == "frozen: false; unfreeze_top_2: false; unfreeze_all: true"
+    assert run.tags["device.xla_reason"] == (
+        "frozen: auto: off; unfreeze_top_2: auto: off; unfreeze_all: device.jit_compile is true"
+    )
+
+
+def test_phase_tags_wait_for_an_away_server_and_a_record_without_them_tags_nothing() -> None:
+    run = _Tagged(refusals=1)
+    logger = EpochLogger(run, print_line=lambda line: None)
+    logger.begin_phase(_record(0, "frozen", xla=None))
+    assert run.tags == {}
+    logger.begin_phase(_record(1, "unfreeze_all", xla=True, reason="device.jit_compile is true"))
+    assert run.tags == {}
+    logger.on_epoch_end(1, {"loss": 1.0})
+    assert run.tags["device.xla"] == "true"

@@ -34,9 +34,18 @@ def test_run_reference_round_trip(tmp_path: Path) -> None:
 
 
 class _FakeGpuMonitor:
+    """MLflow's GPU monitor as far as narrowing sees it: metrics named by the handle's position in its list."""
+
     def __init__(self, count: int) -> None:
         self.gpu_handles = [f"handle-{index}" for index in range(count)]
         self.num_gpus = count
+
+    def aggregate_metrics(self) -> dict[str, float]:
+        return {
+            **{f"gpu_{position}_utilization_percentage": float(handle[-1]) for position, handle in
+               enumerate(self.gpu_handles)},
+            "gpu_count_note": 1.0,
+        }
 
 
 def test_gpu_sampling_is_narrowed_to_the_selected_gpus() -> None:
@@ -45,6 +54,12 @@ def test_gpu_sampling_is_narrowed_to_the_selected_gpus() -> None:
     runs.narrow_gpu_monitors(monitors, gpu_indices=[3, 1], gpu_monitor_type=_FakeGpuMonitor)
     assert monitors == [cpu_monitor, gpu_monitor]
     assert (gpu_monitor.gpu_handles, gpu_monitor.num_gpus) == (["handle-3", "handle-1"], 2)
+    # Named by the physical index (nvidia-smi's), not by the position among the GPUs kept.
+    assert gpu_monitor.aggregate_metrics() == {
+        "gpu_3_utilization_percentage": 3.0,
+        "gpu_1_utilization_percentage": 1.0,
+        "gpu_count_note": 1.0,
+    }
     runs.narrow_gpu_monitors(monitors, gpu_indices=[], gpu_monitor_type=_FakeGpuMonitor)
     assert monitors == [cpu_monitor]
 
