@@ -12,13 +12,18 @@ while params.yaml is unchanged, which is why train checks again when it starts.
 
 from __future__ import annotations
 
+import os
+
 from pipeline import params
 from pipeline.tracking import store as tracking_store
+from stages._cluster import training_cluster
 from stages._entry import PARAMS, PARAMS_CHECKED, run_stage
 
 
 def main() -> None:
     config = params.load(PARAMS)
+    # A TF_CONFIG that cannot be joined, or params several workers cannot share, stop here too, before any work.
+    role = training_cluster(config, os.environ)
     tracking_uri, answer = tracking_store.usable_tracking_uri(
         config.tracking.uri, experiment=config.tracking.experiment
     )
@@ -26,6 +31,8 @@ def main() -> None:
     PARAMS_CHECKED.write_text("params.yaml matches the schema of pipeline/params/\n", encoding="utf-8")
     print(f"{PARAMS} is valid")
     print(f"tracking store {tracking_store.redact(tracking_uri)} ({tracking_store.uri_origin()}): {answer}")
+    if role is not None:
+        print(f"training cluster: this machine is the {role.describe()}")
 
 
 if __name__ == "__main__":

@@ -128,6 +128,8 @@ class InputSettings:
         label_smoothing: Label smoothing of the cross-entropy; above 0 the labels are fed one-hot.
         activation_store: Where the frozen activations are kept between runs
             (`pipeline.training.activation_store`), or None to keep them in memory for this run only.
+        workers: Training workers in step (MultiWorkerMirroredStrategy); above 1 the frozen activations are
+            not cached (`PhaseDataFactory`).
     """
 
     image_size: int
@@ -137,11 +139,12 @@ class InputSettings:
     augmentation: keras.layers.Layer | None = None
     label_smoothing: float = 0.0
     activation_store: ActivationStore | None = None
+    workers: int = 1
 
     @classmethod
-    def from_params(cls, train: TrainParams, *, image_size: int) -> InputSettings:
+    def from_params(cls, train: TrainParams, *, image_size: int, workers: int = 1) -> InputSettings:
         """The settings of the `train` section (batch size, seed, `feature_cache_mb`, augmentation, smoothing,
-        `activation_store`)."""
+        `activation_store`), for `workers` training workers."""
         store = train.activation_store
         return cls(
             image_size=image_size,
@@ -153,6 +156,7 @@ class InputSettings:
             activation_store=ActivationStore(Path(store.path), limit_bytes=store.limit_mb * 2**20)
             if store.limit_mb > 0
             else None,
+            workers=workers,
         )
 
     def steps_per_epoch(self, examples: int) -> int:
@@ -201,7 +205,16 @@ class PhaseDataFactory:
         self._train_views = ("none", self._flip) if self._flip else ("none",)
         examples = len(train.labels) * len(self._train_views) + len(val.labels)
         self.estimated_cache_bytes = _bytes_per_example(self._base_cut) * examples
-        if augmentation is not None and self._flip is None:
+        if inputs.workers > 1:
+            # Each step's global batch draws from every image, so each worker would need the activations of them
+            # all: the one-time pass repeated on every worker, with nothing shared. The frozen layers run in each
+            # step instead (docs/training.md#several-workers says what it costs).
+            self.caching = False
+            self.cache_note = (
+                f"{inputs.workers} workers: frozen activations are not cached (each worker would compute those of "
+                "every image); the frozen layers run in every step"
+            )
+        elif augmentation is not None and self._flip is None:
             self.caching = False
             self.cache_note = "augmentation changes the images every epoch, so frozen activations cannot be reused"
         elif self.estimated_cache_bytes > cache_limit_bytes:
@@ -457,4 +470,7 @@ def _forward_pass(model: keras.Model, inputs: tf.data.Dataset | np.ndarray, *, b
         batches = (inputs[start : start + batch_size] for start in range(0, len(inputs), batch_size))
     else:
         batches = (images for images, _labels in inputs)
-    return np.concatenate([keras.ops.convert_to_numpy(forward(batch)) for batch in batches])
+    # Under a mixed policy the preprocessing layer of the image pipeline yields float16 batches, which a concrete
+    # function traced for the model's float32 input refuses; Keras' own call would cast them the same way.
+    dtype = model.input.dtype
+    return np.concatenate([keras.ops.convert_to_numpy(forward(tf.cast(batch, dtype))) for batch in batches])

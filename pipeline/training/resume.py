@@ -32,6 +32,7 @@ from pipeline.training.checkpoint import (
     restore_callback_states,
     write_checkpoint,
 )
+from pipeline.training.distributed import fit_with_strategy_run, needs_custom_loop
 
 if TYPE_CHECKING:
     from pipeline.training.diagnostics import TrainingDiagnostics
@@ -277,16 +278,30 @@ def fit_phase(
             if checkpointing is not None
             else []
         )
-        phase_data.model.fit(
-            phase_data.train(first_epoch=start, end_epoch=end, skip_batches=skip),
-            validation_data=phase_data.val,
-            initial_epoch=start,
-            epochs=end,
-            steps_per_epoch=phase_data.steps_per_epoch - skip,
-            callbacks=[*callbacks, restorer, *writer],
-            shuffle=False,  # each epoch's order is drawn from the run's seed and the epoch (EpochOrder)
-            verbose=verbose,
-        )
+        training = phase_data.train(first_epoch=start, end_epoch=end, skip_batches=skip)
+        if needs_custom_loop(phase_data.model):
+            # Several workers: Keras' fit fails under their strategy (pipeline.training.distributed).
+            fit_with_strategy_run(
+                phase_data.model,
+                training,
+                validation_data=phase_data.val,
+                initial_epoch=start,
+                epochs=end,
+                steps_per_epoch=phase_data.steps_per_epoch - skip,
+                callbacks=[*callbacks, restorer, *writer],
+                verbose=verbose,
+            )
+        else:
+            phase_data.model.fit(
+                training,
+                validation_data=phase_data.val,
+                initial_epoch=start,
+                epochs=end,
+                steps_per_epoch=phase_data.steps_per_epoch - skip,
+                callbacks=[*callbacks, restorer, *writer],
+                shuffle=False,  # each epoch's order is drawn from the run's seed and the epoch (EpochOrder)
+                verbose=verbose,
+            )
         if phase_data.model.stop_training:
             break
         states = {callback: callback_state(callback) for callback in progress.stateful.values()}

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.params.runtime import DeviceParams
+from pipeline.runtime.devices import GPU_DETERMINISM_OFF, available_gpus, select_devices
 from tests.conftest import export_tiny_saved_model
 from tests.tiny_project import STAGES, copy_project, ran_stages, tiny_params, write_params
 from tests.tiny_project import dvc as _dvc
@@ -139,6 +141,29 @@ def test_exported_model_takes_raw_pixels(tiny_run: Path) -> None:
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.gpu
+def test_the_runs_device_tags_name_the_gpus_nvidia_smi_lists(tiny_run: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tiny_run / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
+    listed = subprocess.run(
+        ["nvidia-smi", "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    driver = {int(index): (name.strip(), int(memory)) for index, name, memory in (line.split(",") for line in listed)}
+    tags = run.data.tags
+    # CUDA_VISIBLE_DEVICES unset and CUDA_DEVICE_ORDER=PCI_BUS_ID: TensorFlow's indices are the driver's.
+    indices = [int(index) for index in tags["device.gpu_indices"].split(", ")]
+    assert indices == sorted(driver)
+    assert all(f"GPU:{index} {driver[index][0]}" in tags["device.selected"] for index in indices)
+    assert [int(value) for value in tags["device.memory_mb"].split(", ")] == [driver[index][1] for index in indices]
+    sampled = {key for key in run.data.metrics if key.startswith("system/gpu_")}
+    assert {int(key.split("_")[1]) for key in sampled} <= set(indices)
+
+
 def test_one_run_holds_everything(tiny_run: Path, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -151,8 +176,23 @@ def test_one_run_holds_everything(tiny_run: Path, tmp_path: Path) -> None:
     assert run.info.status == "FINISHED"
     assert run.data.params["train.unfreeze.1.blocks"] == "3"
     assert run.data.params["backbone.name"] == "efficientnet_lite0"
-    assert run.data.tags["device.kind"] == "cpu"
-    assert run.data.tags["device.precision"] == "float32"
+    # What the device selection gives on this machine (a GPU one too), and what the compiled model then ran with.
+    expected = select_devices(DeviceParams(), available=available_gpus())
+    tags = run.data.tags
+    assert (tags["device.kind"], tags["device.precision"], tags["device.replicas"]) == (
+        expected.kind,
+        expected.precision,
+        str(expected.replicas),
+    )
+    if expected.kind == "cpu":
+        assert (tags["device.xla"], tags["device.xla_reason"], tags["device.deterministic"]) == (
+            "false",
+            "auto: Keras turns XLA off on a machine without a GPU",
+            "true (auto: on the CPU)",
+        )
+    else:
+        assert tags["device.deterministic"] == f"false ({GPU_DETERMINISM_OFF})"
+        assert tags["device.xla"] == ("true" if expected.replicas == 1 else "false")
     assert run.data.tags["phase.1"].startswith("unfreeze_top_1: epochs 3-3, sgd lr")
     assert "lr / 2 per lower block, BN affine" in run.data.tags["phase.1"]
     assert run.data.tags["phase.2"].startswith("unfreeze_top_3: epochs 4-4, adam lr")
