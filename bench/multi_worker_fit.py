@@ -74,7 +74,8 @@ def _worker(engine: str, index: int, addresses: list[str]) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
+    """`count` TCP ports on 127.0.0.1 free now (for the workers' TF_CONFIG; also the two-worker test's)."""
     sockets = [socket.socket() for _ in range(count)]
     for handle in sockets:
         handle.bind(("127.0.0.1", 0))
@@ -85,7 +86,7 @@ def _free_ports(count: int) -> list[int]:
 
 
 def _run(engine: str) -> list[dict[str, object]]:
-    addresses = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(2)]
     environment = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
     indices = [0] if engine == "single" else [0, 1]
     processes = [

@@ -278,30 +278,21 @@ def fit_phase(
             if checkpointing is not None
             else []
         )
+        fit_arguments: dict[str, Any] = {
+            "validation_data": phase_data.val,
+            "initial_epoch": start,
+            "epochs": end,
+            "steps_per_epoch": phase_data.steps_per_epoch - skip,
+            "callbacks": [*callbacks, restorer, *writer],
+            "verbose": verbose,
+        }
         training = phase_data.train(first_epoch=start, end_epoch=end, skip_batches=skip)
         if needs_custom_loop(phase_data.model):
             # Several workers: Keras' fit fails under their strategy (pipeline.training.distributed).
-            fit_with_strategy_run(
-                phase_data.model,
-                training,
-                validation_data=phase_data.val,
-                initial_epoch=start,
-                epochs=end,
-                steps_per_epoch=phase_data.steps_per_epoch - skip,
-                callbacks=[*callbacks, restorer, *writer],
-                verbose=verbose,
-            )
+            fit_with_strategy_run(phase_data.model, training, **fit_arguments)
         else:
-            phase_data.model.fit(
-                training,
-                validation_data=phase_data.val,
-                initial_epoch=start,
-                epochs=end,
-                steps_per_epoch=phase_data.steps_per_epoch - skip,
-                callbacks=[*callbacks, restorer, *writer],
-                shuffle=False,  # each epoch's order is drawn from the run's seed and the epoch (EpochOrder)
-                verbose=verbose,
-            )
+            # shuffle off: each epoch's order is drawn from the run's seed and the epoch (EpochOrder).
+            phase_data.model.fit(training, shuffle=False, **fit_arguments)
         if phase_data.model.stop_training:
             break
         states = {callback: callback_state(callback) for callback in progress.stateful.values()}

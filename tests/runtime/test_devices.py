@@ -298,12 +298,21 @@ def test_determinism_is_on_for_the_cpu_and_off_for_gpus_unless_asked(
     assert resolve_determinism(setting, _select(available=available)) == expected
 
 
-def _fake_nvidia_smi(folder: Path) -> dict[str, str]:
-    """An environment whose PATH finds an `nvidia-smi` that lists one H200, and where TensorFlow sees no GPU."""
-    script = folder / "nvidia-smi"
-    script.write_text("#!/bin/sh\necho '0, NVIDIA H200'\n")
-    script.chmod(0o755)
-    return {**os.environ, "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}", "CUDA_VISIBLE_DEVICES": "-1"}
+def _with_fake_nvidia_smi(script: str, folder: Path) -> str:
+    """Runs `script` where PATH finds an `nvidia-smi` that lists one H200 and TensorFlow sees no GPU; its stdout."""
+    executable = folder / "nvidia-smi"
+    executable.write_text("#!/bin/sh\necho '0, NVIDIA H200'\n")
+    executable.chmod(0o755)
+    environment = {**os.environ, "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}", "CUDA_VISIBLE_DEVICES": "-1"}
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
 
 
 def test_configure_says_when_the_driver_lists_gpus_tensorflow_does_not_see(tmp_path: Path) -> None:
@@ -312,16 +321,7 @@ def test_configure_says_when_the_driver_lists_gpus_tensorflow_does_not_see(tmp_p
         "s = devices.configure(DeviceParams()); print(s.kind); print(s.unseen_warning); "
         "print(os.environ['CUDA_DEVICE_ORDER'])"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO_ROOT,
-        env=_fake_nvidia_smi(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    assert result.stdout.splitlines() == [
+    assert _with_fake_nvidia_smi(script, tmp_path).splitlines() == [
         "cpu",
         "nvidia-smi lists 1 GPU(s) (0, NVIDIA H200) but TensorFlow sees none: CUDA_VISIBLE_DEVICES='-1' hides them; "
         "training on the CPU",
@@ -335,16 +335,7 @@ def test_accelerator_gpu_stops_with_what_the_driver_lists(tmp_path: Path) -> Non
         "try:\n    devices.configure(DeviceParams(accelerator='gpu'))\n"
         "except devices.DeviceSelectionError as error:\n    print(error)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO_ROOT,
-        env=_fake_nvidia_smi(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    assert result.stdout.strip() == (
+    assert _with_fake_nvidia_smi(script, tmp_path).strip() == (
         "device.accelerator is 'gpu' but TensorFlow sees no GPU on this machine "
         "(nvidia-smi lists 0, NVIDIA H200: CUDA_VISIBLE_DEVICES='-1' hides them)"
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -21,21 +20,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench.multi_worker_fit import free_ports
 from tests.tiny_project import EXPERIMENT, copy_project, file_states
 
 pytestmark = pytest.mark.xdist_group("tiny_run")
 
 DIGEST = re.compile(r"weights sha256 ([0-9a-f]{64})")
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for handle in sockets:
-        handle.bind(("127.0.0.1", 0))
-    ports = [handle.getsockname()[1] for handle in sockets]
-    for handle in sockets:
-        handle.close()
-    return ports
 
 
 def _two_phases(project: Path, **train: object) -> None:
@@ -97,7 +87,7 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(tiny_run_copy: Path
     runs_before = {run.info.run_id for run in client.search_runs([experiment_id])}
     worker_before = _tracked_files(worker)
 
-    addresses = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(2)]
     started = time.perf_counter()
     processes = [
         _train(project, {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})
