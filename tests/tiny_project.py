@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -29,6 +30,9 @@ STAGES = ("validate", "prepare", "lr_find", "train", "evaluate", "register")
 # The experiment and registered model of the shared run.
 EXPERIMENT = "e2e"
 REGISTERED_MODEL = "e2e-model"
+# The experiment and registered model of `build_queue_project`.
+QUEUE_EXPERIMENT = "queue"
+QUEUE_REGISTERED_MODEL = "queue-model"
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -122,6 +126,101 @@ def build_tiny_run(workdir: Path) -> Path:
     return workdir
 
 
+def save_tiny_keras_backbone(path: Path) -> None:
+    """A 2-convolution network with a classifier on top, saved as a .keras file for `backbone.name`.
+
+    Why these layers: the pipeline cuts the file's last layer off and trains a new head on the flattened
+    map of the two random convolutions (frozen); the flattened map keeps where each image's bright row is,
+    so three epochs reach a test accuracy far above the majority class, in seconds.
+    """
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    tensor = keras.layers.Rescaling(1 / 255, name="scale")(inputs)
+    for index in (1, 2):
+        tensor = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name=f"conv{index}")(tensor)
+    tensor = keras.layers.Flatten(name="flatten")(tensor)
+    outputs = keras.layers.Dense(10, activation="softmax", name="classifier")(tensor)
+    keras.Model(inputs, outputs, name="tiny").save(path)
+
+
+def build_queue_project(workdir: Path) -> Path:
+    """The tiny project on `save_tiny_keras_backbone`, committed, for experiments queued with `dvc exp run --queue`.
+
+    Why committed: DVC queues an experiment as a change to the last commit. Each experiment freezes the
+    tiny backbone for 3 epochs, scores the majority class as the only baseline and registers to
+    `QUEUE_REGISTERED_MODEL` in experiment `QUEUE_EXPERIMENT`, without McNemar's test (40 test images are too
+    few to tell three similar models apart): the champion is then the first version with the best test accuracy.
+
+    Returns:
+        `workdir`.
+    """
+    params = build_project(workdir)
+    save_tiny_keras_backbone(workdir / "tiny.keras")
+    params["backbone"].update(name="tiny.keras")
+    params["head"].update(hidden_units=[], batch_norm="none")
+    params["train"].update(frozen_epochs=3, unfreeze=[], base_learning_rate=0.01)
+    for baseline in ("probe", "pixels"):
+        params["evaluate"]["baselines"][baseline]["enabled"] = False
+    params["tracking"].update(
+        experiment=QUEUE_EXPERIMENT,
+        registered_model=QUEUE_REGISTERED_MODEL,
+        system_metrics_interval=0,
+        gate_baselines=["majority"],
+        champion_alpha=None,
+    )
+    write_params(workdir, params)
+    subprocess.run(["git", "add", "-A"], cwd=workdir, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "baseline"],
+        cwd=workdir,
+        check=True,
+    )
+    return workdir
+
+
+def queue_seeds(workdir: Path, seeds: tuple[int, ...]) -> None:
+    """Queues one experiment per seed, `dvc exp run --queue --name seed-N -S train.seed=N`, as `make seeds` does.
+
+    The `-S` options of `python -m pipeline.cli.seeds --queue-overrides` point each experiment's temporary copy
+    at the project's tracking store, artifact folder and caches.
+
+    Raises:
+        AssertionError: A `dvc exp run --queue` failed.
+    """
+    overrides = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.seeds", "--queue-overrides"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for seed in seeds:
+        options = ["--name", f"seed-{seed}", "-S", f"train.seed={seed}", *shlex.split(overrides)]
+        queued = dvc(workdir, "exp", "run", "--queue", *options)
+        assert queued.returncode == 0, queued.stdout + queued.stderr
+
+
+def queue_statuses(workdir: Path) -> dict[str, str]:
+    """The name and status (Queued, Running, Success, Failed...) of every task `dvc queue status` lists.
+
+    Raises:
+        AssertionError: `dvc queue status` failed.
+    """
+    result = dvc(workdir, "queue", "status")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    header = next(index for index, line in enumerate(lines) if line.startswith("Task"))
+    statuses = {}
+    for line in lines[header + 1 :]:
+        if not line.strip():
+            break
+        fields = line.split()
+        statuses[fields[1]] = fields[-1]
+    return statuses
+
+
 def ran_stages(result: subprocess.CompletedProcess[str]) -> list[str]:
     """The stages `dvc repro` (or `dvc exp run`) ran, in pipeline order."""
     return [stage for stage in STAGES if f"Running stage '{stage}'" in result.stdout]
@@ -199,13 +298,24 @@ def edit_params(workdir: Path, section: str, key: str, value: object) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def dvc(workdir: Path, *arguments: str, tracking_uri: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Runs dvc in `workdir`; MLflow logs to params.yaml's store unless `tracking_uri` is given."""
+def dvc_environment(tracking_uri: str | None = None) -> dict[str, str]:
+    """The environment `dvc` runs in: this venv first on PATH, no analytics, MLflow at `tracking_uri` if given."""
     environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_TRACKING")}
     environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
     environment["DVC_NO_ANALYTICS"] = "1"
     if tracking_uri is not None:
         environment["MLFLOW_TRACKING_URI"] = tracking_uri
+    return environment
+
+
+def dvc(workdir: Path, *arguments: str, tracking_uri: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Runs dvc in `workdir`; MLflow logs to params.yaml's store unless `tracking_uri` is given."""
     return subprocess.run(
-        ["dvc", *arguments], cwd=workdir, env=environment, capture_output=True, text=True, timeout=900, check=False
+        ["dvc", *arguments],
+        cwd=workdir,
+        env=dvc_environment(tracking_uri),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )

@@ -10,6 +10,7 @@ next run of the same experiment on this host finds its process gone and closes i
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -19,8 +20,10 @@ from pathlib import Path
 
 import mlflow
 from mlflow.entities import RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline.tracking import store as tracking_store
 from pipeline.tracking.runs import RunReference, TrackedRun, TrackingLookupError, is_unavailable
 
 # The experiment tag MLflow's UI (3.x) reads to choose an experiment's page, and the value of the page with the
@@ -40,9 +43,51 @@ def _experiment_id(client: MlflowClient, name: str, artifact_dir: Path, tracking
     if experiment is not None:
         return experiment.experiment_id
     kind = {EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND}
-    if tracking_uri.lower().startswith(("http://", "https://")):
-        return client.create_experiment(name, tags=kind)
-    return client.create_experiment(name, artifact_location=artifact_dir.resolve().as_uri(), tags=kind)
+    try:
+        if tracking_uri.lower().startswith(("http://", "https://")):
+            return client.create_experiment(name, tags=kind)
+        return client.create_experiment(name, artifact_location=artifact_dir.resolve().as_uri(), tags=kind)
+    except MlflowException as error:
+        # Another pipeline created it since the lookup (queued experiments starting together on a new store).
+        if error.error_code != "RESOURCE_ALREADY_EXISTS" or (experiment := client.get_experiment_by_name(name)) is None:
+            raise
+        return experiment.experiment_id
+
+
+def open_client(tracking_uri: str) -> MlflowClient:
+    """A client of the store at `tracking_uri`; a new SQLite store gets its tables from one process at a time.
+
+    Why: MLflow creates the tables of a new SQLite database (all of its schema migrations) in the first
+    process that opens it, without a lock. Two stages that open a new store at the same moment (queued DVC
+    experiments run by `dvc queue start -j 2`) both migrate it, and one fails ("table ... already exists",
+    "duplicate column name"). Opening the store under an exclusive lock on the database's folder lets one
+    process create the tables while the others wait, then find them. The folder, not a file, is locked so
+    that nothing is left beside the database; where the filesystem cannot lock it, the store opens unlocked.
+
+    Args:
+        tracking_uri: The resolved tracking URI.
+
+    Returns:
+        The client.
+    """
+    database = tracking_store.sqlite_database(tracking_uri)
+    if database is None:
+        return MlflowClient(tracking_uri)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(database.parent):
+        return MlflowClient(tracking_uri)  # opens the store, creating the tables of a new one
+
+
+@contextlib.contextmanager
+def _exclusive_lock(folder: Path) -> Iterator[None]:
+    """Holds an exclusive `flock` on `folder` (released when the descriptor closes, or the process dies)."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):  # NFS and some others do not lock folders: no lock then
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def mark_training_experiment(client: MlflowClient, experiment_id: str) -> None:
@@ -151,7 +196,7 @@ def tracked_run(
     # A new SQLite store announces its tables at INFO ("Creating initial MLflow database tables..."): a
     # library's lines amid the stage's own, about something the user did not ask about.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-    client = MlflowClient(tracking_uri)
+    client = open_client(tracking_uri)
     if resume is not None:
         # A store deleted or replaced since train wrote the reference (rm mlflow.db, another tracking.uri) would
         # otherwise surface as MLflow's traceback about a missing experiment id.
@@ -221,10 +266,8 @@ def find_run(tracking_uri: str, run_id: str) -> RunReference | None:
     Why: a checkpoint names the run its epochs went to; a resume continues that run only if the store
     still holds it (the user may have deleted it, or pointed `tracking.uri` elsewhere since).
     """
-    from mlflow.exceptions import MlflowException
-
     try:
-        info = MlflowClient(tracking_uri).get_run(run_id).info
+        info = open_client(tracking_uri).get_run(run_id).info
     except MlflowException:
         return None
     if info.lifecycle_stage != "active":

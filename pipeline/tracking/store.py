@@ -286,12 +286,26 @@ def _http_error(error: urllib.error.HTTPError, uri: str) -> str:
     )
 
 
-def _check_sqlite(uri: str) -> str:
+def sqlite_database(uri: str) -> Path | None:
+    """The database file of a `sqlite://` URI (relative to the working folder when the URI is).
+
+    Args:
+        uri: A tracking URI, of any scheme.
+
+    Returns:
+        The file, or None for another scheme or an in-memory database.
+    """
+    if urllib.parse.urlsplit(uri).scheme.lower().partition("+")[0] != "sqlite":
+        return None
     # SQLAlchemy: sqlite:///relative.db, sqlite:////absolute.db; sqlite:// and :memory: live in memory.
     database = uri.split("://", 1)[1].removeprefix("/").split("?", 1)[0]
-    if database in ("", ":memory:"):
+    return None if database in ("", ":memory:") else Path(database)
+
+
+def _check_sqlite(uri: str) -> str:
+    path = sqlite_database(uri)
+    if path is None:
         return "in-memory sqlite database"
-    path = Path(database)
     if path.is_dir():
         raise TrackingStoreError(f"{path} is a folder, not a database file")
     _check_folder_writable(path.parent)

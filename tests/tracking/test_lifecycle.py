@@ -184,3 +184,68 @@ def test_a_failure_while_the_server_is_away_keeps_its_own_error(tmp_path: Path, 
     # The run's own error, not a second one from reporting it to a server that is gone.
     lifecycle._end(AwayClient(store), run.run_id, "FAILED", {lifecycle.ERROR_TAG: "x"})
     assert MlflowClient(store).get_run(run.run_id).info.status == "FINISHED"
+
+
+def _open_runs_at_once(store: str, tmp_path: Path, count: int) -> list[subprocess.CompletedProcess[str]]:
+    """`count` processes that each open a tracked run on `store` at the same instant (they wait for one file)."""
+    go_file = tmp_path / "go"
+    script = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from pipeline.tracking import lifecycle
+        print("ready", flush=True)
+        while not Path({str(go_file)!r}).exists():
+            time.sleep(0.005)
+        with lifecycle.tracked_run(tracking_uri={store!r}, experiment="queued",
+                                  artifact_dir=Path({str(tmp_path / "artifacts")!r})) as run:
+            print(run.run_id, flush=True)
+    """)
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(count)
+    ]
+    try:
+        for child in children:
+            assert child.stdout.readline().strip() == "ready", child.stderr.read()
+        go_file.touch()
+        outputs = [child.communicate(timeout=120) for child in children]
+    finally:
+        for child in children:
+            child.kill()
+    return [
+        subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
+        for child, (stdout, stderr) in zip(children, outputs, strict=True)
+    ]
+
+
+# Two queued DVC experiments (`dvc queue start -j 2`) start their first stage on a store that does not exist yet.
+def test_pipelines_opening_a_new_sqlite_store_at_once_all_get_their_run(store: str, tmp_path: Path) -> None:
+    assert not (tmp_path / "mlflow.db").exists()
+    results = _open_runs_at_once(store, tmp_path, 2)
+    for result in results:
+        assert result.returncode == 0, result.stderr
+    client = MlflowClient(store)
+    (experiment,) = [item for item in client.search_experiments() if item.name == "queued"]
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(run.info.run_id for run in runs) == sorted(result.stdout.split()[-1] for result in results)
+    assert {run.info.status for run in runs} == {"FINISHED"}
+
+
+def test_an_experiment_another_pipeline_created_since_the_lookup_is_used(
+    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    existing = MlflowClient(store).create_experiment("tests", artifact_location=(tmp_path / "artifacts").as_uri())
+    lookups: list[str] = []
+    lookup = MlflowClient.get_experiment_by_name
+
+    def before_the_other_created_it(client: MlflowClient, name: str):
+        lookups.append(name)
+        return None if len(lookups) == 1 else lookup(client, name)
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", before_the_other_created_it)
+    with open_run(store, tmp_path) as run:
+        pass
+    assert lookups == ["tests", "tests"]  # not found, the creation refused, then found
+    assert MlflowClient(store).get_run(run.run_id).info.experiment_id == existing

@@ -148,6 +148,23 @@ def test_sqlite_in_a_writable_folder_passes(tmp_path: Path, monkeypatch) -> None
     assert sorted(path.name for path in tmp_path.iterdir()) == ["store.db"]  # the write check leaves nothing
 
 
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("sqlite:///mlflow.db", Path("mlflow.db")),
+        ("sqlite:////srv/team/mlflow.db", Path("/srv/team/mlflow.db")),
+        ("SQLite+pysqlite:////srv/mlflow.db?timeout=30", Path("/srv/mlflow.db")),
+        ("sqlite://", None),
+        ("sqlite:///:memory:", None),
+        ("postgresql://db:5432/mlflow", None),
+        ("http://127.0.0.1:5000", None),
+        ("/srv/mlruns", None),
+    ],
+)
+def test_sqlite_database_is_the_file_of_a_sqlite_uri(uri: str, expected: Path | None) -> None:
+    assert tracking_store.sqlite_database(uri) == expected
+
+
 def test_sqlite_in_an_unwritable_folder_fails() -> None:
     # /sys refuses new files to root too (a chmod'ed folder would not stop root, who runs CI).
     with pytest.raises(
