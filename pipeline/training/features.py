@@ -444,7 +444,9 @@ def _store_note(stored: list[StoredActivations], store: ActivationStore) -> str:
     return f"frozen activations computed once and stored in the activation store {store.root}"
 
 
-def _forward_pass(model: keras.Model, inputs: tf.data.Dataset | np.ndarray, *, batch_size: int) -> np.ndarray:
+def _forward_pass(
+    model: keras.Model, inputs: tf.data.Dataset | np.ndarray, *, batch_size: int, jit_compile: bool | None = None
+) -> np.ndarray:
     """`model` in inference mode over every batch of `inputs`, traced once, for any batch size.
 
     Why not `model.predict`: Keras traces its predict step for the first batch's shape and again for the last,
@@ -453,10 +455,18 @@ def _forward_pass(model: keras.Model, inputs: tf.data.Dataset | np.ndarray, *, b
     they "triggered tf.function retracing". A concrete function of any batch size traces each model once.
     XLA as Keras would choose it for this model (`model.jit_compile`: on GPUs, off on CPUs).
 
+    Why the training batch size (`InputSettings.batch_size` batches the images and arrays the factory passes)
+    and no XLA on a CPU: bench/frozen_pass.py measured neither to pay on 2 CPU cores (batches of 128 and 256 no
+    faster than 64 beyond the noise of a shared machine; XLA's CPU convolutions 8-12x slower, its activations off
+    by up to 1.6e-4), and a batch size of its own can change the last bit of some activations (CPU kernels are
+    chosen by shape: seen on the tests' tiny backbone, op determinism on or off), which would make a run's results
+    depend on it (docs/performance.md#the-one-time-pass). On a GPU, measure with that bench before changing either.
+
     Args:
         model: A sub-model of the classifier.
         inputs: Batches of (images, labels), or an array of activations, cut into `batch_size` rows.
         batch_size: Rows per call for an array.
+        jit_compile: Whether the pass is compiled with XLA; None: as `model.jit_compile` says.
 
     Returns:
         The outputs, one row per input row, in order.
@@ -464,7 +474,8 @@ def _forward_pass(model: keras.Model, inputs: tf.data.Dataset | np.ndarray, *, b
     # One concrete function, traced here, is what every batch calls: nothing retraces, and no call goes through
     # the tracing heuristic, which keys on the code of the traced function and would count all the cuts' traces.
     forward = tf.function(
-        lambda batch: model(batch, training=False), jit_compile=model.jit_compile
+        lambda batch: model(batch, training=False),
+        jit_compile=model.jit_compile if jit_compile is None else jit_compile,
     ).get_concrete_function(tf.TensorSpec((None, *model.input.shape[1:]), model.input.dtype))
     if isinstance(inputs, np.ndarray):
         batches = (inputs[start : start + batch_size] for start in range(0, len(inputs), batch_size))

@@ -24,7 +24,7 @@ from pipeline.params import load
 from pipeline.params.optimizer import AdamParams
 from pipeline.params.schedule import ConstantParams
 from pipeline.training.recipe import Phase
-from tests.conftest import build_tiny_backbone, fine_tune_tiny
+from tests.conftest import build_tiny_backbone, fine_tune_tiny, tiny_splits
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_SIZE = 16
@@ -95,3 +95,66 @@ def test_the_default_head_learns_the_same_weights_on_cached_features_and_on_imag
     _, without_dropout, _ = _train_frozen_phase(cache_bytes=0, dropout=False)
     for path in HEAD_WEIGHTS:
         assert not np.array_equal(without_dropout[path], on_images[path]), path
+
+
+def _frozen_prefix() -> tuple[object, keras.Model]:
+    """The default head's classifier and its frozen prefix below the top 2 groups."""
+    from pipeline.training.features import cut_tensor
+
+    classifier = _default_head_classifier()
+    return classifier, keras.Model(classifier.model.input, cut_tensor(classifier, 2))
+
+
+def test_the_one_time_pass_runs_at_the_training_batch_size(monkeypatch) -> None:
+    # bench/frozen_pass.py found no larger inference batch faster on a CPU, and the batch size changes the last
+    # bit of some activations (CPU convolutions pick their kernels by shape): the pass keeps the training batch.
+    from pipeline.training import features
+
+    passes: list[tuple[str, int, int]] = []
+    original = features._forward_pass
+
+    def noting(model, inputs, *, batch_size, jit_compile=None):
+        rows = len(inputs[:batch_size]) if isinstance(inputs, np.ndarray) else int(next(iter(inputs))[0].shape[0])
+        passes.append((model.output._keras_history.operation.name, batch_size, rows))
+        return original(model, inputs, batch_size=batch_size, jit_compile=jit_compile)
+
+    monkeypatch.setattr(features, "_forward_pass", noting)
+    classifier, _prefix = _frozen_prefix()
+    train, val = tiny_splits()
+    factory = features.PhaseDataFactory(
+        classifier,
+        train=train,
+        val=val,
+        inputs=features.InputSettings(image_size=IMAGE_SIZE, batch_size=16, seed=0, cache_limit_bytes=1 << 30),
+        deepest_trainable_blocks=2,
+    )
+    factory.for_phase(0)
+    # The images' pass to the base cut (train, then val), then the frozen phase's segment to the pooled features.
+    base, pooled = classifier.backbone.blocks_top_down[2].layer_names[-1], classifier.pooled._keras_history[0].name
+    assert passes == [(base, 16, 16), (base, 16, 16), (pooled, 16, 16), (pooled, 16, 16)]
+
+
+def test_the_one_time_pass_uses_xla_as_keras_chooses_for_the_model_unless_told(monkeypatch) -> None:
+    import tensorflow as tf
+
+    from pipeline.training import features
+
+    _classifier, prefix = _frozen_prefix()
+    asked: list[object] = []
+    function = tf.function
+
+    def noting(*arguments, **options):
+        # Only the pass's own function: Keras' layers make tf.functions of their own.
+        if arguments and getattr(arguments[0], "__module__", None) == features.__name__:
+            asked.append(options.get("jit_compile"))
+        return function(*arguments, **options)
+
+    monkeypatch.setattr(features.tf, "function", noting)
+    rows = np.random.default_rng(0).uniform(-1, 1, (3, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
+    chosen = features._forward_pass(prefix, rows, batch_size=2)
+    compiled = features._forward_pass(prefix, rows, batch_size=2, jit_compile=True)
+    plain = features._forward_pass(prefix, rows, batch_size=2, jit_compile=False)
+    assert asked == [prefix.jit_compile, True, False]
+    np.testing.assert_array_equal(chosen, compiled if prefix.jit_compile else plain)
+    # XLA fuses the same inference arithmetic differently: equal up to float32 rounding.
+    np.testing.assert_allclose(compiled, plain, rtol=0, atol=1e-5)
