@@ -54,9 +54,34 @@ def run_queue(workdir: Path, jobs: int) -> float:
         )
         elapsed = time.perf_counter() - started
     statuses = queue_statuses(workdir)
+    _stop_workers(workdir)
     if statuses != {f"seed-{seed}": "Success" for seed in SEEDS}:
         raise SystemExit(f"-j {jobs}: the queue ended {statuses}; see {log_path}")
     return elapsed
+
+
+def _stop_workers(workdir: Path) -> None:
+    """Stops the project's queue workers and waits up to a minute for their processes to end.
+
+    Why: a worker stays idle for a while after the last experiment and writes into .dvc/tmp/exps when it
+    exits; removed before that, the project would come back as a folder of worker files.
+    """
+    subprocess.run(["dvc", "queue", "stop"], cwd=workdir, env=dvc_environment(), capture_output=True, check=False)
+    deadline = time.monotonic() + 60
+    for pid_file in (workdir / ".dvc" / "tmp" / "exps" / "celery").glob("*.pid"):
+        pid = int(pid_file.read_text().strip() or 0)
+        while pid and _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def main() -> None:
