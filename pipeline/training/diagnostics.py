@@ -23,12 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from pipeline.optim.gradient_norms import accumulating_optimizer, variable_blocks
 
 if TYPE_CHECKING:
-    import tensorflow as tf
-
     from pipeline.backbones.base import BlockGroup
     from pipeline.params.diagnostics import DiagnosticsParams
 
@@ -254,12 +253,22 @@ class DeadReluMonitor(keras.callbacks.Callback):
     def __init__(self, diagnostics: TrainingDiagnostics, probe: keras.Model, inputs: np.ndarray) -> None:
         super().__init__()
         self._diagnostics = diagnostics
-        self._probe = probe
         self._inputs = inputs
+        # Why not `probe.predict`: each phase has its own probe, and Keras traces a predict step per model (and
+        # again for the last, smaller batch); TensorFlow's tracing heuristic keys on the step's code, so a process
+        # that fine-tunes several times (a notebook, a bench) warned of "excessive retracing". One concrete
+        # function per probe, traced here for any batch size, is what every epoch calls.
+        self._forward = tf.function(lambda batch: probe(batch, training=False)).get_concrete_function(
+            tf.TensorSpec((None, *inputs.shape[1:]), probe.input.dtype)
+        )
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        outputs = self._probe.predict(self._inputs, batch_size=64, verbose=0)
-        fraction = dead_fraction(outputs if isinstance(outputs, list) else [outputs])
+        batches = [self._forward(self._inputs[start : start + 64]) for start in range(0, len(self._inputs), 64)]
+        outputs = [
+            np.concatenate([keras.ops.convert_to_numpy(_as_list(batch)[index]) for batch in batches])
+            for index in range(len(_as_list(batches[0])))
+        ]
+        fraction = dead_fraction(outputs)
         if logs is not None:
             logs["dead_relu_fraction"] = fraction
         threshold = self._diagnostics.params.dead_relu_fraction
@@ -267,3 +276,8 @@ class DeadReluMonitor(keras.callbacks.Callback):
             self._diagnostics.raise_flag(
                 "dead_relus", epoch=epoch, detail=f"{fraction:.3g} of the head's ReLU units dead > {threshold:g}"
             )
+
+
+def _as_list(outputs: Any) -> list[Any]:
+    """A model's outputs as a list: one tensor for a single-output model, its list (or tuple) otherwise."""
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
