@@ -29,6 +29,10 @@ from tests.tiny_project import (
     queue_statuses,
 )
 
+# One worker runs the whole module: its fixture is module-scoped, and xdist's loadgroup would otherwise give
+# tests of the module to both workers, each building the fixture, so the three experiments ran twice at once.
+pytestmark = pytest.mark.xdist_group("queue")
+
 SEEDS = (1, 2, 3)
 QUEUE_DEADLINE_S = 1200
 # Between two `dvc queue status` calls: each costs a second or two of a core the experiments are using.
