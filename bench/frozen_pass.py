@@ -18,7 +18,7 @@ for GPUs (`--determinism on|off` to choose; Keras turns XLA off while it is on).
 where "today" is XLA on (Keras' choice for a GPU) and the XLA rows take as many images and rounds as the others.
 
     .venv/bin/python bench/frozen_pass.py        # 2,048 images, 3 rounds, XLA 512 images once (~10 min on 2 cores)
-    .venv/bin/python bench/frozen_pass.py --images 512 --rounds 1 --xla-images 256   # a smoke run
+    .venv/bin/python bench/frozen_pass.py --images 512 --rounds 1 --xla-images 512   # a smoke run
 
 (From a git worktree whose venv is another checkout's, prefix `PYTHONPATH=.` so that `pipeline` is this one.)
 """
@@ -72,6 +72,11 @@ def main() -> None:
     parser.add_argument("--determinism", choices=("auto", "on", "off"), default="auto", help="auto: on for a CPU")
     parser.add_argument("--source-dir", default="/usr/share/datasets/fashion-mnist")
     arguments = parser.parse_args()
+    # The steady rate leaves the first batch out (where XLA compiles): a pass of a single batch has none to time.
+    for option, images in (("--images", arguments.images), ("--xla-images", arguments.xla_images)):
+        if images is not None and images < 2 * max(arguments.batch_sizes):
+            smallest = 2 * max(arguments.batch_sizes)
+            parser.error(f"{option} {images}: at least two batches of the largest size, {smallest}")
 
     import keras
     import numpy as np
