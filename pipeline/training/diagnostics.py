@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from pipeline.optim.gradient_norms import accumulating_optimizer, variable_blocks
+from pipeline.training.features import traced_inference
 
 if TYPE_CHECKING:
+    import tensorflow as tf
+
     from pipeline.backbones.base import BlockGroup
     from pipeline.params.diagnostics import DiagnosticsParams
 
@@ -254,19 +256,16 @@ class DeadReluMonitor(keras.callbacks.Callback):
         super().__init__()
         self._diagnostics = diagnostics
         self._inputs = inputs
-        # Why not `probe.predict`: each phase has its own probe, and Keras traces a predict step per model (and
-        # again for the last, smaller batch); TensorFlow's tracing heuristic keys on the step's code, so a process
-        # that fine-tunes several times (a notebook, a bench) warned of "excessive retracing". One concrete
-        # function per probe, traced here for any batch size, is what every epoch calls.
-        self._forward = tf.function(lambda batch: probe(batch, training=False)).get_concrete_function(
-            tf.TensorSpec((None, *inputs.shape[1:]), probe.input.dtype)
-        )
+        # Not `probe.predict`: each phase has its own probe (see `traced_inference`).
+        self._forward = traced_inference(probe)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        batches = [self._forward(self._inputs[start : start + 64]) for start in range(0, len(self._inputs), 64)]
+        starts = range(0, len(self._inputs), 64)
+        batches = [_as_list(self._forward(self._inputs[start : start + 64])) for start in starts]
+        # One array per probed layer: its outputs of every batch, in order.
         outputs = [
-            np.concatenate([keras.ops.convert_to_numpy(_as_list(batch)[index]) for batch in batches])
-            for index in range(len(_as_list(batches[0])))
+            np.concatenate([keras.ops.convert_to_numpy(output) for output in layer])
+            for layer in zip(*batches, strict=True)
         ]
         fraction = dead_fraction(outputs)
         if logs is not None:

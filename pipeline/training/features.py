@@ -26,7 +26,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -471,17 +471,33 @@ def _forward_pass(
     Returns:
         The outputs, one row per input row, in order.
     """
-    # One concrete function, traced here, is what every batch calls: nothing retraces, and no call goes through
-    # the tracing heuristic, which keys on the code of the traced function and would count all the cuts' traces.
-    forward = tf.function(
-        lambda batch: model(batch, training=False),
-        jit_compile=model.jit_compile if jit_compile is None else jit_compile,
-    ).get_concrete_function(tf.TensorSpec((None, *model.input.shape[1:]), model.input.dtype))
+    forward = traced_inference(model, jit_compile=model.jit_compile if jit_compile is None else jit_compile)
     if isinstance(inputs, np.ndarray):
         batches = (inputs[start : start + batch_size] for start in range(0, len(inputs), batch_size))
     else:
         batches = (images for images, _labels in inputs)
+    return np.concatenate([keras.ops.convert_to_numpy(forward(batch)) for batch in batches])
+
+
+def traced_inference(model: keras.Model, *, jit_compile: bool = False) -> Callable[[Any], Any]:
+    """`model` in inference mode as one concrete function for any batch size, casting each batch to its input.
+
+    Why: Keras' `predict` traces a step per model (and again for the last, smaller batch), and TensorFlow's
+    tracing heuristic keys on the code of the traced function, so a process that builds many models (the
+    cache's cuts, a probe per phase, several fine-tunes) warned that calls "triggered tf.function retracing".
+    A concrete function traced here does not go through that heuristic and never retraces.
+
+    Args:
+        model: The model (its outputs may be one tensor or a list).
+        jit_compile: Whether the function is compiled with XLA.
+
+    Returns:
+        A function of one batch returning the model's outputs for it.
+    """
+    forward = tf.function(lambda batch: model(batch, training=False), jit_compile=jit_compile).get_concrete_function(
+        tf.TensorSpec((None, *model.input.shape[1:]), model.input.dtype)
+    )
     # Under a mixed policy the preprocessing layer of the image pipeline yields float16 batches, which a concrete
     # function traced for the model's float32 input refuses; Keras' own call would cast them the same way.
     dtype = model.input.dtype
-    return np.concatenate([keras.ops.convert_to_numpy(forward(tf.cast(batch, dtype))) for batch in batches])
+    return lambda batch: forward(tf.cast(batch, dtype))
