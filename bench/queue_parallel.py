@@ -27,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pipeline.runtime.processes import process_alive  # noqa: E402
 from tests.tiny_project import build_queue_project, dvc_environment, queue_seeds, queue_statuses  # noqa: E402
 
 SEEDS = (1, 2, 3)
@@ -70,18 +71,8 @@ def _stop_workers(workdir: Path) -> None:
     deadline = time.monotonic() + 60
     for pid_file in (workdir / ".dvc" / "tmp" / "exps" / "celery").glob("*.pid"):
         pid = int(pid_file.read_text().strip() or 0)
-        while pid and _alive(pid) and time.monotonic() < deadline:
+        while pid and process_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.5)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 def main() -> None:

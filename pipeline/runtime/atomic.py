@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipeline.errors import OutputWriteError
+from pipeline.runtime.processes import process_alive
 
 PAUSE_VARIABLE = "PIPELINE_PAUSE_BEFORE_REPLACE"
 PAUSED_LINE = "paused before replacing"
@@ -70,23 +71,13 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
     removed = []
     for sibling in Path(target).parent.glob(f".{Path(target).name}.tmp-*"):
         pid = sibling.name.removeprefix(f".{Path(target).name}.tmp-").split("-")[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             if sibling.is_dir() and not sibling.is_symlink():
                 shutil.rmtree(sibling, ignore_errors=True)
             else:
                 sibling.unlink(missing_ok=True)
             removed.append(sibling)
     return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
 
 
 def _fsync_path(path: Path) -> None:

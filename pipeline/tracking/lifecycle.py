@@ -23,6 +23,7 @@ from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline.runtime.processes import process_alive
 from pipeline.tracking import store as tracking_store
 from pipeline.tracking.runs import RunReference, TrackedRun, TrackingLookupError, is_unavailable
 
@@ -116,16 +117,6 @@ END_REASON_TAG = "pipeline.end_reason"
 _TAG_VALUE_LIMIT = 5000
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
 def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
     """Ends as KILLED the RUNNING runs of this host whose process is gone.
 
@@ -144,7 +135,7 @@ def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
     for orphan in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
         tags = orphan.data.tags
         pid = tags.get(PID_TAG)
-        if tags.get(HOST_TAG) != host or pid is None or not pid.isdigit() or _process_alive(int(pid)):
+        if tags.get(HOST_TAG) != host or pid is None or not pid.isdigit() or process_alive(int(pid)):
             continue
         client.set_tag(
             orphan.info.run_id,

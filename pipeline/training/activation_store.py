@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.runtime.processes import process_alive
+
 # Bump when what an entry holds changes meaning (the file layout, or how the images become the backbone's
 # input before the preprocessing: `pipeline.data.datasets.to_model_input`), so old entries are never read.
 FORMAT_VERSION = 1
@@ -283,7 +285,7 @@ class ActivationStore:
     def _remove_abandoned(self) -> None:
         for entry in self.root.glob(f"{_TEMPORARY}*"):
             pid = entry.name.rsplit("-", 2)[-2]
-            if pid.isdigit() and not _running(int(pid)):
+            if pid.isdigit() and not process_alive(int(pid)):
                 _remove(entry)
         for entry in self.root.glob(f"{_TRASH}*"):
             shutil.rmtree(entry, ignore_errors=True)
@@ -340,13 +342,3 @@ def _remove(entry: Path) -> None:
     except OSError:
         return  # already gone: another process removed it
     shutil.rmtree(trash, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
